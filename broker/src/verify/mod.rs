@@ -1,0 +1,360 @@
+//! SEV-SNP evidence verification: design.md step 4, every check.
+//!
+//! [`Verifier::verify`] runs, in this order, and refuses on the first
+//! failure: the report parses (exact length, version 2/3/5, ECDSA P-384);
+//! the chain (ARK equals the pinned AMD ARK of the report's generation,
+//! ARK → ASK or ASVK → VEK signatures, validity at the given time, the ARK's
+//! CRL where one is held); the VEK binds to the report (signing-key kind,
+//! hwID = chip_id, TCB extensions = reported_tcb); the report signature over
+//! the raw bytes 0x000..0x2A0. The result is a [`VerifiedReport`], which
+//! [`VerifiedReport::bind`] turns into a [`BoundReport`] once REPORT_DATA
+//! equals the transcript hash. Only this module can construct either, so key
+//! release cannot be written against unverified evidence.
+//!
+//! Modules by concern: `report` (framing, decoding), `certs` (certificate
+//! table, offline directory, AMD extensions), `chain` (roots, signatures,
+//! validity, CRL, cache), `amd` (pinned certificates), `error`.
+
+mod amd;
+mod certs;
+mod chain;
+pub mod claims;
+mod error;
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+pub use certs::oid as vek_oids;
+pub use certs::{
+    build_cert_table, classify, load_cert_dir, parse_cert_table, CertSet, VekInfo, GUID_ARK,
+    GUID_ASK, GUID_VCEK, GUID_VLEK,
+};
+pub use chain::{TrustStore, SIMULATED_ARK_PREFIX};
+pub use claims::*;
+pub use error::{
+    BindingRejected, CertRole, CertificatesRejected, ChainRejected, EvidenceRejected,
+    ReportRejected, ALL_REASON_CODES,
+};
+pub use report::{
+    decode_report, decode_tcb, reserved_ranges, Cpuid, DecodedReport, RawTcbs, REPORT_LEN,
+    SIGNED_LEN,
+};
+
+use chain::{ChainCache, VerifiedChain};
+
+/// Default number of verified chains kept per verifier.
+pub const DEFAULT_CHAIN_CACHE: usize = 1024;
+
+/// Verifies attestation reports against a [`TrustStore`].
+#[derive(Debug)]
+pub struct Verifier {
+    store: TrustStore,
+    certs_dir: Option<PathBuf>,
+    cache: ChainCache,
+}
+
+impl Verifier {
+    /// A verifier trusting `store`, with an optional offline certificate
+    /// directory that fills in certificates the guest's table lacks.
+    pub fn new(store: TrustStore, certs_dir: Option<PathBuf>) -> Self {
+        Self::with_cache_capacity(store, certs_dir, DEFAULT_CHAIN_CACHE)
+    }
+
+    /// As [`Verifier::new`] with a chain cache of `capacity` entries (0 disables it).
+    pub fn with_cache_capacity(
+        store: TrustStore,
+        certs_dir: Option<PathBuf>,
+        capacity: usize,
+    ) -> Self {
+        Verifier {
+            store,
+            certs_dir,
+            cache: ChainCache::new(capacity),
+        }
+    }
+
+    /// The trust store in use.
+    pub fn trust_store(&self) -> &TrustStore {
+        &self.store
+    }
+
+    /// Number of verified chains currently cached.
+    pub fn cached_chains(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Verifies a report. `cert_table` is the extended-report certificate
+    /// table (empty when the platform gave none); certificates it lacks come
+    /// from `certs_dir_override` (or the verifier's directory), then from the
+    /// bundled AMD certificates (ASK, ASVK, ARK only). `now` is the time at
+    /// which every certificate must be valid.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        cert_table: &[u8],
+        certs_dir_override: Option<&Path>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedReport, EvidenceRejected> {
+        // 1. The report parses.
+        let decoded = decode_report(report)?;
+        let signer = decoded.signer.ok_or(ReportRejected::Unsigned {
+            actual: (decoded.key_info >> 2) & 0x7,
+        })?;
+        if decoded.key_info & 0b10 != 0 {
+            // MASK_CHIP_KEY: the firmware wrote zeros instead of a signature.
+            return Err(ReportRejected::Unsigned {
+                actual: (decoded.key_info >> 2) & 0x7,
+            }
+            .into());
+        }
+
+        // 2. The chain.
+        let mut certs = parse_cert_table(cert_table)?;
+        if let Some(dir) = certs_dir_override.or(self.certs_dir.as_deref()) {
+            certs.fill_from(load_cert_dir(dir)?);
+        }
+        if certs.vek(signer).is_none() {
+            let other = match signer {
+                SignerKind::Vcek => SignerKind::Vlek,
+                SignerKind::Vlek => SignerKind::Vcek,
+            };
+            if certs.vek(other).is_some() {
+                return Err(BindingRejected::SigningKeyMismatch {
+                    reported: signer,
+                    supplied: other,
+                }
+                .into());
+            }
+        }
+        let key = ChainCache::key(decoded.generation, signer, &certs);
+        let chain = match self.cache.get(&key) {
+            Some(c) => {
+                c.check_validity(now)?;
+                c
+            }
+            None => {
+                let generation = match decoded.generation {
+                    Some(g) => g,
+                    None => generation_from_vek(&certs, signer)?,
+                };
+                let c = chain::verify_chain(&self.store, generation, signer, &certs, now)?;
+                self.cache.insert(key, c.clone());
+                c
+            }
+        };
+
+        // 3. The VEK binds to the report.
+        check_binding(&decoded, signer, &chain)?;
+
+        // 4. The signature over the raw bytes 0x000..0x2A0.
+        let sig = decoded
+            .signature_fixed()
+            .map_err(|detail| EvidenceRejected::ReportSignature { signer, detail })?;
+        chain.verify_report_signature(decoded.signed_bytes(), &sig)?;
+
+        Ok(VerifiedReport {
+            claims: decoded.claims_for(chain.generation, signer),
+            decoded,
+            simulated: chain.simulated,
+            vek_fingerprint: chain.vek_fingerprint,
+            vek: chain.vek,
+            _proof: (),
+        })
+    }
+}
+
+/// A v2 report has no CPUID: the VEK's productName names the generation.
+fn generation_from_vek(
+    certs: &CertSet,
+    signer: SignerKind,
+) -> Result<Generation, EvidenceRejected> {
+    let role = match signer {
+        SignerKind::Vcek => CertRole::Vcek,
+        SignerKind::Vlek => CertRole::Vlek,
+    };
+    let der = certs.vek(signer).ok_or_else(|| CertificatesRejected::Missing {
+        role,
+        detail: format!(
+            "the report is signed by a {role}; include it in the certificate table or put {}.der in the certificate directory",
+            role.as_str().to_ascii_lowercase()
+        ),
+    })?;
+    let info = VekInfo::from_der(der, role)?;
+    info.generation.ok_or_else(|| {
+        ReportRejected::GenerationUnknown {
+            detail: format!(
+                "version 2 report carries no CPUID and the {role}'s productName is {:?}",
+                info.product_name
+            ),
+        }
+        .into()
+    })
+}
+
+fn check_binding(
+    decoded: &DecodedReport,
+    signer: SignerKind,
+    chain: &VerifiedChain,
+) -> Result<(), EvidenceRejected> {
+    let vek = &chain.vek;
+    if vek.kind != signer {
+        return Err(BindingRejected::SigningKeyMismatch {
+            reported: signer,
+            supplied: vek.kind,
+        }
+        .into());
+    }
+    if let (Some(report), Some(cert)) = (decoded.generation, vek.generation) {
+        if report != cert {
+            return Err(BindingRejected::GenerationMismatch { cert, report }.into());
+        }
+    }
+    let generation = chain.generation;
+    if signer == SignerKind::Vcek {
+        let role = CertRole::Vcek;
+        let hwid = vek
+            .hwid
+            .as_deref()
+            .ok_or_else(|| error::malformed(role, "hwID extension missing"))?;
+        let chip = &decoded.chip_id[..];
+        let ok = match generation {
+            Generation::Milan | Generation::Genoa => hwid.len() == 64 && hwid == chip,
+            Generation::Turin => {
+                hwid.len() == 8 && hwid == &chip[..8] && chip[8..].iter().all(|&b| b == 0)
+            }
+        };
+        if !ok {
+            return Err(BindingRejected::HwidMismatch {
+                expected: hex::encode(hwid),
+                actual: hex::encode(chip),
+            }
+            .into());
+        }
+    }
+    let tcb = decode_tcb(decoded.tcbs.reported, generation);
+    let mut pairs = vec![
+        ("bootloader", vek.bl_spl, tcb.bootloader),
+        ("tee", vek.tee_spl, tcb.tee),
+        ("snp", vek.snp_spl, tcb.snp),
+        ("microcode", vek.ucode_spl, tcb.microcode),
+    ];
+    if generation == Generation::Turin {
+        let role = match signer {
+            SignerKind::Vcek => CertRole::Vcek,
+            SignerKind::Vlek => CertRole::Vlek,
+        };
+        let fmc = vek.fmc_spl.ok_or_else(|| {
+            error::malformed(
+                role,
+                "fmcSPL extension (1.3.6.1.4.1.3704.1.3.9) missing on Turin",
+            )
+        })?;
+        pairs.push(("fmc", fmc, tcb.fmc.unwrap_or_default()));
+    }
+    for (field, expected, actual) in pairs {
+        if expected != actual {
+            return Err(BindingRejected::TcbMismatch {
+                field,
+                expected,
+                actual,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// A report whose chain, binding and signature verified. Only
+/// [`Verifier::verify`] constructs one. REPORT_DATA is not yet checked: key
+/// release takes a [`BoundReport`] from [`VerifiedReport::bind`].
+#[derive(Debug, Clone)]
+pub struct VerifiedReport {
+    claims: ReportClaims,
+    decoded: DecodedReport,
+    simulated: bool,
+    vek_fingerprint: [u8; 32],
+    vek: VekInfo,
+    _proof: (),
+}
+
+impl VerifiedReport {
+    /// The verified claims.
+    pub fn claims(&self) -> &ReportClaims {
+        &self.claims
+    }
+
+    /// Every decoded field (CPUID, mitigation vectors, raw TCBs, ...).
+    pub fn decoded(&self) -> &DecodedReport {
+        &self.decoded
+    }
+
+    /// The VEK's AMD extensions (productName, SPLs, hwID or csp_id).
+    pub fn vek(&self) -> &VekInfo {
+        &self.vek
+    }
+
+    /// True when the chain ends in a configured simulated root.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+
+    /// SHA-256 of the VEK certificate's DER.
+    pub fn vek_fingerprint(&self) -> [u8; 32] {
+        self.vek_fingerprint
+    }
+
+    /// Checks, in constant time, that REPORT_DATA equals `expected` (the
+    /// recomputed transcript hash) and returns the proof key release takes.
+    pub fn bind(self, expected: &[u8; 64]) -> Result<BoundReport, EvidenceRejected> {
+        if bool::from(self.decoded.report_data.ct_eq(expected)) {
+            Ok(BoundReport {
+                report: self,
+                _proof: (),
+            })
+        } else {
+            Err(EvidenceRejected::ReportDataMismatch {
+                expected: hex::encode(expected),
+                actual: hex::encode(self.decoded.report_data),
+            })
+        }
+    }
+}
+
+/// A verified report whose REPORT_DATA equals the expected transcript hash:
+/// the only evidence key release accepts. Only [`VerifiedReport::bind`]
+/// constructs one.
+#[derive(Debug, Clone)]
+pub struct BoundReport {
+    report: VerifiedReport,
+    _proof: (),
+}
+
+impl BoundReport {
+    /// The verified claims.
+    pub fn claims(&self) -> &ReportClaims {
+        self.report.claims()
+    }
+
+    /// Every decoded field.
+    pub fn decoded(&self) -> &DecodedReport {
+        self.report.decoded()
+    }
+
+    /// The VEK's AMD extensions.
+    pub fn vek(&self) -> &VekInfo {
+        self.report.vek()
+    }
+
+    /// True when the chain ends in a configured simulated root.
+    pub fn is_simulated(&self) -> bool {
+        self.report.is_simulated()
+    }
+
+    /// SHA-256 of the VEK certificate's DER.
+    pub fn vek_fingerprint(&self) -> [u8; 32] {
+        self.report.vek_fingerprint()
+    }
+}
