@@ -1,0 +1,337 @@
+//! Evidence providers: where the guest obtains its SNP attestation report and the
+//! certificate table of the extended report.
+//!
+//! Three providers exist, and one is chosen only by explicit configuration
+//! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate),
+//! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`) and `sim` (a simulated platform
+//! directory, for tests and demos). [`open_provider`] never falls back to another provider,
+//! least of all to `sim`, when hardware is absent: it fails with an error that says what is
+//! missing and what to do.
+
+pub mod cert_table;
+mod configfs_tsm;
+mod sev_guest;
+mod sim_provider;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use configfs_tsm::ConfigfsTsmProvider;
+pub use sev_guest::SevGuestProvider;
+pub use sim_provider::SimProvider;
+
+use crate::sim::SimError;
+use cert_table::CertTableError;
+
+/// Default device of the `sev-guest` provider.
+pub const DEFAULT_SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
+/// Default root of the `configfs-tsm` provider.
+pub const DEFAULT_CONFIGFS_TSM_ROOT: &str = "/sys/kernel/config/tsm/report";
+/// Size of an SNP attestation report as the platform returns it.
+pub const REPORT_LEN: usize = 1184;
+
+/// What a provider returns: the raw report and the raw certificate table (empty when the
+/// platform offers no certificates; the broker then uses its own copies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The attestation report, exactly as the platform produced it.
+    pub report: Vec<u8>,
+    /// The extended report's certificate table ([`cert_table`] layout), possibly empty.
+    pub cert_table: Vec<u8>,
+}
+
+/// A source of attestation evidence.
+pub trait EvidenceProvider: Send + Sync {
+    /// Short name of the provider (`sev-guest`, `configfs-tsm`, `sim`).
+    fn name(&self) -> &'static str;
+
+    /// Requests a report whose REPORT_DATA is `report_data`, with its certificate table.
+    fn get_evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError>;
+}
+
+/// Which evidence provider to use. Parsed from `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]`
+/// or `sim:DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderConfig {
+    /// The SEV guest device, through the `sev` crate.
+    SevGuest {
+        /// Device path (only [`DEFAULT_SEV_GUEST_DEVICE`] is supported by the `sev` crate).
+        device: PathBuf,
+    },
+    /// Linux configfs-tsm reports.
+    ConfigfsTsm {
+        /// The `tsm/report` directory.
+        root: PathBuf,
+    },
+    /// A simulated platform directory (see [`crate::sim`]).
+    Sim {
+        /// The platform directory.
+        dir: PathBuf,
+    },
+}
+
+impl FromStr for ProviderConfig {
+    type Err = EvidenceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| EvidenceError::InvalidConfig {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (kind, path) = match s.split_once(':') {
+            Some((k, p)) => (k, Some(p)),
+            None => (s, None),
+        };
+        if path.is_some_and(str::is_empty) {
+            return Err(invalid("the path after ':' is empty"));
+        }
+        match (kind, path) {
+            ("sev-guest", p) => Ok(Self::SevGuest {
+                device: PathBuf::from(p.unwrap_or(DEFAULT_SEV_GUEST_DEVICE)),
+            }),
+            ("configfs-tsm", p) => Ok(Self::ConfigfsTsm {
+                root: PathBuf::from(p.unwrap_or(DEFAULT_CONFIGFS_TSM_ROOT)),
+            }),
+            ("sim", Some(p)) => Ok(Self::Sim {
+                dir: PathBuf::from(p),
+            }),
+            ("sim", None) => Err(invalid(
+                "the simulated platform needs its directory: sim:DIR",
+            )),
+            _ => Err(invalid(
+                "expected sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SevGuest { device } => write!(f, "sev-guest:{}", device.display()),
+            Self::ConfigfsTsm { root } => write!(f, "configfs-tsm:{}", root.display()),
+            Self::Sim { dir } => write!(f, "sim:{}", dir.display()),
+        }
+    }
+}
+
+/// Opens the configured provider, requesting reports at VMPL 0.
+pub fn open_provider(config: &ProviderConfig) -> Result<Box<dyn EvidenceProvider>, EvidenceError> {
+    open_provider_at_vmpl(config, 0)
+}
+
+/// Opens the configured provider, requesting reports at `vmpl` (0..=3; ignored by `sim`,
+/// whose guest description names its VMPL). Never substitutes another provider.
+pub fn open_provider_at_vmpl(
+    config: &ProviderConfig,
+    vmpl: u32,
+) -> Result<Box<dyn EvidenceProvider>, EvidenceError> {
+    if vmpl > 3 {
+        return Err(EvidenceError::InvalidConfig {
+            input: vmpl.to_string(),
+            reason: "VMPL must be 0, 1, 2 or 3".into(),
+        });
+    }
+    Ok(match config {
+        ProviderConfig::SevGuest { device } => Box::new(SevGuestProvider::open(device, vmpl)?),
+        ProviderConfig::ConfigfsTsm { root } => Box::new(ConfigfsTsmProvider::open(
+            root,
+            (vmpl != 0).then_some(vmpl),
+        )?),
+        ProviderConfig::Sim { dir } => Box::new(SimProvider::open(dir)?),
+    })
+}
+
+/// Why evidence could not be obtained. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// A provider specification could not be parsed.
+    #[error("invalid evidence provider {input:?}: {reason}")]
+    InvalidConfig {
+        /// The input.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The SEV guest device does not exist.
+    #[error("{device} does not exist: load the sev-guest kernel module (`modprobe sev-guest`) and check that this VM runs under AMD SEV-SNP (`dmesg | grep -i sev`)")]
+    DeviceMissing {
+        /// The device path.
+        device: PathBuf,
+    },
+    /// The SEV guest device could not be opened.
+    #[error("cannot open {device}: {source}; run guest-unlock as root")]
+    DeviceAccess {
+        /// The device path.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device path other than `/dev/sev-guest` was configured.
+    #[error("{device}: the sev-guest provider can open only /dev/sev-guest; configure `sev-guest` without a path, or use `configfs-tsm`")]
+    UnsupportedDevicePath {
+        /// The configured path.
+        device: PathBuf,
+    },
+    /// The kernel or the AMD secure processor refused the request.
+    #[error("the SEV-SNP report request failed: {0}; check `dmesg` for sev-guest errors")]
+    Firmware(String),
+    /// The configfs-tsm root does not exist.
+    #[error("{root} does not exist: mount configfs (`mount -t configfs none /sys/kernel/config`) and use a kernel with CONFIG_TSM_REPORTS and the sev-guest module loaded")]
+    ConfigfsMissing {
+        /// The configured root.
+        root: PathBuf,
+    },
+    /// A configfs-tsm operation failed.
+    #[error("{path}: {source}")]
+    ConfigfsIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory created under the root lacks the report attributes.
+    #[error("{path} has no `{attribute}` attribute: the configured root is not a configfs-tsm report directory (expected /sys/kernel/config/tsm/report)")]
+    NotTsmReportDir {
+        /// The created directory.
+        path: PathBuf,
+        /// The missing attribute.
+        attribute: &'static str,
+    },
+    /// configfs-tsm is served by another TEE.
+    #[error("configfs-tsm provider is {found:?}, not \"sev_guest\": this VM is not an SEV-SNP guest; configure the provider of its TEE")]
+    WrongTsmProvider {
+        /// The provider the kernel reported.
+        found: String,
+    },
+    /// The report entry kept changing while being read.
+    #[error("the configfs-tsm report at {path} changed while being read, {attempts} times: another process writes to it; retry")]
+    GenerationChanged {
+        /// The report directory.
+        path: PathBuf,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The kernel produced no report.
+    #[error("{path} is missing or empty: the kernel produced no report; check `dmesg` for sev-guest errors")]
+    MissingOutblob {
+        /// The outblob path.
+        path: PathBuf,
+    },
+    /// The report has the wrong size.
+    #[error("the platform returned a {len}-byte report, expected {REPORT_LEN}")]
+    BadReportLength {
+        /// Its length.
+        len: usize,
+    },
+    /// The platform's certificate table could not be converted.
+    #[error("the platform's certificate table is malformed: {0}")]
+    CertTable(#[from] CertTableError),
+    /// The simulated platform failed.
+    #[error("simulated platform: {0}")]
+    Sim(#[from] SimError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_config_parses_and_prints() {
+        let cases = [
+            (
+                "sev-guest",
+                ProviderConfig::SevGuest {
+                    device: DEFAULT_SEV_GUEST_DEVICE.into(),
+                },
+            ),
+            (
+                "sev-guest:/dev/x",
+                ProviderConfig::SevGuest {
+                    device: "/dev/x".into(),
+                },
+            ),
+            (
+                "configfs-tsm",
+                ProviderConfig::ConfigfsTsm {
+                    root: DEFAULT_CONFIGFS_TSM_ROOT.into(),
+                },
+            ),
+            (
+                "configfs-tsm:/tmp/r",
+                ProviderConfig::ConfigfsTsm {
+                    root: "/tmp/r".into(),
+                },
+            ),
+            (
+                "sim:/tmp/p",
+                ProviderConfig::Sim {
+                    dir: "/tmp/p".into(),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            let got: ProviderConfig = text.parse().unwrap();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string().parse::<ProviderConfig>().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn provider_config_refuses_bad_input() {
+        for bad in [
+            "",
+            "sim",
+            "sim:",
+            "sev-guest:",
+            "tdx",
+            "SEV-GUEST",
+            "configfs",
+            "auto",
+        ] {
+            let err = bad.parse::<ProviderConfig>().unwrap_err();
+            assert!(
+                matches!(err, EvidenceError::InvalidConfig { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let msg = "sim".parse::<ProviderConfig>().unwrap_err().to_string();
+        assert!(msg.contains("sim:DIR"), "{msg}");
+    }
+
+    #[test]
+    fn no_fallback_to_sim_when_hardware_is_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no-such-root");
+        let err = open_provider(&ProviderConfig::ConfigfsTsm {
+            root: missing.clone(),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, EvidenceError::ConfigfsMissing { ref root } if *root == missing),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mount -t configfs"));
+        let err = open_provider(&ProviderConfig::Sim { dir: missing })
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, EvidenceError::Sim(SimError::Missing { .. })),
+            "{err}"
+        );
+        let err = open_provider_at_vmpl(
+            &ProviderConfig::Sim {
+                dir: tmp.path().into(),
+            },
+            4,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, EvidenceError::InvalidConfig { .. }));
+    }
+}
