@@ -1,0 +1,302 @@
+//! SQLite-specific store tests: the conformance suite on memory and file
+//! databases, tampering through a raw connection, file mode, persistence,
+//! migrations, cross-process nonce races and a latency budget check.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Barrier;
+
+use super::conformance::{self, sample_sealed, Tamper};
+use super::*;
+
+#[test]
+fn conformance_in_memory() {
+    conformance::run_all(&SqliteStore::open_in_memory().unwrap());
+}
+
+#[test]
+fn conformance_on_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("broker.db")).unwrap();
+    conformance::run_all(&store);
+}
+
+#[test]
+fn audit_tamper_through_raw_sqlite_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::cell::Cell::new(0);
+    conformance::audit_tamper_detected(&|| {
+        counter.set(counter.get() + 1);
+        let path = dir.path().join(format!("t{}.db", counter.get()));
+        let store = SqliteStore::open(&path).unwrap();
+        let edit = move |t: Tamper| {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            // An attacker with the file drops the append-only triggers first.
+            c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+                .unwrap();
+            match t {
+                Tamper::ChangeVerdict(id) => {
+                    c.execute("UPDATE audit SET verdict = 'allow' WHERE id = ?1", [id])
+                        .unwrap();
+                }
+                Tamper::ChangeDetails(id) => {
+                    c.execute("UPDATE audit SET details_json = '{}' WHERE id = ?1", [id])
+                        .unwrap();
+                }
+                Tamper::Delete(id) => {
+                    c.execute("DELETE FROM audit WHERE id = ?1", [id]).unwrap();
+                }
+                Tamper::Swap(a, b) => {
+                    c.execute_batch(&format!(
+                        "UPDATE audit SET id = -1 WHERE id = {a};
+                         UPDATE audit SET id = {a} WHERE id = {b};
+                         UPDATE audit SET id = {b} WHERE id = -1;"
+                    ))
+                    .unwrap();
+                }
+                Tamper::DeleteLast => {
+                    c.execute(
+                        "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)",
+                        [],
+                    )
+                    .unwrap();
+                }
+            }
+        };
+        (
+            Box::new(store) as Box<dyn Store>,
+            Box::new(edit) as Box<dyn Fn(Tamper)>,
+        )
+    });
+}
+
+#[test]
+fn audit_is_append_only_at_the_sql_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append_audit(&AuditEvent {
+            at_unix: 1,
+            kind: "attest".into(),
+            verdict: "deny".into(),
+            volumes: vec![],
+            reason_codes: vec![],
+            details_json: "{}".into(),
+            client_addr: None,
+        })
+        .unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let e = c
+        .execute("UPDATE audit SET verdict = 'allow'", [])
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(c.execute("DELETE FROM audit", []).is_err());
+    assert_eq!(store.verify_audit_chain().unwrap(), 1);
+}
+
+#[test]
+fn corrupt_audit_row_is_reported_at_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for i in 0..3 {
+        store
+            .append_audit(&AuditEvent {
+                at_unix: i,
+                kind: "attest".into(),
+                verdict: "deny".into(),
+                volumes: vec!["v".into()],
+                reason_codes: vec![],
+                details_json: "{}".into(),
+                client_addr: None,
+            })
+            .unwrap();
+    }
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET volumes = 'not json' WHERE id = 2;",
+    )
+    .unwrap();
+    match store.verify_audit_chain() {
+        Err(StoreError::AuditChain(e)) => assert_eq!(e.at_id, 2, "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn file_is_0600_wal_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.put_policy("p", "version = 1\n").unwrap();
+        store
+            .create_volume(
+                &NewVolume {
+                    name: "root".into(),
+                    policy: "p".into(),
+                    description: "d".into(),
+                },
+                &sample_sealed(7),
+            )
+            .unwrap();
+        store.insert_nonce(&[1; 32], &["root".into()], 100).unwrap();
+    }
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(
+        store.key_versions("root").unwrap()[0].sealed,
+        sample_sealed(7)
+    );
+    assert!(matches!(
+        store.consume_nonce(&[1; 32], 50).unwrap(),
+        NonceOutcome::Fresh { .. }
+    ));
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let jm: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jm, "wal");
+    let versions: i64 = c
+        .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(versions, sqlite::SCHEMA_VERSION, "migrations applied once");
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+        [sqlite::SCHEMA_VERSION + 1],
+    )
+    .unwrap();
+    drop(c);
+    match SqliteStore::open(&path) {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("upgrade the broker"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("newer schema accepted"),
+    }
+}
+
+#[test]
+fn corrupt_key_row_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.put_policy("p", "version = 1\n").unwrap();
+    store
+        .create_volume(
+            &NewVolume {
+                name: "v".into(),
+                policy: "p".into(),
+                description: String::new(),
+            },
+            &sample_sealed(1),
+        )
+        .unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("UPDATE key_versions SET nonce = x'00'", [])
+        .unwrap();
+    assert!(matches!(
+        store.releasable_keys("v"),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+/// Two independent connections (as two broker processes would have) race
+/// for each nonce: the database, not a mutex, makes exactly one win.
+#[test]
+fn nonce_single_use_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.db");
+    let stores: Vec<SqliteStore> = (0..4).map(|_| SqliteStore::open(&path).unwrap()).collect();
+    for round in 0..25u8 {
+        let n = [round; 32];
+        stores[0].insert_nonce(&n, &["v".into()], i64::MAX).unwrap();
+        let barrier = Barrier::new(stores.len());
+        let fresh: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = stores
+                .iter()
+                .map(|st| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        matches!(st.consume_nonce(&n, 0).unwrap(), NonceOutcome::Fresh { .. })
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap() as usize).sum()
+        });
+        assert_eq!(fresh, 1, "round {round}");
+    }
+}
+
+/// The store operations of many releases in a row on one file: every nonce
+/// burns once and the audit chain still verifies. (Their speed is measured
+/// by the `release` benchmark, not here.)
+#[test]
+fn release_path_sequence_keeps_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("perf.db")).unwrap();
+    store.put_policy("p", "version = 1\n").unwrap();
+    store
+        .create_volume(
+            &NewVolume {
+                name: "root".into(),
+                policy: "p".into(),
+                description: String::new(),
+            },
+            &sample_sealed(1),
+        )
+        .unwrap();
+    let ev = AuditEvent {
+        at_unix: 1,
+        kind: "attest".into(),
+        verdict: "allow".into(),
+        volumes: vec!["root".into()],
+        reason_codes: vec![],
+        details_json: "{\"measurement\":\"00\"}".into(),
+        client_addr: Some("127.0.0.1:1".into()),
+    };
+    const N: u32 = 500;
+    for i in 0..N {
+        let mut n = [0u8; 32];
+        n[..4].copy_from_slice(&i.to_be_bytes());
+        store.insert_nonce(&n, &["root".into()], 100).unwrap();
+    }
+    for i in 0..N {
+        let mut n = [0u8; 32];
+        n[..4].copy_from_slice(&i.to_be_bytes());
+        assert!(matches!(
+            store.consume_nonce(&n, 1).unwrap(),
+            NonceOutcome::Fresh { .. }
+        ));
+        assert!(store.get_volume("root").unwrap().unwrap().enabled);
+        assert_eq!(store.releasable_keys("root").unwrap().len(), 1);
+        store.append_audit(&ev).unwrap();
+    }
+    assert_eq!(store.verify_audit_chain().unwrap(), u64::from(N));
+}
+
+#[test]
+fn names_rule() {
+    assert!(validate_name("volume name", "root-disk_1.v2").is_ok());
+    for bad in ["", "a b", "ü", "a/b", "..\u{0}"] {
+        assert!(validate_name("volume name", bad).is_err(), "{bad:?}");
+    }
+    assert!(validate_name("volume name", &"x".repeat(129)).is_err());
+}
+
+#[test]
+fn store_is_object_safe_send_sync() {
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+    assert_send_sync::<dyn Store>();
+    let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::open_in_memory().unwrap());
+    assert!(s.list_volumes().unwrap().is_empty());
+}
