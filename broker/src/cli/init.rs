@@ -1,0 +1,89 @@
+//! `broker init`: a new broker directory with secure defaults.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+use super::Outcome;
+use crate::config::default_config_text;
+use crate::keys::MasterKey;
+use crate::tls;
+
+/// Arguments of `broker init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to create (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Guest-facing listen address written into the config.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// DNS names and IP addresses for the TLS certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub sans: Vec<String>,
+}
+
+/// Creates config.toml, master.key (0600), tls/key.pem (0600), tls/cert.pem
+/// and prints the certificate's SPKI pin for guests.
+pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
+    let dir = &args.dir;
+    if dir.exists()
+        && fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} exists and is not empty; choose a new directory so no existing key is overwritten",
+            dir.display()
+        );
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("tls"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    MasterKey::generate_to_file(&dir.join("master.key"))
+        .with_context(|| format!("cannot write {}", dir.join("master.key").display()))?;
+    let generated = tls::self_signed(&args.sans)?;
+    write_new(
+        &dir.join("tls/key.pem"),
+        generated.key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_new(
+        &dir.join("tls/cert.pem"),
+        generated.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_new(
+        &dir.join("config.toml"),
+        default_config_text(args.listen).as_bytes(),
+        0o644,
+    )?;
+    println!("created broker directory {}", dir.display());
+    println!("config:   {}", dir.join("config.toml").display());
+    println!("spki pin: {}", generated.spki_pin);
+    eprintln!(
+        "broker: back up {} offline: without it no enrolled key can be recovered",
+        dir.join("master.key").display()
+    );
+    Ok(Outcome::Success)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,73 @@
+//! The `broker` command line: parsing (clap derive; each doc comment is the
+//! help text) and one function per command. `main.rs` only maps
+//! [`run`]'s result to an exit code.
+//!
+//! Exit codes: 0 success, 1 refused / not found / failed, 2 usage error.
+
+mod admin;
+mod init;
+mod report;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Attested disk-key broker for AMD SEV-SNP guests.
+///
+/// Releases LUKS keys only to guests that prove, with an AMD-signed
+/// attestation report, that they run the expected image on genuine AMD
+/// hardware with a safe policy.
+#[derive(Debug, Parser)]
+#[command(name = "broker", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a broker directory: config, master key, TLS key and certificate.
+    Init(init::InitArgs),
+    /// Serve guests: gRPC over TLS on the configured guest port.
+    Serve(ConfigArg),
+    /// Offline inspection of attestation reports.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
+    /// Enrolled volumes.
+    #[command(subcommand)]
+    Volume(admin::VolumeCommand),
+    /// Release policies.
+    #[command(subcommand)]
+    Policy(admin::PolicyCommand),
+}
+
+/// `--config FILE`, shared by the commands that need a broker directory.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The broker's config file (written by `broker init`).
+    #[arg(long, short = 'c', env = "KEYBROKER_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1: a refusal, verification failure or missing object, already reported.
+    Refused,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Report(c) => report::run(c),
+        Command::Volume(c) => admin::run_volume(c),
+        Command::Policy(c) => admin::run_policy(c),
+    }
+}

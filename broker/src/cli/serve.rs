@@ -1,0 +1,54 @@
+//! `broker serve`: the guest-facing service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::{ConfigArg, Outcome};
+use crate::config::Config;
+use crate::grpc::{self, ServeOptions};
+
+/// Loads everything, then serves until SIGTERM or Ctrl-C.
+pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
+    crate::logging::init();
+    let hardening = crate::hardening::harden();
+    if !hardening.no_core_dumps {
+        tracing::warn!("could not disable core dumps");
+    }
+    if !hardening.memory_locked {
+        tracing::info!("memory not locked (needs root or an unlimited RLIMIT_MEMLOCK); keys may reach swap unless swap is encrypted or off");
+    }
+    let config = Config::load(&args.config)?;
+    let broker = Arc::new(crate::assemble::broker(&config)?);
+    let (certs, key) = crate::tls::load(&config.tls_cert, &config.tls_key)?;
+    let pin = crate::tls::spki_pin(&certs[0])?;
+    let tls = grpc::tls_server_config(certs, key)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}; is another broker running?", config.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, spki_pin = %pin, "serving keybroker.v1 over TLS");
+        // A line on stdout that scripts and tests can wait for.
+        println!("listening on {}", listener.local_addr()?);
+        grpc::serve(
+            listener,
+            tls,
+            broker,
+            ServeOptions {
+                max_message_bytes: config.max_message_bytes,
+                request_timeout: config.request_timeout,
+                handshake_timeout: config.handshake_timeout,
+                drain_timeout: Duration::from_secs(10),
+            },
+            grpc::shutdown_signal(),
+        )
+        .await
+    })?;
+    tracing::info!("stopped");
+    Ok(Outcome::Success)
+}

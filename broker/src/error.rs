@@ -1,0 +1,193 @@
+//! The broker's error type and the one place that decides what a guest
+//! learns about a failure.
+//!
+//! Guests get a gRPC code, a short message and stable reason codes (in a
+//! `keybroker.v1.Denial` status detail). Expected-versus-actual values and
+//! everything else an operator needs go to the audit log, never to the guest.
+
+use keybroker_proto::pb;
+
+use crate::policy::PolicyFailure;
+use crate::store::StoreError;
+use crate::verify::EvidenceRejected;
+
+/// Everything that can go wrong while serving a guest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request was malformed (lengths, ids, versions).
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[from] InvalidRequest),
+    /// The challenge nonce was not acceptable.
+    #[error("nonce refused: {0}")]
+    Nonce(NonceRejected),
+    /// The attestation evidence could not be fully verified.
+    #[error("evidence refused: {0}")]
+    EvidenceRejected(#[from] EvidenceRejected),
+    /// Every requested volume was refused by its policy or state.
+    #[error("policy denied every requested volume")]
+    PolicyDenied(Vec<VolumeRefusal>),
+    /// The store failed; the guest may retry.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A volume key could not be unsealed or wrapped: never the guest's fault.
+    #[error("key handling failed for volume {volume}: {what}")]
+    Keys {
+        /// The volume.
+        volume: String,
+        /// What failed (no key material).
+        what: String,
+    },
+}
+
+/// Malformed input from a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The protocol version is missing or of another major.
+    #[error("{0}")]
+    Version(String),
+    /// A field has the wrong length or form.
+    #[error("{field}: {message}")]
+    Field {
+        /// Field name in the protobuf message.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Attest named other volumes than its Challenge.
+    #[error("volume_ids differ from the ones named in Challenge")]
+    VolumesDiffer,
+}
+
+/// Why a nonce was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NonceRejected {
+    /// Never issued (or purged long ago).
+    #[error("unknown nonce; call Challenge again")]
+    Unknown,
+    /// Issued but expired.
+    #[error("nonce expired; call Challenge again and attest within its lifetime")]
+    Expired,
+    /// Already used once (replay).
+    #[error("nonce already used (replay); call Challenge again")]
+    AlreadyUsed,
+}
+
+impl NonceRejected {
+    /// Stable reason code.
+    pub fn reason_code(self) -> &'static str {
+        match self {
+            NonceRejected::Unknown => "NONCE_UNKNOWN",
+            NonceRejected::Expired => "NONCE_EXPIRED",
+            NonceRejected::AlreadyUsed => "NONCE_REPLAYED",
+        }
+    }
+}
+
+/// Why one volume was refused.
+#[derive(Debug, Clone)]
+pub struct VolumeRefusal {
+    /// Requested volume.
+    pub volume: String,
+    /// What refused it.
+    pub cause: RefusalCause,
+}
+
+/// The cause of a volume refusal.
+#[derive(Debug, Clone)]
+pub enum RefusalCause {
+    /// No such volume is enrolled.
+    UnknownVolume,
+    /// The volume is disabled by an administrator.
+    Disabled,
+    /// The volume has no key version that can be released.
+    NoKey,
+    /// The volume's policy failed these checks.
+    Policy(Vec<PolicyFailure>),
+    /// The volume's policy is missing or invalid in the store.
+    PolicyUnavailable(String),
+}
+
+impl VolumeRefusal {
+    /// Stable reason codes of this refusal.
+    pub fn reason_codes(&self) -> Vec<String> {
+        match &self.cause {
+            RefusalCause::UnknownVolume => vec!["VOLUME_UNKNOWN".into()],
+            RefusalCause::Disabled => vec!["VOLUME_DISABLED".into()],
+            RefusalCause::NoKey => vec!["VOLUME_NO_KEY".into()],
+            RefusalCause::Policy(f) => {
+                let mut codes: Vec<String> = f.iter().map(|f| f.code.to_string()).collect();
+                codes.dedup();
+                codes
+            }
+            RefusalCause::PolicyUnavailable(_) => vec!["POLICY_UNAVAILABLE".into()],
+        }
+    }
+
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::VolumeDenial {
+        pb::VolumeDenial {
+            volume_id: self.volume.clone(),
+            reason_codes: self.reason_codes(),
+        }
+    }
+}
+
+impl Error {
+    /// Stable reason codes for this error.
+    pub fn reason_codes(&self) -> Vec<String> {
+        match self {
+            Error::InvalidRequest(InvalidRequest::Version(_)) => vec!["VERSION_MISMATCH".into()],
+            Error::InvalidRequest(_) => vec!["REQUEST_INVALID".into()],
+            Error::Nonce(n) => vec![n.reason_code().into()],
+            Error::EvidenceRejected(e) => vec![e.reason_code().into()],
+            Error::PolicyDenied(v) => {
+                let mut all: Vec<String> = v.iter().flat_map(|r| r.reason_codes()).collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+            Error::Store(_) => vec!["STORE_UNAVAILABLE".into()],
+            Error::Keys { .. } => vec!["INTERNAL".into()],
+        }
+    }
+
+    /// The gRPC status a guest receives, with the decision id of the audit
+    /// entry when there is one.
+    pub fn to_status(&self, decision_id: Option<&str>) -> tonic::Status {
+        use tonic::Code;
+        let (code, message) = match self {
+            Error::InvalidRequest(InvalidRequest::Version(m)) => {
+                (Code::FailedPrecondition, m.clone())
+            }
+            Error::InvalidRequest(e) => (Code::InvalidArgument, e.to_string()),
+            Error::Nonce(n) => (Code::PermissionDenied, n.to_string()),
+            Error::EvidenceRejected(_) => (
+                Code::PermissionDenied,
+                "attestation evidence refused; the broker's audit log has the details".to_owned(),
+            ),
+            Error::PolicyDenied(_) => (
+                Code::PermissionDenied,
+                "every requested volume was refused; the broker's audit log has expected and actual values"
+                    .to_owned(),
+            ),
+            Error::Store(_) => (
+                Code::Unavailable,
+                "the broker's store is unavailable; retry later".to_owned(),
+            ),
+            Error::Keys { .. } => (
+                Code::Internal,
+                "the broker could not prepare a key; an operator must look at its log".to_owned(),
+            ),
+        };
+        let denial = pb::Denial {
+            reason_codes: self.reason_codes(),
+            volumes: match self {
+                Error::PolicyDenied(v) => v.iter().map(VolumeRefusal::to_pb).collect(),
+                _ => Vec::new(),
+            },
+            decision_id: decision_id.unwrap_or_default().to_owned(),
+        };
+        keybroker_proto::denial_status(code, &message, &denial)
+    }
+}

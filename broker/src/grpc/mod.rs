@@ -1,0 +1,129 @@
+//! The guest-facing gRPC boundary: prost messages stop here.
+//!
+//! `TryFrom`-style checks turn wire messages into typed inputs (lengths,
+//! ids, protocol version); the [`crate::release::Broker`] never sees a
+//! prost type, and errors become a `tonic::Status` in one place
+//! ([`crate::error::Error::to_status`]).
+
+mod server;
+
+use std::sync::Arc;
+
+use keybroker_proto::{check_version, pb, protocol_version, GuestPublicKey, Nonce, VolumeIds};
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, InvalidRequest};
+use crate::release::{AttestInput, Broker};
+
+pub use server::{serve, shutdown_signal, tls_server_config, ServeOptions};
+
+/// Implementation of `keybroker.v1.KeyBroker`.
+pub struct KeyBrokerService {
+    broker: Arc<Broker>,
+}
+
+impl KeyBrokerService {
+    /// Wraps the release service.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        KeyBrokerService { broker }
+    }
+}
+
+fn version(v: Option<&pb::ProtocolVersion>) -> Result<(), Error> {
+    check_version(v).map_err(|e| InvalidRequest::Version(e.to_string()).into())
+}
+
+fn volumes(ids: &[String]) -> Result<VolumeIds, Error> {
+    VolumeIds::parse(ids).map_err(|e| {
+        InvalidRequest::Field {
+            field: "volume_ids",
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn field<T, E: std::fmt::Display>(field: &'static str, r: Result<T, E>) -> Result<T, Error> {
+    r.map_err(|e| {
+        InvalidRequest::Field {
+            field,
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Checks the form of an AttestRequest and turns it into typed input.
+pub fn attest_input(req: pb::AttestRequest) -> Result<AttestInput, Error> {
+    version(req.version.as_ref())?;
+    Ok(AttestInput {
+        nonce: field("nonce", Nonce::try_from(req.nonce.as_slice()))?,
+        guest_public_key: field(
+            "guest_public_key",
+            GuestPublicKey::try_from(req.guest_public_key.as_slice()),
+        )?,
+        volumes: volumes(&req.volume_ids)?,
+        report: req.report,
+        cert_table: req.cert_table,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::key_broker_server::KeyBroker for KeyBrokerService {
+    async fn challenge(
+        &self,
+        request: Request<pb::ChallengeRequest>,
+    ) -> Result<Response<pb::ChallengeResponse>, Status> {
+        let client = request.remote_addr();
+        let req = request.into_inner();
+        let grant = version(req.version.as_ref())
+            .and_then(|()| volumes(&req.volume_ids))
+            .and_then(|v| self.broker.challenge(&v, client))
+            .map_err(|e| {
+                tracing::info!(client = ?client, reasons = ?e.reason_codes(), "challenge refused: {e}");
+                e.to_status(None)
+            })?;
+        Ok(Response::new(pb::ChallengeResponse {
+            version: Some(protocol_version()),
+            nonce: grant.nonce.as_bytes().to_vec(),
+            expires_in_secs: grant.expires_in.as_secs() as u32,
+        }))
+    }
+
+    async fn attest(
+        &self,
+        request: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let client = request.remote_addr();
+        let input = attest_input(request.into_inner()).map_err(|e| {
+            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "attest request malformed: {e}");
+            e.to_status(None)
+        })?;
+        // Verification is CPU work of a few hundred microseconds; it runs on
+        // the runtime's worker threads (one per core) without a blocking
+        // pool hand-off, which would cost more than it saves at this size.
+        let release = self
+            .broker
+            .attest(input, client)
+            .map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
+        Ok(Response::new(pb::AttestResponse {
+            version: Some(protocol_version()),
+            keys: release
+                .keys
+                .into_iter()
+                .map(|k| pb::WrappedKey {
+                    volume_id: k.volume.as_str().to_owned(),
+                    key_version: k.version,
+                    state: match k.state {
+                        crate::store::KeyState::Pending => pb::KeyState::Pending,
+                        _ => pb::KeyState::Current,
+                    } as i32,
+                    enc: k.wrapped.enc,
+                    ciphertext: k.wrapped.ciphertext,
+                })
+                .collect(),
+            denied: release.denied.iter().map(|d| d.to_pb()).collect(),
+            decision_id: release.decision_id,
+        }))
+    }
+}

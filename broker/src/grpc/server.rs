@@ -1,0 +1,130 @@
+//! The guest-facing listener: TCP with TCP_NODELAY, a TLS handshake under a
+//! deadline, then tonic's HTTP/2 server with message-size and request-time
+//! limits, and one shutdown future for SIGTERM and Ctrl-C with bounded
+//! draining.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keybroker_proto::pb::key_broker_server::KeyBrokerServer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::KeyBrokerService;
+use crate::release::Broker;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest accepted request message.
+    pub max_message_bytes: usize,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+    /// Deadline of a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long in-flight requests may drain after shutdown is asked for.
+    pub drain_timeout: Duration,
+}
+
+/// A rustls server config for the guest port: TLS 1.3 only, ALPN h2,
+/// the aws-lc-rs provider.
+pub fn tls_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the aws-lc-rs provider")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not form a usable pair; re-run `broker init` or fix tls_cert/tls_key")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves `keybroker.v1` on `listener` until `shutdown` completes, then
+/// drains for at most `opts.drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    broker: Arc<Broker>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let handshake_timeout = opts.handshake_timeout;
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let svc = KeyBrokerServer::new(KeyBrokerService::new(broker))
+        .max_decoding_message_size(opts.max_message_bytes)
+        .max_encoding_message_size(opts.max_message_bytes);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = opts.drain_timeout;
+    let server = tonic::transport::Server::builder()
+        .timeout(opts.request_timeout)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => { accept_loop.abort(); return r.context("gRPC server failed"); }
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: draining for at most {:?}", drain);
+    accept_loop.abort();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(drain, server).await {
+        Ok(r) => r.context("gRPC server failed while draining"),
+        Err(_) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT (Ctrl-C) arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,25 @@
+//! The attested disk-key broker: the library behind the `broker` binary.
+//!
+//! Modules by concern: [`grpc`] (the wire boundary), [`release`] (Challenge
+//! and Attest), [`verify`] (SEV-SNP evidence), [`policy`], [`keys`] (keys at
+//! rest), [`store`], [`audit`], plus configuration and the CLI.
+//! See `docs/architecture.md` for the code map and invariants.
+#![deny(unsafe_code)]
+#![warn(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod assemble;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod hardening;
+pub mod keys;
+pub mod logging;
+pub mod policy;
+pub mod release;
+pub mod store;
+pub mod tls;
+pub mod verify;
+
+pub use error::Error;

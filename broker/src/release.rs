@@ -1,0 +1,336 @@
+//! Key release: the Challenge and Attest steps of the protocol, independent
+//! of gRPC (the `grpc` module adapts them to the wire).
+//!
+//! **Invariant:** a volume key is wrapped only for a [`BoundReport`], which
+//! only `verify` can construct after every evidence check passed and
+//! REPORT_DATA matched the transcript; and only to the guest public key that
+//! the transcript (and so the signed report) binds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keybroker_proto::{
+    report_data, wrap_volume_key, GuestPublicKey, Nonce, VolumeId, VolumeIds, WrappedKey,
+};
+use time::OffsetDateTime;
+
+use crate::audit::AuditDraft;
+use crate::error::{Error, NonceRejected, RefusalCause, VolumeRefusal};
+use crate::keys::{self, MasterKey};
+use crate::policy::Policy;
+use crate::store::{KeyState, NonceOutcome, Store};
+use crate::verify::{BoundReport, Verifier};
+
+/// A granted nonce.
+#[derive(Debug)]
+pub struct ChallengeGrant {
+    /// The nonce to bind into the report.
+    pub nonce: Nonce,
+    /// Its lifetime.
+    pub expires_in: Duration,
+}
+
+/// What a guest sends in Attest, already checked for form by the adapter.
+#[derive(Debug)]
+pub struct AttestInput {
+    /// Nonce from Challenge.
+    pub nonce: Nonce,
+    /// Raw report bytes.
+    pub report: Vec<u8>,
+    /// Extended-report certificate table (may be empty).
+    pub cert_table: Vec<u8>,
+    /// The guest's ephemeral X25519 public key.
+    pub guest_public_key: GuestPublicKey,
+    /// Requested volumes, in transcript order.
+    pub volumes: VolumeIds,
+}
+
+/// One released key, wrapped to the attested guest.
+#[derive(Debug)]
+pub struct ReleasedKey {
+    /// Volume.
+    pub volume: VolumeId,
+    /// Key version.
+    pub version: u32,
+    /// Current or pending.
+    pub state: KeyState,
+    /// HPKE output.
+    pub wrapped: WrappedKey,
+}
+
+/// The outcome of a successful Attest: at least one key released.
+#[derive(Debug)]
+pub struct Release {
+    /// Released keys.
+    pub keys: Vec<ReleasedKey>,
+    /// Volumes refused (partial grant).
+    pub denied: Vec<VolumeRefusal>,
+    /// Audit entry id of this decision.
+    pub decision_id: String,
+}
+
+/// The key-release service.
+pub struct Broker {
+    store: Arc<dyn Store>,
+    master: MasterKey,
+    verifier: Verifier,
+    nonce_ttl: Duration,
+    policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
+}
+
+impl Broker {
+    /// Assembles the service.
+    pub fn new(
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        verifier: Verifier,
+        nonce_ttl: Duration,
+    ) -> Self {
+        Broker {
+            store,
+            master,
+            verifier,
+            nonce_ttl,
+            policies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store (for admin commands and tests).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Step 1: issue a single-use nonce for these volumes.
+    pub fn challenge(
+        &self,
+        volumes: &VolumeIds,
+        client: Option<SocketAddr>,
+    ) -> Result<ChallengeGrant, Error> {
+        let nonce = Nonce::random().map_err(|e| Error::Keys {
+            volume: String::new(),
+            what: format!("no randomness for a nonce: {e}"),
+        })?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let names: Vec<String> = volumes.iter().map(|v| v.as_str().to_owned()).collect();
+        self.store.insert_nonce(
+            nonce.as_bytes(),
+            &names,
+            now + self.nonce_ttl.as_secs() as i64,
+        )?;
+        tracing::debug!(volumes = ?names, client = ?client, "challenge issued");
+        Ok(ChallengeGrant {
+            nonce,
+            expires_in: self.nonce_ttl,
+        })
+    }
+
+    /// Step 3-5: verify the evidence, evaluate each volume's policy and wrap
+    /// every granted key to the attested guest key. Every decision is
+    /// audited; the returned error carries the decision id when one exists.
+    pub fn attest(
+        &self,
+        input: AttestInput,
+        client: Option<SocketAddr>,
+    ) -> Result<Release, (Error, Option<String>)> {
+        let now = OffsetDateTime::now_utc();
+        let names: Vec<String> = input
+            .volumes
+            .iter()
+            .map(|v| v.as_str().to_owned())
+            .collect();
+        let mut audit = AuditDraft::new("attest", now.unix_timestamp(), names, client);
+        match self.attest_inner(&input, now, &mut audit) {
+            Ok((keys, denied)) => {
+                audit.verdict = "allow".into();
+                audit.reason_codes = denied.iter().flat_map(|d| d.reason_codes()).collect();
+                let decision_id = self.append_audit(audit);
+                tracing::info!(
+                    decision = ?decision_id,
+                    granted = keys.len(),
+                    denied = denied.len(),
+                    "attest allowed"
+                );
+                Ok(Release {
+                    keys,
+                    denied,
+                    decision_id: decision_id.unwrap_or_default(),
+                })
+            }
+            Err(err) => {
+                audit.verdict = match err {
+                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    _ => "deny".into(),
+                };
+                audit.reason_codes = err.reason_codes();
+                audit.detail("error", &err.to_string());
+                if let Error::PolicyDenied(refusals) = &err {
+                    audit.detail("refusals", &refusal_details(refusals));
+                }
+                let decision_id = self.append_audit(audit);
+                tracing::warn!(
+                    decision = ?decision_id,
+                    reasons = ?err.reason_codes(),
+                    "attest refused: {err}"
+                );
+                Err((err, decision_id))
+            }
+        }
+    }
+
+    fn attest_inner(
+        &self,
+        input: &AttestInput,
+        now: OffsetDateTime,
+        audit: &mut AuditDraft,
+    ) -> Result<(Vec<ReleasedKey>, Vec<VolumeRefusal>), Error> {
+        // 1. The nonce: known, unexpired, unused; burnt now whatever follows.
+        let challenged = match self
+            .store
+            .consume_nonce(input.nonce.as_bytes(), now.unix_timestamp())?
+        {
+            NonceOutcome::Fresh { volumes } => volumes,
+            NonceOutcome::Unknown => return Err(Error::Nonce(NonceRejected::Unknown)),
+            NonceOutcome::Expired => return Err(Error::Nonce(NonceRejected::Expired)),
+            NonceOutcome::AlreadyUsed => return Err(Error::Nonce(NonceRejected::AlreadyUsed)),
+        };
+        if !input
+            .volumes
+            .iter()
+            .map(VolumeId::as_str)
+            .eq(challenged.iter().map(String::as_str))
+        {
+            return Err(crate::error::InvalidRequest::VolumesDiffer.into());
+        }
+
+        // 2-5. Parse, chain, VEK binding, signature; then REPORT_DATA.
+        let verified = self
+            .verifier
+            .verify(&input.report, &input.cert_table, None, now)?;
+        audit.record_claims(verified.claims());
+        let expected = report_data(&input.nonce, &input.guest_public_key, &input.volumes);
+        let bound = verified.bind(expected.as_bytes())?;
+
+        // 6. Each volume's state and policy.
+        let mut keys = Vec::new();
+        let mut denied = Vec::new();
+        for volume in input.volumes.iter() {
+            match self.release_volume(&bound, volume, &expected, &input.guest_public_key)? {
+                Ok(mut released) => keys.append(&mut released),
+                Err(cause) => denied.push(VolumeRefusal {
+                    volume: volume.as_str().to_owned(),
+                    cause,
+                }),
+            }
+        }
+        if keys.is_empty() {
+            return Err(Error::PolicyDenied(denied));
+        }
+        if !denied.is_empty() {
+            audit.detail("refusals", &refusal_details(&denied));
+        }
+        Ok((keys, denied))
+    }
+
+    /// Releases the keys of one volume, or says why not. The outer error is
+    /// a broker failure; the inner one a refusal of this volume.
+    fn release_volume(
+        &self,
+        bound: &BoundReport,
+        volume: &VolumeId,
+        report_data: &keybroker_proto::ReportData,
+        guest: &GuestPublicKey,
+    ) -> Result<Result<Vec<ReleasedKey>, RefusalCause>, Error> {
+        let Some(record) = self.store.get_volume(volume.as_str())? else {
+            return Ok(Err(RefusalCause::UnknownVolume));
+        };
+        if !record.enabled {
+            return Ok(Err(RefusalCause::Disabled));
+        }
+        let policy = match self.policy(&record.policy)? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(RefusalCause::PolicyUnavailable(why))),
+        };
+        let verdict = policy.evaluate(bound.claims());
+        if !verdict.is_allowed() {
+            return Ok(Err(RefusalCause::Policy(verdict.failures)));
+        }
+        let versions = self.store.releasable_keys(volume.as_str())?;
+        if versions.is_empty() {
+            return Ok(Err(RefusalCause::NoKey));
+        }
+        let mut out = Vec::with_capacity(versions.len());
+        for v in versions {
+            let key =
+                keys::unseal(&self.master, volume.as_str(), v.version, &v.sealed).map_err(|e| {
+                    Error::Keys {
+                        volume: volume.as_str().to_owned(),
+                        what: e.to_string(),
+                    }
+                })?;
+            let wrapped =
+                wrap_volume_key(guest, report_data, volume, v.version, key.expose_secret())
+                    .map_err(|e| Error::Keys {
+                        volume: volume.as_str().to_owned(),
+                        what: e.to_string(),
+                    })?;
+            out.push(ReleasedKey {
+                volume: volume.clone(),
+                version: v.version,
+                state: v.state,
+                wrapped,
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    /// The parsed policy, cached by name and revision.
+    fn policy(&self, name: &str) -> Result<Result<Arc<Policy>, String>, Error> {
+        let Some(stored) = self.store.get_policy(name)? else {
+            return Ok(Err(format!("policy {name:?} does not exist")));
+        };
+        let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((rev, p)) = cache.get(name) {
+            if *rev == stored.revision {
+                return Ok(Ok(p.clone()));
+            }
+        }
+        match Policy::from_toml(&stored.text) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                cache.insert(name.to_owned(), (stored.revision, p.clone()));
+                Ok(Ok(p))
+            }
+            Err(e) => Ok(Err(format!("policy {name:?} is invalid: {e}"))),
+        }
+    }
+
+    fn append_audit(&self, event: AuditDraft) -> Option<String> {
+        match self.store.append_audit(&event.into_event()) {
+            Ok(id) => Some(id.to_string()),
+            Err(e) => {
+                tracing::error!("could not append audit entry: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn refusal_details(refusals: &[VolumeRefusal]) -> String {
+    let mut out = String::new();
+    for r in refusals {
+        match &r.cause {
+            RefusalCause::Policy(failures) => {
+                for f in failures {
+                    out.push_str(&format!(
+                        "{}: {} {}: expected {}, actual {}; ",
+                        r.volume, f.code, f.check, f.expected, f.actual
+                    ));
+                }
+            }
+            other => out.push_str(&format!("{}: {:?}; ", r.volume, other)),
+        }
+    }
+    out
+}
