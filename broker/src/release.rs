@@ -20,7 +20,7 @@ use crate::audit::AuditDraft;
 use crate::error::{Error, NonceRejected, RefusalCause, VolumeRefusal};
 use crate::keys::{self, MasterKey};
 use crate::policy::Policy;
-use crate::store::{KeyState, NonceOutcome, Store};
+use crate::store::{KeyState, NonceOutcome, Store, StoredPolicy};
 use crate::verify::{BoundReport, Verifier};
 
 /// A granted nonce.
@@ -147,7 +147,7 @@ impl Broker {
                 audit.reason_codes = denied.iter().flat_map(|d| d.reason_codes()).collect();
                 let decision_id = self.append_audit(audit);
                 tracing::info!(
-                    decision = ?decision_id,
+                    decision = decision_id.as_deref().unwrap_or("-"),
                     granted = keys.len(),
                     denied = denied.len(),
                     "attest allowed"
@@ -165,14 +165,18 @@ impl Broker {
                 };
                 audit.reason_codes = err.reason_codes();
                 audit.detail("error", &err.to_string());
-                if let Error::PolicyDenied(refusals) = &err {
-                    audit.detail("refusals", &refusal_details(refusals));
+                let details = match &err {
+                    Error::PolicyDenied(refusals) => refusal_details(refusals),
+                    _ => String::new(),
+                };
+                if !details.is_empty() {
+                    audit.detail("refusals", &details);
                 }
                 let decision_id = self.append_audit(audit);
                 tracing::warn!(
-                    decision = ?decision_id,
+                    decision = decision_id.as_deref().unwrap_or("-"),
                     reasons = ?err.reason_codes(),
-                    "attest refused: {err}"
+                    "attest refused: {err} {details}"
                 );
                 Err((err, decision_id))
             }
@@ -242,13 +246,13 @@ impl Broker {
         report_data: &keybroker_proto::ReportData,
         guest: &GuestPublicKey,
     ) -> Result<Result<Vec<ReleasedKey>, RefusalCause>, Error> {
-        let Some(record) = self.store.get_volume(volume.as_str())? else {
+        let Some(view) = self.store.release_view(volume.as_str())? else {
             return Ok(Err(RefusalCause::UnknownVolume));
         };
-        if !record.enabled {
+        if !view.volume.enabled {
             return Ok(Err(RefusalCause::Disabled));
         }
-        let policy = match self.policy(&record.policy)? {
+        let policy = match self.policy(&view.volume.policy, view.policy) {
             Ok(p) => p,
             Err(why) => return Ok(Err(RefusalCause::PolicyUnavailable(why))),
         };
@@ -256,7 +260,7 @@ impl Broker {
         if !verdict.is_allowed() {
             return Ok(Err(RefusalCause::Policy(verdict.failures)));
         }
-        let versions = self.store.releasable_keys(volume.as_str())?;
+        let versions = view.keys;
         if versions.is_empty() {
             return Ok(Err(RefusalCause::NoKey));
         }
@@ -285,24 +289,25 @@ impl Broker {
         Ok(Ok(out))
     }
 
-    /// The parsed policy, cached by name and revision.
-    fn policy(&self, name: &str) -> Result<Result<Arc<Policy>, String>, Error> {
-        let Some(stored) = self.store.get_policy(name)? else {
-            return Ok(Err(format!("policy {name:?} does not exist")));
+    /// The parsed policy, cached by name and revision so a release does
+    /// not re-parse TOML.
+    fn policy(&self, name: &str, stored: Option<StoredPolicy>) -> Result<Arc<Policy>, String> {
+        let Some(stored) = stored else {
+            return Err(format!("policy {name:?} does not exist"));
         };
         let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((rev, p)) = cache.get(name) {
             if *rev == stored.revision {
-                return Ok(Ok(p.clone()));
+                return Ok(p.clone());
             }
         }
         match Policy::from_toml(&stored.text) {
             Ok(p) => {
                 let p = Arc::new(p);
                 cache.insert(name.to_owned(), (stored.revision, p.clone()));
-                Ok(Ok(p))
+                Ok(p)
             }
-            Err(e) => Ok(Err(format!("policy {name:?} is invalid: {e}"))),
+            Err(e) => Err(format!("policy {name:?} is invalid: {e}")),
         }
     }
 
@@ -315,6 +320,25 @@ impl Broker {
             }
         }
     }
+}
+
+/// Runs store upkeep (purging expired nonces, checkpointing) every `every`
+/// on the blocking pool, until the returned task is aborted.
+pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let b = broker.clone();
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            match tokio::task::spawn_blocking(move || b.store.maintain(now)).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired nonces purged"),
+                Ok(Err(e)) => tracing::warn!("store maintenance failed: {e}"),
+                _ => {}
+            }
+        }
+    })
 }
 
 fn refusal_details(refusals: &[VolumeRefusal]) -> String {

@@ -35,7 +35,14 @@ pub fn tls_server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // Prefer AES-128-GCM/SHA-256: its key schedule runs on the SHA
+    // extensions of current x86 CPUs, where SHA-384 has none. The volume key
+    // itself travels inside the HPKE (AES-256-GCM) wrapping either way.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| (s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256) as u8);
+    let provider = Arc::new(provider);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with the aws-lc-rs provider")?
@@ -43,6 +50,11 @@ pub fn tls_server_config(
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not form a usable pair; re-run `broker init` or fix tls_cert/tls_key")?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.ignore_client_order = true;
+    // A guest connects once per boot: resumption tickets would cost every
+    // handshake a ticket encryption and an extra flight, and never be used.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
@@ -55,6 +67,7 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let maintenance = crate::release::spawn_maintenance(broker.clone(), Duration::from_secs(1));
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let handshake_timeout = opts.handshake_timeout;
@@ -97,11 +110,16 @@ pub async fn serve(
         });
     tokio::pin!(server);
     tokio::select! {
-        r = &mut server => { accept_loop.abort(); return r.context("gRPC server failed"); }
+        r = &mut server => {
+            accept_loop.abort();
+            maintenance.abort();
+            return r.context("gRPC server failed");
+        }
         () = shutdown => {}
     }
     tracing::info!("shutting down: draining for at most {:?}", drain);
     accept_loop.abort();
+    maintenance.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(drain, server).await {
         Ok(r) => r.context("gRPC server failed while draining"),

@@ -24,6 +24,76 @@ pub fn run_all(store: &dyn Store) {
     names_validated(store);
     key_rotation_states(store);
     audit_append_filter_and_chain(store);
+    release_view_is_one_snapshot(store);
+    maintain_purges_expired_nonces(store);
+}
+
+/// `release_view` agrees with the separate reads and hides retired keys.
+fn release_view_is_one_snapshot(store: &dyn Store) {
+    store.put_policy("rv-policy", "version = 1\n").unwrap();
+    store
+        .create_volume(
+            &NewVolume {
+                name: "rv-vol".into(),
+                policy: "rv-policy".into(),
+                description: "snapshot".into(),
+            },
+            &sample_sealed(9),
+        )
+        .unwrap();
+    let view = store
+        .release_view("rv-vol")
+        .unwrap()
+        .expect("volume exists");
+    assert_eq!(
+        Some(view.volume.clone()),
+        store.get_volume("rv-vol").unwrap()
+    );
+    assert_eq!(view.policy, store.get_policy("rv-policy").unwrap());
+    assert_eq!(view.keys, store.releasable_keys("rv-vol").unwrap());
+    assert_eq!(view.keys.len(), 1);
+    assert!(store.release_view("rv-missing").unwrap().is_none());
+    // A rotation: pending appears beside current; once promoted, the old
+    // version is retired and no longer releasable.
+    store
+        .add_pending_version("rv-vol", 2, &sample_sealed(10))
+        .unwrap();
+    let v: Vec<u32> = store
+        .release_view("rv-vol")
+        .unwrap()
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| k.version)
+        .collect();
+    assert_eq!(v, vec![1, 2]);
+    store.promote_pending("rv-vol", 2).unwrap();
+    let v: Vec<u32> = store
+        .release_view("rv-vol")
+        .unwrap()
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| k.version)
+        .collect();
+    assert_eq!(v, vec![2]);
+}
+
+/// `maintain` removes expired nonces and keeps fresh ones usable.
+fn maintain_purges_expired_nonces(store: &dyn Store) {
+    let old = nonce("maintain", 0);
+    let fresh = nonce("maintain", 1);
+    store.insert_nonce(&old, &["v".into()], 1_000).unwrap();
+    store.insert_nonce(&fresh, &["v".into()], 5_000).unwrap();
+    assert!(store.maintain(2_000).unwrap() >= 1);
+    assert_eq!(
+        store.consume_nonce(&old, 2_000).unwrap(),
+        NonceOutcome::Unknown
+    );
+    assert!(matches!(
+        store.consume_nonce(&fresh, 2_000).unwrap(),
+        NonceOutcome::Fresh { .. }
+    ));
 }
 
 fn nonce(tag: &str, i: u32) -> [u8; 32] {

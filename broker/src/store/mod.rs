@@ -307,6 +307,18 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// Everything key release reads about one volume, from one consistent
+/// snapshot (one read transaction instead of three).
+#[derive(Clone, Debug)]
+pub struct ReleaseView {
+    /// The volume.
+    pub volume: VolumeRecord,
+    /// Its policy's latest revision; `None` if the policy is missing.
+    pub policy: Option<StoredPolicy>,
+    /// Its current and pending key versions (retired ones excluded).
+    pub keys: Vec<KeyVersionRecord>,
+}
+
 /// The storage interface. Implementations must pass [`conformance::run_all`].
 pub trait Store: Send + Sync {
     /// Records a fresh nonce issued for `volumes`, valid while
@@ -324,6 +336,18 @@ pub trait Store: Send + Sync {
 
     /// Deletes nonces expired at `now_unix`; returns how many.
     fn purge_nonces(&self, now_unix: i64) -> Result<u64, StoreError>;
+
+    /// Periodic upkeep, called off the request path: deletes expired nonces
+    /// and lets the backend compact (SQLite checkpoints its WAL here, so a
+    /// request never waits for the fsync of a checkpoint). Returns how many
+    /// nonces were purged.
+    fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
+        self.purge_nonces(now_unix)
+    }
+
+    /// The volume, its policy and its releasable keys in one snapshot;
+    /// `None` if the volume does not exist.
+    fn release_view(&self, name: &str) -> Result<Option<ReleaseView>, StoreError>;
 
     /// Creates or replaces a policy's text; returns the new revision.
     fn put_policy(&self, name: &str, text: &str) -> Result<i64, StoreError>;

@@ -16,8 +16,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     audit_entry_hash, validate_name, verify_chain, AuditChainError, AuditEntry, AuditEvent,
-    AuditFilter, AuditId, KeyState, KeyVersionRecord, NewVolume, NonceOutcome, Store, StoreError,
-    StoredPolicy, VolumeRecord,
+    AuditFilter, AuditId, KeyState, KeyVersionRecord, NewVolume, NonceOutcome, ReleaseView, Store,
+    StoreError, StoredPolicy, VolumeRecord,
 };
 use crate::keys::{MasterKeyId, SealedKey};
 
@@ -94,6 +94,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// A second connection for WAL checkpoints, so their fsync never holds
+    /// the request connection's lock. `None` for in-memory databases.
+    checkpointer: Option<Mutex<Connection>>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -138,7 +141,11 @@ impl SqliteStore {
             }
         }
         let conn = Connection::open(path).map_err(backend)?;
-        Self::init(conn, true)
+        let mut store = Self::init(conn, true)?;
+        let ck = Connection::open(path).map_err(backend)?;
+        ck.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
+        store.checkpointer = Some(Mutex::new(ck));
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -164,6 +171,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            checkpointer: None,
         })
     }
 
@@ -428,6 +436,43 @@ impl Store for SqliteStore {
             Some((used, _)) if used != 0 => NonceOutcome::AlreadyUsed,
             Some(_) => NonceOutcome::Expired,
         })
+    }
+
+    fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
+        let purged = self.purge_nonces(now_unix)?;
+        if let Some(ck) = &self.checkpointer {
+            let ck = ck.lock().unwrap_or_else(|p| p.into_inner());
+            // PASSIVE: copies what it can without waiting for, or blocking, writers.
+            ck.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(backend)?;
+        }
+        Ok(purged)
+    }
+
+    fn release_view(&self, name: &str) -> Result<Option<ReleaseView>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let Some(volume) = tx
+            .prepare_cached(
+                "SELECT name, policy, description, enabled, created_at FROM volumes WHERE name = ?1",
+            )
+            .and_then(|mut s| s.query_row([name], read_volume).optional())
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let policy = tx
+            .prepare_cached("SELECT name, revision, text, updated_at FROM policies WHERE name = ?1")
+            .and_then(|mut s| s.query_row([&volume.policy], read_policy).optional())
+            .map_err(backend)?;
+        let mut keys = read_keys(&tx, SQL_KEY_VERSIONS, name)?;
+        keys.retain(|k| k.state != KeyState::Retired);
+        tx.commit().map_err(backend)?;
+        Ok(Some(ReleaseView {
+            volume,
+            policy,
+            keys,
+        }))
     }
 
     fn purge_nonces(&self, now_unix: i64) -> Result<u64, StoreError> {
