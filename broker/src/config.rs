@@ -118,14 +118,13 @@ pub struct SimulatedRoot {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error(
-        "cannot read config {path}: {source}; pass --config with the file `broker init` wrote"
-    )]
+    #[error("cannot read config {path}: {cause}; pass --config with the file `broker init` wrote")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (kept in the message, not as an error source, so that
+        /// `{:#}` chains do not print it twice).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML or has unknown/missing fields.
     #[error("invalid config {path}: {message}")]
@@ -150,9 +149,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads and resolves a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)

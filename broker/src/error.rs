@@ -11,6 +11,22 @@ use crate::policy::PolicyFailure;
 use crate::store::StoreError;
 use crate::verify::EvidenceRejected;
 
+/// Reason codes the broker itself emits (besides [`crate::verify::ALL_REASON_CODES`]
+/// and [`crate::policy::ALL_REASON_CODES`]).
+pub const ALL_REASON_CODES: &[&str] = &[
+    "VERSION_MISMATCH",
+    "REQUEST_INVALID",
+    "NONCE_UNKNOWN",
+    "NONCE_EXPIRED",
+    "NONCE_REPLAYED",
+    "STORE_UNAVAILABLE",
+    "INTERNAL",
+    "VOLUME_UNKNOWN",
+    "VOLUME_DISABLED",
+    "VOLUME_NO_KEY",
+    "POLICY_UNAVAILABLE",
+];
+
 /// Everything that can go wrong while serving a guest.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -59,6 +59,9 @@ pub struct Cli {
 pub enum Command {
     /// Attest once and print, per volume, whether its key was granted (never the key).
     Probe(ProbeArgs),
+    /// Create or describe a simulated SEV-SNP platform (tests and demos only).
+    #[command(subcommand)]
+    SimPlatform(crate::sim_cli::SimCommand),
 }
 
 /// Arguments of `probe`.
@@ -109,6 +112,13 @@ pub fn run(cli: Cli) -> u8 {
     init_logging(cli.verbose);
     match cli.command {
         Command::Probe(args) => probe(args),
+        Command::SimPlatform(cmd) => match crate::sim_cli::run(cmd) {
+            Ok(()) => EXIT_GRANTED,
+            Err(e) => {
+                eprint_err(e);
+                EXIT_FAILED
+            }
+        },
     }
 }
 
@@ -294,7 +304,9 @@ mod tests {
             "9",
         ])
         .unwrap();
-        let Command::Probe(a) = cli.command;
+        let Command::Probe(a) = cli.command else {
+            panic!("parsed as another command")
+        };
         let cfg = probe_config(&a).unwrap();
         assert_eq!(cfg.brokers[0].port(), 8443);
         assert_eq!(cfg.timeout, Duration::from_secs(9));
@@ -313,7 +325,9 @@ mod tests {
         assert!(args(&["probe", "--config", "/x", "--pin", PIN, "--volume", "a"]).is_err());
         // Flags incomplete: a usage error at config time.
         let cli = args(&["probe", "--broker", "https://kb:1", "--volume", "a"]).unwrap();
-        let Command::Probe(a) = cli.command;
+        let Command::Probe(a) = cli.command else {
+            panic!("parsed as another command")
+        };
         assert!(matches!(probe_config(&a), Err(ConfigError::Missing { .. })));
         assert_eq!(
             run(args(&["probe", "--broker", "https://kb:1", "--volume", "a"]).unwrap()),

@@ -15,6 +15,8 @@ pub mod client;
 pub mod config;
 pub mod evidence;
 pub mod flow;
+pub mod hardening;
 pub mod sim;
+mod sim_cli;
 
 pub use flow::{fetch_keys, Denied, FetchOutcome, UnlockError, UnwrappedKey};

@@ -1,5 +1,8 @@
 //! `guest-unlock`: see [`guest_unlock::cli`] for commands and exit codes.
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(guest_unlock::cli::run(guest_unlock::cli::parse()))
+    let cli = guest_unlock::cli::parse();
+    // Before any key can exist in this process.
+    guest_unlock::hardening::harden();
+    std::process::ExitCode::from(guest_unlock::cli::run(cli))
 }

@@ -57,8 +57,10 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
     } = cmd;
     // Resolve every input before doing any work, so a usage mistake costs nothing.
     let now = match &at {
-        Some(s) => OffsetDateTime::parse(s, &Rfc3339).with_context(|| {
-            format!("--at {s:?} is not an RFC 3339 time; write it like 2025-06-01T00:00:00Z")
+        Some(s) => OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+            anyhow::anyhow!(
+                "--at {s:?} is not an RFC 3339 time ({e}); write it like 2025-06-01T00:00:00Z"
+            )
         })?,
         None => OffsetDateTime::now_utc(),
     };
@@ -124,10 +126,9 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
             if v.is_allowed() {
                 println!("policy:        ok");
             } else {
-                println!(
-                    "policy:        REFUSED ({} failing checks)",
-                    v.failures.len()
-                );
+                let n = v.failures.len();
+                let plural = if n == 1 { "" } else { "s" };
+                println!("policy:        REFUSED ({n} failing check{plural})");
                 for f in &v.failures {
                     println!(
                         "  {}  {}: expected {}, actual {}",
@@ -175,9 +176,13 @@ fn print_claims(c: &ReportClaims, verified: bool) {
     }
     println!("version:       {}", c.version);
     println!("generation:    {}", c.generation);
-    println!("signer:        {:?}", c.signer);
+    let signer = match c.signer {
+        SignerKind::Vcek => "vcek",
+        SignerKind::Vlek => "vlek",
+    };
+    println!("signer:        {signer}");
     println!(
-        "policy:        {:#x} (debug={} migrate_ma={} smt={} abi>={}.{})",
+        "guest_policy:  {:#x} (debug={} migrate_ma={} smt={} abi>={}.{})",
         c.policy.raw,
         c.policy.debug,
         c.policy.migrate_ma,

@@ -1,0 +1,801 @@
+//! The `broker` command line, run as the real executable in temporary
+//! directories (ripgrep / rage style): exit status (0 ok, 1 refused or not
+//! found, 2 usage), stdout and stderr. Outputs whose wording matters are
+//! compared with snapshots in `tests/snapshots/` (`KB_UPDATE_SNAPSHOTS=1`
+//! rewrites them); every command runs with relative paths in its temporary
+//! directory so the snapshots hold no machine-specific text.
+
+mod util;
+
+use std::path::Path;
+
+use util::{
+    assert_snapshot, expected_field, fixture, init, longest_hex_run, mode, run_in, run_with,
+    stage_real_set, tempdir, Run, REAL_SETS,
+};
+
+/// A time inside every VCEK's validity (the Genoa VCEK starts 2025-08-07).
+const AT_VCEK: &str = "2025-09-01T00:00:00Z";
+/// A time inside the VLEK's validity (2024-12-10 .. 2025-12-10).
+const AT_VLEK: &str = "2025-06-01T00:00:00Z";
+
+fn at_for(set: &str) -> &'static str {
+    if set.contains("vlek") {
+        AT_VLEK
+    } else {
+        AT_VCEK
+    }
+}
+
+/// A policy admitting exactly the debug-allowing Milan report's measurement
+/// and TCB, with `allow_debug` as given: one change between accept and refuse.
+fn gosev_policy(allow_debug: bool) -> String {
+    format!(
+        r#"version = 1
+measurements = ["{m}"]
+allow_debug = {allow_debug}
+
+[min_tcb.milan]
+bootloader = 2
+tee = 0
+snp = 5
+microcode = 68
+"#,
+        m = expected_field("gosevguest-milan-v2-debug", "measurement")
+    )
+}
+
+/// Stages `set` in a fresh directory and runs `report verify` on it.
+fn verify_set(set: &str, extra: &[&str]) -> (tempfile::TempDir, Run) {
+    let tmp = tempdir();
+    stage_real_set(set, tmp.path());
+    let mut args = vec!["report", "verify", "report.bin", "--certs", "certs"];
+    args.extend_from_slice(extra);
+    let r = run_in(tmp.path(), &args);
+    (tmp, r)
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", r.stdout))
+}
+
+// ---------------------------------------------------------------- report verify
+
+#[test]
+fn report_verify_accepts_each_real_set() {
+    for set in REAL_SETS {
+        let (_tmp, r) = verify_set(set, &["--at", at_for(set)]);
+        r.expect_code(0);
+        assert_eq!(
+            r.stdout_line("measurement:"),
+            format!("measurement:   {}", expected_field(set, "measurement")),
+            "{set}"
+        );
+        assert_eq!(
+            r.stdout_line("chip_id:"),
+            format!("chip_id:       {}", expected_field(set, "chip_id")),
+            "{set}"
+        );
+        assert_eq!(
+            r.stdout_line("report_data:"),
+            format!("report_data:   {}", expected_field(set, "report_data")),
+            "{set}"
+        );
+        assert_eq!(r.stdout_line("verdict:"), "verdict:       accepted");
+        assert!(!r.stdout.contains("UNVERIFIED"), "{}", r.stdout);
+        assert_eq!(r.stderr, "", "{set}");
+        assert_snapshot(&format!("report_verify_{set}"), &r.transcript());
+    }
+}
+
+#[test]
+fn report_verify_json_has_verdict_and_claims() {
+    for set in REAL_SETS {
+        let (_tmp, r) = verify_set(set, &["--at", at_for(set), "--json"]);
+        r.expect_code(0);
+        let v = json(&r);
+        assert_eq!(v["verdict"], "accepted", "{set}");
+        assert_eq!(v["authentic"], true, "{set}");
+        assert_eq!(v["simulated"], false, "{set}");
+        assert!(v["evidence_error"].is_null(), "{set}");
+        assert!(v["policy"].is_null(), "{set}: no --policy given");
+        assert_eq!(v["at"], at_for(set));
+        assert_eq!(v["report"], "report.bin");
+        let claims = &v["claims"];
+        for field in [
+            "measurement",
+            "report_data",
+            "chip_id",
+            "report_id",
+            "host_data",
+        ] {
+            assert_eq!(
+                claims[field].as_str(),
+                Some(expected_field(set, field).as_str()),
+                "{set}: claims.{field}"
+            );
+        }
+        let signer = if set.contains("vlek") { "vlek" } else { "vcek" };
+        assert_eq!(claims["signer"], signer, "{set}");
+    }
+}
+
+#[test]
+fn vlek_set_without_at_is_refused_as_expired() {
+    let (_tmp, r) = verify_set("trustee-aws-milan-vlek-v3", &[]);
+    r.expect_code(1);
+    let line = r.stdout_line("authenticity:");
+    assert!(
+        line.starts_with(
+            "authenticity:  REFUSED EVIDENCE_CERT_EXPIRED: VLEK certificate expired at 2025-12-10T22:14:21Z"
+        ),
+        "{line}"
+    );
+    assert!(
+        r.stdout
+            .starts_with("(decoded from an UNVERIFIED report: do not trust these values)\n"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.stdout_line("verdict:"), "verdict:       refused");
+
+    let (_tmp, r) = verify_set("trustee-aws-milan-vlek-v3", &["--json"]);
+    r.expect_code(1);
+    let v = json(&r);
+    assert_eq!(v["verdict"], "refused");
+    assert_eq!(v["authentic"], false);
+    assert_eq!(v["evidence_error"]["code"], "EVIDENCE_CERT_EXPIRED");
+}
+
+#[test]
+fn debug_report_is_refused_by_a_policy_that_forbids_debug() {
+    let set = "gosevguest-milan-v2-debug";
+    // The same policy with debug allowed accepts: debug is the only difference.
+    let tmp = tempdir();
+    stage_real_set(set, tmp.path());
+    write(tmp.path(), "debug-ok.toml", &gosev_policy(true));
+    write(tmp.path(), "no-debug.toml", &gosev_policy(false));
+    let base = ["report", "verify", "report.bin", "--certs", "certs"];
+    let at = ["--at", AT_VCEK];
+
+    let ok = run_in(
+        tmp.path(),
+        &[&base[..], &at, &["--policy", "debug-ok.toml"]].concat(),
+    );
+    ok.expect_code(0);
+    assert_eq!(ok.stdout_line("policy:        ok"), "policy:        ok");
+
+    let r = run_in(
+        tmp.path(),
+        &[&base[..], &at, &["--policy", "no-debug.toml"]].concat(),
+    );
+    r.expect_code(1);
+    assert_eq!(
+        r.stdout_line("policy:        REFUSED"),
+        "policy:        REFUSED (1 failing check)"
+    );
+    assert_eq!(
+        r.stdout_line("  POLICY_DEBUG_ALLOWED"),
+        "  POLICY_DEBUG_ALLOWED  allow_debug: expected guest policy DEBUG bit 0 (allow_debug = false), actual DEBUG bit 1: the hypervisor may debug the guest"
+    );
+    assert_eq!(r.stdout_line("verdict:"), "verdict:       refused");
+    assert_snapshot("report_verify_debug_refused", &r.transcript());
+
+    let r = run_in(
+        tmp.path(),
+        &[&base[..], &at, &["--policy", "no-debug.toml", "--json"]].concat(),
+    );
+    r.expect_code(1);
+    let v = json(&r);
+    assert_eq!(v["authentic"], true);
+    assert_eq!(v["verdict"], "refused");
+    assert_eq!(v["policy"]["allowed"], false);
+    let failures = v["policy"]["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["code"], "POLICY_DEBUG_ALLOWED");
+    assert_eq!(failures[0]["check"], "allow_debug");
+    assert!(
+        failures[0]["expected"]
+            .as_str()
+            .unwrap()
+            .contains("allow_debug = false"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[0]["actual"]
+            .as_str()
+            .unwrap()
+            .contains("DEBUG bit 1"),
+        "{failures:?}"
+    );
+}
+
+#[test]
+fn documented_example_policy_admits_the_reports_it_names() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/policy.toml");
+    for set in ["oak-genoa-v5", "oak-turin-v5"] {
+        let tmp = tempdir();
+        stage_real_set(set, tmp.path());
+        std::fs::copy(&example, tmp.path().join("policy.toml")).unwrap();
+        let r = run_in(
+            tmp.path(),
+            &[
+                "report",
+                "verify",
+                "report.bin",
+                "--certs",
+                "certs",
+                "--at",
+                AT_VCEK,
+                "--policy",
+                "policy.toml",
+            ],
+        );
+        r.expect_code(0);
+        assert_eq!(r.stdout_line("policy:        ok"), "policy:        ok");
+    }
+    // A Milan report it does not name: every failing check, each with its code.
+    let tmp = tempdir();
+    stage_real_set("virtee-milan-v2", tmp.path());
+    std::fs::copy(&example, tmp.path().join("policy.toml")).unwrap();
+    let r = run_in(
+        tmp.path(),
+        &[
+            "report",
+            "verify",
+            "report.bin",
+            "--certs",
+            "certs",
+            "--at",
+            AT_VCEK,
+            "--policy",
+            "policy.toml",
+        ],
+    );
+    r.expect_code(1);
+    for code in [
+        "POLICY_MEASUREMENT_NOT_ALLOWED",
+        "POLICY_GENERATION_NOT_ALLOWED",
+        "POLICY_FIRMWARE_BELOW_MINIMUM",
+    ] {
+        r.stdout_line(&format!("  {code}  "));
+    }
+    assert_snapshot("report_verify_example_policy_milan", &r.transcript());
+}
+
+#[test]
+fn one_flipped_byte_in_the_signed_area_breaks_the_signature() {
+    let set = "virtee-milan-v2";
+    let original = std::fs::read(fixture(set).join("report.bin")).unwrap();
+    // family_id (the sev crate's own negative test), report_data,
+    // measurement, host_data, report_id, a reserved-but-signed byte of a v2
+    // report, and the signature itself.
+    for offset in [0x15usize, 0x50, 0x90, 0xC0, 0x140, 0x1F0, 0x2A0] {
+        let tmp = tempdir();
+        stage_real_set(set, tmp.path());
+        let mut bytes = original.clone();
+        bytes[offset] ^= 0x01;
+        std::fs::write(tmp.path().join("report.bin"), &bytes).unwrap();
+        let r = run_in(
+            tmp.path(),
+            &[
+                "report",
+                "verify",
+                "report.bin",
+                "--certs",
+                "certs",
+                "--at",
+                AT_VCEK,
+            ],
+        );
+        r.expect_code(1);
+        let line = r.stdout_line("authenticity:");
+        assert!(
+            line.starts_with("authenticity:  REFUSED EVIDENCE_REPORT_SIGNATURE: "),
+            "offset {offset:#x}: {line}"
+        );
+        assert_eq!(r.stdout_line("verdict:"), "verdict:       refused");
+        if offset == 0x15 {
+            assert_snapshot("report_verify_flipped_byte", &r.transcript());
+            let r = run_in(
+                tmp.path(),
+                &[
+                    "report",
+                    "verify",
+                    "report.bin",
+                    "--certs",
+                    "certs",
+                    "--at",
+                    AT_VCEK,
+                    "--json",
+                ],
+            );
+            r.expect_code(1);
+            let v = json(&r);
+            assert_eq!(v["verdict"], "refused");
+            assert_eq!(v["evidence_error"]["code"], "EVIDENCE_REPORT_SIGNATURE");
+        }
+    }
+}
+
+#[test]
+fn truncated_oversized_and_empty_reports_are_refused_for_their_length() {
+    let original = std::fs::read(fixture("virtee-milan-v2").join("report.bin")).unwrap();
+    let mut oversized = original.clone();
+    oversized.push(0);
+    for (name, bytes) in [
+        ("truncated", original[..1000].to_vec()),
+        ("oversized", oversized),
+        ("empty", Vec::new()),
+    ] {
+        let tmp = tempdir();
+        stage_real_set("virtee-milan-v2", tmp.path());
+        std::fs::write(tmp.path().join("report.bin"), &bytes).unwrap();
+        let r = run_in(
+            tmp.path(),
+            &[
+                "report",
+                "verify",
+                "report.bin",
+                "--certs",
+                "certs",
+                "--at",
+                AT_VCEK,
+            ],
+        );
+        r.expect_code(1);
+        let line = r.stdout_line("authenticity:");
+        assert!(
+            line.starts_with(&format!(
+                "authenticity:  REFUSED EVIDENCE_REPORT_LENGTH: attestation report is {} bytes, expected exactly 1184",
+                bytes.len()
+            )),
+            "{name}: {line}"
+        );
+        if name == "truncated" {
+            assert_snapshot("report_verify_truncated", &r.transcript());
+        }
+    }
+}
+
+#[test]
+fn report_verify_bad_input() {
+    let tmp = tempdir();
+    stage_real_set("virtee-milan-v2", tmp.path());
+    let d = tmp.path();
+
+    // A missing report file: exit 1, says which file.
+    let r = run_in(d, &["report", "verify", "missing.bin", "--certs", "certs"]);
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        "broker: error: cannot read report missing.bin: No such file or directory (os error 2)\n"
+    );
+
+    // A time that is not RFC 3339: exit 1, with an example of the format.
+    let r = run_in(
+        d,
+        &[
+            "report",
+            "verify",
+            "report.bin",
+            "--certs",
+            "certs",
+            "--at",
+            "yesterday",
+        ],
+    );
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr
+            .starts_with("broker: error: --at \"yesterday\" is not an RFC 3339 time"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("2025-06-01T00:00:00Z"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("could not be parsed").count(),
+        1,
+        "the cause is printed once: {}",
+        r.stderr
+    );
+
+    // An invalid policy file: exit 1 before any verification, naming line and field.
+    write(
+        d,
+        "policy.toml",
+        "version = 1\nmeasurements = [\"zz\"]\n\n[min_tcb.milan]\nbootloader = 0\ntee = 0\nsnp = 0\nmicrocode = 0\n",
+    );
+    let r = run_in(
+        d,
+        &[
+            "report",
+            "verify",
+            "report.bin",
+            "--certs",
+            "certs",
+            "--policy",
+            "policy.toml",
+        ],
+    );
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.contains("line 2"), "{}", r.stderr);
+    assert!(r.stderr.contains("field `measurements[0]`"), "{}", r.stderr);
+    assert_snapshot("report_verify_invalid_policy", &r.transcript());
+
+    // A missing policy file.
+    let r = run_in(
+        d,
+        &[
+            "report",
+            "verify",
+            "report.bin",
+            "--certs",
+            "certs",
+            "--policy",
+            "nope.toml",
+        ],
+    );
+    r.expect_code(1);
+    assert!(
+        r.stderr
+            .starts_with("broker: error: cannot read policy file nope.toml: "),
+        "{}",
+        r.stderr
+    );
+
+    // Usage errors: exit 2, clap's usage on stderr, nothing on stdout.
+    let r = run_in(d, &["report", "verify", "report.bin", "--frobnicate"]);
+    r.expect_code(2);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.contains("'--frobnicate'"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Usage: broker report verify"),
+        "{}",
+        r.stderr
+    );
+    assert_snapshot("report_verify_unknown_flag", &r.transcript());
+
+    let r = run_in(d, &["report", "verify"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("<REPORT>"), "{}", r.stderr);
+
+    // --help is not an error.
+    let r = run_in(d, &["report", "verify", "--help"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("--certs <DIR>"), "{}", r.stdout);
+    assert!(r.stdout.contains("--at <RFC3339>"), "{}", r.stdout);
+}
+
+// ---------------------------------------------------------------- init
+
+#[test]
+fn init_creates_a_broker_directory() {
+    let tmp = tempdir();
+    let (r, pin) = init(tmp.path(), "kb", "127.0.0.1:8443");
+    let d = tmp.path().join("kb");
+    for f in ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"] {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(mode(&d.join("master.key")), 0o600);
+    assert_eq!(mode(&d.join("tls/key.pem")), 0o600);
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(std::fs::read(d.join("master.key")).unwrap().len(), 32);
+
+    // The printed pin is the certificate's.
+    let hex = pin
+        .strip_prefix("sha256:")
+        .expect("pin starts with sha256:");
+    assert_eq!(hex.len(), 64, "{pin}");
+    assert!(
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{pin}"
+    );
+    let (certs, _key) = broker::tls::load(&d.join("tls/cert.pem"), &d.join("tls/key.pem")).unwrap();
+    assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap(), pin);
+
+    // The config it wrote is usable as is.
+    let r2 = run_in(
+        tmp.path(),
+        &["volume", "list", "--config", "kb/config.toml"],
+    );
+    r2.expect_code(0);
+    assert_eq!(r2.stdout, "");
+
+    let shown = r.transcript().replace(hex, "[PIN]");
+    assert_snapshot("init", &shown);
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory_and_overwrites_nothing() {
+    let tmp = tempdir();
+    init(tmp.path(), "kb", "127.0.0.1:8443");
+    let d = tmp.path().join("kb");
+    let files = ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(d.join(f)).unwrap())
+        .collect();
+
+    let r = run_in(tmp.path(), &["init", "--dir", "kb"]);
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        "broker: error: kb exists and is not empty; choose a new directory so no existing key is overwritten\n"
+    );
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(d.join(f)).unwrap(), b, "{f} changed");
+    }
+
+    // A directory holding anything at all is refused the same way.
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    write(&tmp.path().join("other"), "notes.txt", "keep me");
+    let r = run_in(tmp.path(), &["init", "--dir", "other"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("other exists and is not empty"),
+        "{}",
+        r.stderr
+    );
+    assert!(!tmp.path().join("other/master.key").exists());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("other/notes.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn init_accepts_an_existing_empty_directory() {
+    let tmp = tempdir();
+    std::fs::create_dir(tmp.path().join("empty")).unwrap();
+    init(tmp.path(), "empty", "127.0.0.1:8443");
+    assert!(tmp.path().join("empty/master.key").is_file());
+}
+
+// ---------------------------------------------------------------- policy and volume
+
+/// Runs an admin command against `kb/config.toml` in `dir`.
+fn admin(dir: &Path, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--config", "kb/config.toml"]);
+    run_in(dir, &all)
+}
+
+/// Replaces the value of each `"created_at": N` line (a clock reading).
+fn redact_created_at(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("\"created_at\": ") {
+            Some(i) => {
+                let (head, tail) = l.split_at(i + "\"created_at\": ".len());
+                let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+                format!("{head}[TIME]{rest}\n")
+            }
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
+#[test]
+fn policy_and_volume_happy_path() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    init(d, "kb", "127.0.0.1:8443");
+    let policy = gosev_policy(false);
+    write(d, "prod.toml", &policy);
+    let mut transcript = String::new();
+    let mut step = |args: &[&str]| -> Run {
+        let r = admin(d, args);
+        r.expect_code(0);
+        assert_eq!(r.stderr, "", "{args:?}");
+        transcript.push_str(&redact_created_at(&r.transcript()));
+        transcript.push('\n');
+        r
+    };
+
+    let r = step(&["policy", "set", "prod", "prod.toml"]);
+    assert_eq!(r.stdout, "policy prod set (revision 1)\n");
+    let r = step(&["policy", "set", "prod", "prod.toml"]);
+    assert_eq!(r.stdout, "policy prod set (revision 2)\n");
+    let r = step(&["policy", "list"]);
+    assert_eq!(r.stdout, "prod\trevision=2\n");
+    let r = step(&["policy", "list", "--json"]);
+    assert_eq!(
+        json(&r),
+        serde_json::json!([{"name": "prod", "revision": 2}])
+    );
+    let r = step(&["policy", "show", "prod"]);
+    assert_eq!(r.stdout, policy, "policy show prints the stored text");
+
+    let r = step(&[
+        "volume",
+        "add",
+        "data",
+        "--policy",
+        "prod",
+        "--description",
+        "data disk",
+    ]);
+    assert_eq!(r.stdout, "added volume data (policy prod, key version 1)\n");
+    step(&["volume", "add", "root.v2_x-1", "--policy", "prod"]);
+    let r = step(&["volume", "list"]);
+    assert_eq!(
+        r.stdout,
+        "data\tpolicy=prod\tenabled\tdata disk\nroot.v2_x-1\tpolicy=prod\tenabled\t\n"
+    );
+    let r = step(&["volume", "list", "--json"]);
+    let v = json(&r);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["name"], "data");
+    assert_eq!(v[0]["policy"], "prod");
+    assert_eq!(v[0]["enabled"], true);
+    assert_eq!(v[0]["description"], "data disk");
+    let r = step(&["volume", "show", "data"]);
+    assert_eq!(r.stdout_line("key version 1:"), "key version 1: current");
+    assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
+    let r = step(&["volume", "show", "data", "--json"]);
+    let v = json(&r);
+    assert_eq!(v["name"], "data");
+    assert_eq!(v["key_versions"].as_array().unwrap().len(), 1);
+    assert_eq!(v["key_versions"][0]["version"], 1);
+    assert_eq!(v["key_versions"][0]["state"], "current");
+    assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
+    // Only these fields: nothing that could hold key material.
+    let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["description", "enabled", "key_versions", "name", "policy"]
+    );
+    let mut kv: Vec<_> = v["key_versions"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    kv.sort();
+    assert_eq!(kv, ["created_at", "state", "version"]);
+
+    assert_snapshot("admin_happy_path", &transcript);
+}
+
+#[test]
+fn policy_and_volume_refusals() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    init(d, "kb", "127.0.0.1:8443");
+    write(d, "prod.toml", &gosev_policy(false));
+    admin(d, &["policy", "set", "prod", "prod.toml"]).expect_code(0);
+    admin(d, &["volume", "add", "data", "--policy", "prod"]).expect_code(0);
+    let mut transcript = String::new();
+    let mut refused = |args: &[&str]| -> Run {
+        let r = admin(d, args);
+        r.expect_code(1);
+        assert_eq!(r.stdout, "", "{args:?}");
+        transcript.push_str(&r.transcript());
+        transcript.push('\n');
+        r
+    };
+
+    let r = refused(&["volume", "add", "logs", "--policy", "nope"]);
+    assert!(
+        r.stderr.contains("`broker policy set nope FILE`"),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["volume", "add", "data", "--policy", "prod"]);
+    assert!(
+        r.stderr.contains("volume \"data\" already exists"),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["volume", "show", "nope"]);
+    assert!(
+        r.stderr.contains("no volume named \"nope\""),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["volume", "add", "bad name/x", "--policy", "prod"]);
+    assert!(r.stderr.contains("invalid volume name"), "{}", r.stderr);
+    assert!(r.stderr.contains("[A-Za-z0-9._-]"), "{}", r.stderr);
+    let r = refused(&["policy", "show", "nope"]);
+    assert!(
+        r.stderr.contains("no policy named \"nope\""),
+        "{}",
+        r.stderr
+    );
+    write(
+        d,
+        "bad.toml",
+        "version = 1\nmeasurements = [\"zz\"]\n\n[min_tcb.milan]\nbootloader = 0\ntee = 0\nsnp = 0\nmicrocode = 0\n",
+    );
+    let r = refused(&["policy", "set", "bad", "bad.toml"]);
+    assert!(r.stderr.contains("line 2"), "{}", r.stderr);
+    assert!(r.stderr.contains("field `measurements[0]`"), "{}", r.stderr);
+    write(
+        d,
+        "unknown.toml",
+        &gosev_policy(false).replace("allow_debug", "allow_debugging"),
+    );
+    let r = refused(&["policy", "set", "bad", "unknown.toml"]);
+    assert!(r.stderr.contains("line 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("allow_debugging"), "{}", r.stderr);
+    assert_snapshot("admin_refusals", &transcript);
+
+    // Nothing above changed the store: one policy, one volume at version 1.
+    let r = admin(d, &["policy", "list"]);
+    assert_eq!(r.stdout, "prod\trevision=1\n");
+    let r = admin(d, &["volume", "list"]);
+    assert_eq!(r.stdout, "data\tpolicy=prod\tenabled\t\n");
+    let r = admin(d, &["volume", "show", "data"]);
+    let versions: Vec<_> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("key version"))
+        .collect();
+    assert_eq!(versions, ["key version 1: current"]);
+}
+
+#[test]
+fn admin_commands_need_a_config_that_exists() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    init(d, "kb", "127.0.0.1:8443");
+
+    // No --config (and no KEYBROKER_CONFIG): a usage error naming the flag.
+    for args in [
+        &["volume", "list"][..],
+        &["volume", "show", "data"],
+        &["volume", "add", "data", "--policy", "prod"],
+        &["policy", "list"],
+        &["policy", "set", "prod", "prod.toml"],
+    ] {
+        let r = run_in(d, args);
+        r.expect_code(2);
+        assert_eq!(r.stdout, "", "{args:?}");
+        assert!(
+            r.stderr.contains("--config <FILE>"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("Usage: broker "),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+
+    // A config file that does not exist: exit 1, naming that file.
+    let r = run_in(d, &["volume", "list", "--config", "nowhere/config.toml"]);
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr
+            .starts_with("broker: error: cannot read config nowhere/config.toml: "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("broker init"), "{}", r.stderr);
+    assert!(
+        !d.join("nowhere").exists(),
+        "nothing created for a bad path"
+    );
+
+    // KEYBROKER_CONFIG stands in for --config.
+    let r = run_with(
+        util::broker_cmd()
+            .current_dir(d)
+            .env("KEYBROKER_CONFIG", "kb/config.toml"),
+        &["policy", "list"],
+    );
+    r.expect_code(0);
+}
