@@ -40,6 +40,7 @@ struct RawServer {
     nonce_ttl_secs: Option<u32>,
     request_timeout_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +86,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// TLS handshake deadline.
     pub handshake_timeout: Duration,
+    /// Serving threads (one single-threaded runtime each); default: one per CPU.
+    pub threads: usize,
     /// Store location.
     pub store: StoreConfig,
     /// Master key file (mode 0600, never in the database).
@@ -185,6 +188,13 @@ impl Config {
                 "must be between 1 and 600 seconds; a long-lived nonce weakens replay protection",
             ));
         }
+        let threads = match raw.server.threads {
+            Some(0) | Some(257..) => {
+                return Err(value_err("server.threads", "must be between 1 and 256"))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(Config {
             listen: raw.server.listen,
@@ -194,6 +204,7 @@ impl Config {
             nonce_ttl: Duration::from_secs(ttl.into()),
             request_timeout: Duration::from_secs(raw.server.request_timeout_secs.unwrap_or(10)),
             handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs.unwrap_or(5)),
+            threads,
             store: match raw.store {
                 RawStore::Sqlite { path } => StoreConfig::Sqlite {
                     path: resolve(path),

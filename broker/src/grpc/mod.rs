@@ -6,6 +6,7 @@
 //! ([`crate::error::Error::to_status`]).
 
 mod server;
+mod shards;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::error::{Error, InvalidRequest};
 use crate::release::{AttestInput, Broker};
 
 pub use server::{serve, shutdown_signal, tls_server_config, ServeOptions};
+pub use shards::{bind_shards, run_shards};
 
 /// Implementation of `keybroker.v1.KeyBroker`.
 pub struct KeyBrokerService {

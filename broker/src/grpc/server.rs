@@ -67,7 +67,6 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let maintenance = crate::release::spawn_maintenance(broker.clone(), Duration::from_secs(1));
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let handshake_timeout = opts.handshake_timeout;
@@ -112,14 +111,12 @@ pub async fn serve(
     tokio::select! {
         r = &mut server => {
             accept_loop.abort();
-            maintenance.abort();
             return r.context("gRPC server failed");
         }
         () = shutdown => {}
     }
     tracing::info!("shutting down: draining for at most {:?}", drain);
     accept_loop.abort();
-    maintenance.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(drain, server).await {
         Ok(r) => r.context("gRPC server failed while draining"),

@@ -44,6 +44,9 @@ struct Args {
     /// P-384 verifications to time.
     #[arg(long, default_value_t = 3000)]
     verifies: usize,
+    /// Broker serving threads (`server.threads`); default: the broker's default.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -163,6 +166,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let dir = BrokerDir::create(&BrokerOptions::default())?;
     dir.set_policy("bench", &policy_for(&default_guest().measurement, ""))?;
     dir.add_volume("root", "bench")?;
+    if let Some(t) = args.threads {
+        let text = std::fs::read_to_string(&dir.config_path)?;
+        std::fs::write(
+            &dir.config_path,
+            text.replacen("[server]\n", &format!("[server]\nthreads = {t}\n"), 1),
+        )?;
+    }
     let broker = BrokerProcess::start(&args.broker_bin, &dir)?;
     let cfg = Arc::new(guest_config(
         &[format!("https://{}", broker.addr)],
