@@ -59,6 +59,7 @@ mod tests {
                 "hardening::tests::core_dumps_are_disabled_in_a_child",
             ])
             .env("KB_HARDEN_CHILD", "1")
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(st.success());

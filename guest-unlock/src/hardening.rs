@@ -46,6 +46,7 @@ mod tests {
                 "hardening::tests::core_limit_is_zero_after_hardening_in_a_child",
             ])
             .env("GU_HARDEN_CHILD", "1")
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(st.success());
