@@ -18,12 +18,51 @@
 //! It never prints key bytes; no command does. Diagnostics go to standard
 //! error, prefixed `guest-unlock:`.
 //!
+//! LUKS2 (see [`crate::luks`], [`crate::token`], [`crate::unlock`]):
+//!
+//! ```text
+//! guest-unlock bind DEVICE --broker URL[,URL]... --volume NAME [--pin PIN]...
+//!                   [--key-file FILE|-] [--format] [--evidence PROVIDER] [--config FILE]
+//! guest-unlock list DEVICE [--json]
+//! guest-unlock unbind DEVICE --slot N [--force]
+//! guest-unlock unlock (--all | DEVICE...) [--name NAME] [--timeout SECS]
+//!                     [--config FILE] [--crypttab FILE] [--dry-run]
+//! guest-unlock status [--json] [--report [--config FILE | --evidence PROVIDER]]
+//! ```
+//!
+//! - `bind` attests, adds the released key as a new keyslot's passphrase
+//!   (PBKDF2, minimum iterations) and writes a `sev-keybroker` token; it
+//!   needs an existing passphrase (`--key-file FILE`, or `-` for standard
+//!   input, read verbatim like cryptsetup's key files) unless `--format`
+//!   makes a new LUKS2 device (then `--key-file` adds an optional recovery
+//!   passphrase). It prints `bound DEVICE keyslot N (token T): volume V key
+//!   version K`. Without `--config`, `--broker`, `--pin` and `--evidence`
+//!   are all needed; with it, the flags override its values.
+//! - `list` prints one line per binding that can be pasted back after
+//!   `guest-unlock` (`bind DEVICE --broker … --volume … --pin …  # keyslot 1,
+//!   key version 1, token 0`); `--json` prints an array.
+//! - `unbind` removes a bound keyslot and its token; the last keyslot only
+//!   with `--force`.
+//! - `unlock` opens every device given (or, with `--all`, every block device
+//!   whose LUKS2 header has a `sev-keybroker` token), one attestation per
+//!   broker list; the evidence provider and time limits come from `--config`
+//!   (default `/etc/guest-unlock/config.toml`), brokers and pins from the
+//!   tokens. Mapping names come from `--name`, then crypttab (default
+//!   `/etc/crypttab`; initramfs-tools: `/cryptroot/crypttab`), then
+//!   `luks-<UUID>`. It prints `unlocked VOLUME (DEVICE) as NAME, keyslot N,
+//!   key version K` per device and, on standard error, `guest-unlock:
+//!   VOLUME (DEVICE): reason` per device still locked. `--dry-run` only
+//!   checks that the keys open their keyslots.
+//! - `status` reports whether SEV, SEV-ES and SEV-SNP are active (exit 0 only
+//!   when SEV-SNP is); `--report` also obtains a report from the configured
+//!   provider and prints its policy bits, TCB and measurement.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |
 //! | --- | --- |
-//! | 0 | every requested volume was granted |
-//! | 1 | a volume was denied, no broker could be reached, or the attempt failed (evidence, protocol, a key that did not open) |
+//! | 0 | success: every requested volume was granted (`probe`), bound (`bind`), unlocked (`unlock`); SEV-SNP is active (`status`) |
+//! | 1 | failure or refusal: a volume was denied, no broker could be reached, the attempt failed (evidence, protocol, a key that did not open), a LUKS2 operation failed or was refused (wrong passphrase, invalid token, last keyslot), a device stays locked, SEV-SNP is not active |
 //! | 2 | usage error: bad arguments or an invalid configuration file |
 
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +101,16 @@ pub enum Command {
     /// Create or describe a simulated SEV-SNP platform (tests and demos only).
     #[command(subcommand)]
     SimPlatform(crate::sim_cli::SimCommand),
+    /// Attest, then add the released volume key to a new LUKS2 keyslot with a sev-keybroker token.
+    Bind(BindArgs),
+    /// Print the broker bindings of a LUKS2 device (pasteable back into bind).
+    List(ListArgs),
+    /// Remove a bound keyslot and its token.
+    Unbind(UnbindArgs),
+    /// Open LUKS2 devices bound to a broker, one attestation per broker list.
+    Unlock(UnlockArgs),
+    /// Report whether SEV, SEV-ES and SEV-SNP are active in this guest.
+    Status(StatusArgs),
 }
 
 /// Arguments of `probe`.
@@ -103,7 +152,7 @@ pub fn parse() -> Cli {
     Cli::parse()
 }
 
-fn eprint_err(msg: impl std::fmt::Display) {
+pub(crate) fn eprint_err(msg: impl std::fmt::Display) {
     eprintln!("guest-unlock: {msg}");
 }
 
@@ -119,6 +168,11 @@ pub fn run(cli: Cli) -> u8 {
                 EXIT_FAILED
             }
         },
+        Command::Bind(a) => bind_cmd(a),
+        Command::List(a) => list_cmd(a),
+        Command::Unbind(a) => unbind_cmd(a),
+        Command::Unlock(a) => unlock_cmd(a),
+        Command::Status(a) => status_cmd(a),
     }
 }
 
@@ -271,6 +325,557 @@ pub fn report_lines(outcome: &FetchOutcome) -> Vec<String> {
         format!("denied {}: {codes}", d.volume)
     }));
     lines
+}
+
+// ------------------------------------------------------------------ LUKS2
+
+/// Default configuration file of `unlock` and `status --report`.
+pub const DEFAULT_CONFIG: &str = "/etc/guest-unlock/config.toml";
+/// Largest key file accepted (cryptsetup's default limit).
+pub const MAX_KEY_FILE_BYTES: u64 = 8 << 20;
+
+/// Arguments of `bind`.
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The LUKS2 device (or a file holding a LUKS2 header).
+    #[arg(value_name = "DEVICE")]
+    pub device: PathBuf,
+    /// Broker URL(s), https://HOST:PORT, comma-separated or repeated; recorded in the token.
+    #[arg(long = "broker", value_name = "URL", value_delimiter = ',')]
+    pub brokers: Vec<String>,
+    /// The broker's volume name.
+    #[arg(long, value_name = "NAME")]
+    pub volume: String,
+    /// Pin of the broker's TLS key, sha256:<hex or base64> (repeatable); recorded in the token.
+    #[arg(long = "pin", value_name = "PIN")]
+    pub pins: Vec<String>,
+    /// File holding an existing passphrase, read verbatim; `-` reads standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub key_file: Option<PathBuf>,
+    /// Format DEVICE as a new LUKS2 device (refused if it already carries a LUKS header).
+    #[arg(long)]
+    pub format: bool,
+    /// Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR.
+    #[arg(long, value_name = "PROVIDER")]
+    pub evidence: Option<String>,
+    /// Guest configuration file (TOML); flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Per-connection timeout in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Overall timeout in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The LUKS2 device.
+    #[arg(value_name = "DEVICE")]
+    pub device: PathBuf,
+    /// Print a JSON array instead of bind lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `unbind`.
+#[derive(Debug, Args)]
+pub struct UnbindArgs {
+    /// The LUKS2 device.
+    #[arg(value_name = "DEVICE")]
+    pub device: PathBuf,
+    /// The bound keyslot to remove.
+    #[arg(long, value_name = "N")]
+    pub slot: u32,
+    /// Remove it even if it is the last keyslot (the data becomes unrecoverable without the broker).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Devices to open.
+    #[arg(value_name = "DEVICE", conflicts_with = "all")]
+    pub devices: Vec<PathBuf>,
+    /// Open every block device whose LUKS2 header has a sev-keybroker token.
+    #[arg(long)]
+    pub all: bool,
+    /// Mapping name (one DEVICE only); default: crypttab's name, else luks-<UUID>.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Overall timeout of each attestation, in seconds (overrides the configuration).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Guest configuration (evidence provider, time limits).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Evidence provider (overrides the configuration).
+    #[arg(long, value_name = "PROVIDER")]
+    pub evidence: Option<String>,
+    /// crypttab to take mapping names and options from (default /etc/crypttab).
+    #[arg(long, value_name = "FILE")]
+    pub crypttab: Option<PathBuf>,
+    /// Attest and check that the keys open their keyslots; activate nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also obtain a test report from the configured evidence provider.
+    #[arg(long)]
+    pub report: bool,
+    /// Guest configuration (for the evidence provider); default /etc/guest-unlock/config.toml.
+    #[arg(long, value_name = "FILE", requires = "report")]
+    pub config: Option<PathBuf>,
+    /// Evidence provider (overrides the configuration).
+    #[arg(long, value_name = "PROVIDER", requires = "report")]
+    pub evidence: Option<String>,
+}
+
+/// Reads a key file (or standard input for `-`) verbatim into zeroized memory.
+pub fn read_key_file(path: &std::path::Path) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(4096));
+    let limit = MAX_KEY_FILE_BYTES + 1;
+    // Preallocated; a longer key file is read in place up to the limit.
+    let n = if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut buf)?
+    } else {
+        std::fs::File::open(path)?
+            .take(limit)
+            .read_to_end(&mut buf)?
+    };
+    if n as u64 > MAX_KEY_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_KEY_FILE_BYTES} bytes"),
+        ));
+    }
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "empty",
+        ));
+    }
+    Ok(buf)
+}
+
+fn read_raw_config(path: &std::path::Path) -> Result<config::RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    config::parse(&text)
+}
+
+/// The configuration of `bind`: `--config` (if any), overridden by the flags.
+pub fn bind_config(args: &BindArgs) -> Result<GuestConfig, ConfigError> {
+    let mut raw = match &args.config {
+        Some(p) => read_raw_config(p)?,
+        None => config::RawConfig::default(),
+    };
+    if !args.brokers.is_empty() {
+        raw.brokers = args.brokers.clone();
+    }
+    if !args.pins.is_empty() {
+        raw.pins = args.pins.clone();
+    }
+    if args.evidence.is_some() {
+        raw.evidence = args.evidence.clone();
+    }
+    if args.connect_timeout.is_some() {
+        raw.connect_timeout_secs = args.connect_timeout;
+    }
+    if args.timeout.is_some() {
+        raw.timeout_secs = args.timeout;
+    }
+    config::resolve(raw)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprint_err(format_args!("cannot start the async runtime: {e}"));
+            EXIT_FAILED
+        })
+}
+
+fn bind_cmd(args: BindArgs) -> u8 {
+    let volume = match keybroker_proto::VolumeId::new(args.volume.as_str()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprint_err(format_args!("--volume: {e}"));
+            return EXIT_USAGE;
+        }
+    };
+    if !args.format && args.key_file.is_none() {
+        eprint_err("bind needs a passphrase that opens the device: --key-file FILE, or --key-file - to read it from standard input (or --format to make a new LUKS2 device)");
+        return EXIT_USAGE;
+    }
+    let cfg = match bind_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint_err(e);
+            return EXIT_USAGE;
+        }
+    };
+    let passphrase = match &args.key_file {
+        None => None,
+        Some(p) => match read_key_file(p) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprint_err(format_args!("--key-file {}: {e}", p.display()));
+                return EXIT_FAILED;
+            }
+        },
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let req = crate::luks::BindRequest {
+        device: &args.device,
+        volume,
+        brokers: cfg.brokers.clone(),
+        pins: cfg.pins.clone(),
+        passphrase,
+        format: args.format,
+    };
+    let fetch = |v: &keybroker_proto::VolumeId| {
+        let provider = open_provider_at_vmpl(&cfg.evidence, cfg.vmpl).map_err(|e| {
+            crate::flow::UnlockError::Evidence {
+                provider: "configured",
+                source: e,
+            }
+        })?;
+        let ids =
+            VolumeIds::new(vec![v.clone()]).map_err(|e| crate::flow::UnlockError::BadResponse {
+                broker: String::new(),
+                problem: e.to_string(),
+            })?;
+        let outcome = rt.block_on(fetch_keys(&cfg, provider.as_ref(), &ids))?;
+        if let Some(d) = outcome.denied.iter().find(|d| &d.volume == v) {
+            return Err(crate::luks::BindError::Denied {
+                broker: outcome.broker.to_string(),
+                volume: v.to_string(),
+                reasons: d.reason_codes.clone(),
+            });
+        }
+        Ok(outcome.keys)
+    };
+    match crate::luks::bind(req, Box::new(fetch)) {
+        Ok(bindings) => {
+            for b in bindings {
+                println!(
+                    "bound {} keyslot {} (token {}): volume {} key version {}",
+                    b.device.display(),
+                    b.keyslots
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    b.token,
+                    b.volume,
+                    b.key_version
+                );
+            }
+            EXIT_GRANTED
+        }
+        Err(e) => {
+            eprint_err(e);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn list_cmd(args: ListArgs) -> u8 {
+    match crate::luks::list(&args.device) {
+        Ok(bindings) => {
+            if args.json {
+                match serde_json::to_string_pretty(&bindings) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprint_err(e);
+                        return EXIT_FAILED;
+                    }
+                }
+            } else {
+                for b in &bindings {
+                    println!("{}", b.bind_line());
+                }
+            }
+            EXIT_GRANTED
+        }
+        Err(e) => {
+            eprint_err(e);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn unbind_cmd(args: UnbindArgs) -> u8 {
+    match crate::luks::unbind(&args.device, args.slot, args.force) {
+        Ok(u) => {
+            println!(
+                "removed keyslot {} and token {} from {}",
+                u.keyslot,
+                u.tokens
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                args.device.display()
+            );
+            EXIT_GRANTED
+        }
+        Err(e) => {
+            eprint_err(e);
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The raw configuration of `unlock`/`status`: `--config`, else the
+/// default file if it exists, else empty; `--evidence` overrides.
+fn boot_raw_config(
+    path: Option<&PathBuf>,
+    evidence: Option<&String>,
+) -> Result<config::RawConfig, ConfigError> {
+    let mut raw = match path {
+        Some(p) => read_raw_config(p)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            read_raw_config(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => config::RawConfig::default(),
+    };
+    if let Some(e) = evidence {
+        raw.evidence = Some(e.clone());
+    }
+    if raw.evidence.is_none() {
+        return Err(ConfigError::Missing {
+            setting: "evidence",
+            hint: "name the evidence provider in /etc/guest-unlock/config.toml (evidence = \"sev-guest\"), or give --config FILE or --evidence PROVIDER",
+        });
+    }
+    Ok(raw)
+}
+
+fn unlock_cmd(args: UnlockArgs) -> u8 {
+    use crate::unlock::{self as u, Probe};
+    if !args.all && args.devices.is_empty() {
+        eprint_err("unlock needs --all or at least one DEVICE");
+        return EXIT_USAGE;
+    }
+    if args.name.is_some() && (args.all || args.devices.len() != 1) {
+        eprint_err("--name needs exactly one DEVICE");
+        return EXIT_USAGE;
+    }
+    if let Some(n) = &args.name {
+        if !u::valid_mapping_name(n) {
+            eprint_err(format_args!("--name {n:?}: not a usable mapping name"));
+            return EXIT_USAGE;
+        }
+    }
+    let mut raw = match boot_raw_config(args.config.as_ref(), args.evidence.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint_err(e);
+            return EXIT_USAGE;
+        }
+    };
+    if args.timeout.is_some() {
+        raw.timeout_secs = args.timeout;
+    }
+    // Check the non-broker settings now (brokers and pins come from tokens).
+    let probe_raw = config::RawConfig {
+        brokers: vec!["https://localhost".into()],
+        pins: vec![format!("sha256:{}", "00".repeat(32))],
+        ..raw.clone()
+    };
+    let base = match config::resolve(probe_raw) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint_err(e);
+            return EXIT_USAGE;
+        }
+    };
+    let crypttab_path = args
+        .crypttab
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(u::DEFAULT_CRYPTTAB));
+    let crypttab = match std::fs::read_to_string(&crypttab_path) {
+        Ok(text) => {
+            let (entries, errors) = u::parse_crypttab(&text);
+            for e in errors {
+                eprint_err(format_args!("warning: {}: {e}", crypttab_path.display()));
+            }
+            entries
+        }
+        Err(e) => {
+            if args.crypttab.is_some() {
+                eprint_err(format_args!(
+                    "warning: cannot read {}: {e}; using default names",
+                    crypttab_path.display()
+                ));
+            }
+            Vec::new()
+        }
+    };
+
+    let mut locked: Vec<u::StillLocked> = Vec::new();
+    let mut targets = Vec::new();
+    let candidates = if args.all {
+        u::scan_block_devices(std::path::Path::new(u::SYS_CLASS_BLOCK))
+    } else {
+        args.devices.clone()
+    };
+    for dev in candidates {
+        match u::probe(&dev) {
+            Probe::Bound(t) => targets.push(t),
+            Probe::NotLuks2(e) if !args.all => locked.push(u::StillLocked {
+                volume: "?".into(),
+                device: dev,
+                reason: e.to_string(),
+            }),
+            Probe::NoToken if !args.all => locked.push(u::StillLocked {
+                volume: "?".into(),
+                device: dev,
+                reason: "no sev-keybroker token: bind it first with `guest-unlock bind`".into(),
+            }),
+            Probe::NotLuks2(_) | Probe::NoToken => {}
+            Probe::Invalid(e) => locked.push(u::StillLocked {
+                volume: "?".into(),
+                device: dev,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    u::name_targets(
+        &mut targets,
+        args.name.as_deref(),
+        &crypttab,
+        &u::resolve_spec,
+    );
+    if targets.is_empty() && locked.is_empty() {
+        eprint_err("no LUKS2 device bound to a broker was found");
+        return EXIT_GRANTED;
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let provider = if targets.is_empty() {
+        None
+    } else {
+        match open_provider_at_vmpl(&base.evidence, base.vmpl) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                for t in &targets {
+                    locked.push(u::StillLocked {
+                        volume: t.volumes(),
+                        device: t.device.clone(),
+                        reason: format!("evidence provider {}: {e}", base.evidence),
+                    });
+                }
+                targets.clear();
+                None
+            }
+        }
+    };
+    let mode = if args.dry_run {
+        u::Mode::CheckOnly
+    } else {
+        u::Mode::Activate
+    };
+    let report = u::unlock_targets(&targets, mode, &mut |group, ids| {
+        let cfg = config::resolve(config::RawConfig {
+            brokers: group.brokers.iter().map(ToString::to_string).collect(),
+            pins: group.pins.iter().map(ToString::to_string).collect(),
+            ..raw.clone()
+        })
+        .map_err(|e| crate::flow::UnlockError::BadResponse {
+            broker: String::new(),
+            problem: format!("token settings: {e}"),
+        })?;
+        let provider = provider.as_ref().expect("targets imply a provider");
+        rt.block_on(fetch_keys(&cfg, provider.as_ref(), ids))
+    });
+    for ok in &report.unlocked {
+        match (ok.keyslot, ok.key_version) {
+            (Some(slot), Some(v)) => println!(
+                "{} {} ({}) as {}, keyslot {slot}, key version {v}",
+                if args.dry_run { "checked" } else { "unlocked" },
+                ok.volume,
+                ok.device.display(),
+                ok.name
+            ),
+            _ => println!(
+                "already active: {} ({}) as {}",
+                ok.volume,
+                ok.device.display(),
+                ok.name
+            ),
+        }
+    }
+    locked.extend(report.locked);
+    for l in &locked {
+        eprint_err(l);
+    }
+    if locked.is_empty() {
+        EXIT_GRANTED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn status_cmd(args: StatusArgs) -> u8 {
+    let mut st = crate::status::observe(std::path::Path::new("/"));
+    if args.report {
+        st.report = Some(status_report(&args));
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("snp_active".into(), serde_json::json!(st.snp_active()));
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for l in st.lines() {
+            println!("{l}");
+        }
+    }
+    if st.snp_active() {
+        EXIT_GRANTED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn status_report(args: &StatusArgs) -> Result<crate::status::ReportSummary, String> {
+    let raw =
+        boot_raw_config(args.config.as_ref(), args.evidence.as_ref()).map_err(|e| e.to_string())?;
+    let evidence: crate::evidence::ProviderConfig = raw
+        .evidence
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: crate::evidence::EvidenceError| e.to_string())?;
+    let provider =
+        open_provider_at_vmpl(&evidence, raw.vmpl.unwrap_or(0)).map_err(|e| e.to_string())?;
+    let mut rd = [0u8; 64];
+    rd[..16].copy_from_slice(b"guest-unlock sta");
+    let ev = provider.get_evidence(&rd).map_err(|e| e.to_string())?;
+    crate::status::summarize_report(&ev.report).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! - [`sim`]: the simulated platform;
 //! - [`client`]: gRPC over TLS pinned to the broker's key;
 //! - [`flow`]: the unlock flow as explicit states, and [`flow::fetch_keys`];
+//! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);
+//! - [`token`]: the `sev-keybroker` LUKS2 token format;
+//! - [`unlock`]: finding bound devices and opening them at boot;
+//! - [`status`]: is SEV-SNP active in this guest;
 //! - [`cli`]: the command line (exit codes documented there).
 #![deny(unsafe_code)]
 
@@ -16,7 +20,11 @@ pub mod config;
 pub mod evidence;
 pub mod flow;
 pub mod hardening;
+pub mod luks;
 pub mod sim;
 mod sim_cli;
+pub mod status;
+pub mod token;
+pub mod unlock;
 
 pub use flow::{fetch_keys, Denied, FetchOutcome, UnlockError, UnwrappedKey};

@@ -1,0 +1,285 @@
+//! `guest-unlock status`: is memory encryption really on in this guest?
+//!
+//! Checks that need neither root nor dmesg: the CPU flags the kernel
+//! exposes in `/proc/cpuinfo` (`sev`, `sev_es`, `sev_snp`: in a guest the
+//! kernel sets them only when it runs encrypted), the `sev-guest` device
+//! (created only in an SEV-SNP guest) and the configfs-tsm report
+//! directory. With `--report`, it asks the configured evidence provider for
+//! a report and decodes its guest policy, TCB and launch measurement.
+//!
+//! SEV-SNP counts as active when the `sev_snp` flag is set or
+//! `/dev/sev-guest` exists (and, with `--report`, the report was obtained).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+/// The observations, as plain data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// `sev` in the CPU flags.
+    pub sev: bool,
+    /// `sev_es` in the CPU flags.
+    pub sev_es: bool,
+    /// `sev_snp` in the CPU flags.
+    pub sev_snp: bool,
+    /// `/dev/sev-guest` exists.
+    pub sev_guest_device: bool,
+    /// The configfs-tsm report directory exists.
+    pub configfs_tsm: bool,
+    /// A test report, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<Result<ReportSummary, String>>,
+}
+
+impl Status {
+    /// Whether SEV-SNP is active (see the module docs).
+    pub fn snp_active(&self) -> bool {
+        let base = self.sev_snp || self.sev_guest_device;
+        match &self.report {
+            Some(Err(_)) => false,
+            _ => base,
+        }
+    }
+
+    /// Human-readable lines.
+    pub fn lines(&self) -> Vec<String> {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let mut v = vec![
+            format!("SEV:      {}", yn(self.sev)),
+            format!("SEV-ES:   {}", yn(self.sev_es)),
+            format!("SEV-SNP:  {}", yn(self.sev_snp)),
+            format!("/dev/sev-guest: {}", yn(self.sev_guest_device)),
+            format!("configfs-tsm:   {}", yn(self.configfs_tsm)),
+        ];
+        match &self.report {
+            None => {}
+            Some(Err(e)) => v.push(format!("report: unavailable: {e}")),
+            Some(Ok(r)) => {
+                v.push(format!("report version: {}", r.version));
+                v.push(format!(
+                    "policy: {:#x} (debug {}, migration agent {}, SMT {}, single socket {}, ABI >= {}.{})",
+                    r.policy,
+                    if r.debug_allowed { "ALLOWED" } else { "no" },
+                    if r.migrate_ma_allowed { "ALLOWED" } else { "no" },
+                    if r.smt_allowed { "allowed" } else { "no" },
+                    yn(r.single_socket),
+                    r.abi_major,
+                    r.abi_minor
+                ));
+                v.push(format!("vmpl: {}", r.vmpl));
+                v.push(format!(
+                    "reported TCB: {:#018x} (bootloader {}, tee {}, snp {}, microcode {}{})",
+                    r.reported_tcb.raw,
+                    r.reported_tcb.bootloader,
+                    r.reported_tcb.tee,
+                    r.reported_tcb.snp,
+                    r.reported_tcb.microcode,
+                    r.reported_tcb
+                        .fmc
+                        .map(|f| format!(", fmc {f}"))
+                        .unwrap_or_default()
+                ));
+                v.push(format!("measurement: {}", r.measurement));
+            }
+        }
+        v.push(format!(
+            "SEV-SNP active: {}",
+            if self.snp_active() { "yes" } else { "NO" }
+        ));
+        v
+    }
+}
+
+/// The CPU flags of the first `flags` line of `/proc/cpuinfo` text.
+pub fn cpu_flags(cpuinfo: &str) -> (bool, bool, bool) {
+    let Some(line) = cpuinfo
+        .lines()
+        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == "flags"))
+    else {
+        return (false, false, false);
+    };
+    let flags: Vec<&str> = line
+        .split_once(':')
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    (
+        flags.contains(&"sev"),
+        flags.contains(&"sev_es"),
+        flags.contains(&"sev_snp"),
+    )
+}
+
+/// Gathers the observations under `root` (`/` normally; a directory tree
+/// in tests).
+pub fn observe(root: &Path) -> Status {
+    let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
+    let (sev, sev_es, sev_snp) = cpu_flags(&cpuinfo);
+    Status {
+        sev,
+        sev_es,
+        sev_snp,
+        sev_guest_device: root.join("dev/sev-guest").exists(),
+        configfs_tsm: root.join("sys/kernel/config/tsm/report").is_dir(),
+        report: None,
+    }
+}
+
+/// A TCB version, decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tcb {
+    /// The raw 64-bit value.
+    pub raw: u64,
+    /// Boot loader SVN.
+    pub bootloader: u8,
+    /// TEE (PSP OS) SVN.
+    pub tee: u8,
+    /// SNP firmware SVN.
+    pub snp: u8,
+    /// Microcode SVN.
+    pub microcode: u8,
+    /// FMC SVN (Turin only).
+    pub fmc: Option<u8>,
+}
+
+/// What `status --report` shows of a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportSummary {
+    /// Report format version.
+    pub version: u32,
+    /// The guest policy, raw.
+    pub policy: u64,
+    /// Policy bit 19.
+    pub debug_allowed: bool,
+    /// Policy bit 18.
+    pub migrate_ma_allowed: bool,
+    /// Policy bit 16.
+    pub smt_allowed: bool,
+    /// Policy bit 20.
+    pub single_socket: bool,
+    /// Minimum ABI major.
+    pub abi_major: u8,
+    /// Minimum ABI minor.
+    pub abi_minor: u8,
+    /// VMPL of the report.
+    pub vmpl: u32,
+    /// The reported TCB.
+    pub reported_tcb: Tcb,
+    /// Launch measurement, hex.
+    pub measurement: String,
+}
+
+/// Why report bytes could not be summarised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an SEV-SNP attestation report: {0}")]
+pub struct ReportParseError(pub String);
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// Decodes the fields `status` shows (offsets of the SEV-SNP ABI's
+/// ATTESTATION_REPORT; report versions 2, 3 and 5).
+pub fn summarize_report(b: &[u8]) -> Result<ReportSummary, ReportParseError> {
+    if b.len() != crate::evidence::REPORT_LEN {
+        return Err(ReportParseError(format!(
+            "{} bytes, expected {}",
+            b.len(),
+            crate::evidence::REPORT_LEN
+        )));
+    }
+    let version = u32_at(b, 0x00);
+    if !matches!(version, 2..=5) {
+        return Err(ReportParseError(format!(
+            "unknown report version {version}"
+        )));
+    }
+    let policy = u64::from(u32_at(b, 0x08)) | (u64::from(u32_at(b, 0x0c)) << 32);
+    let vmpl = u32_at(b, 0x30);
+    let raw = u64::from(u32_at(b, 0x180)) | (u64::from(u32_at(b, 0x184)) << 32);
+    let t = raw.to_le_bytes();
+    // CPUID family (reports v3+): Turin (0x1A) lays the TCB out with FMC first.
+    let turin = version >= 3 && b[0x188] == 0x1a;
+    let reported_tcb = if turin {
+        Tcb {
+            raw,
+            fmc: Some(t[0]),
+            bootloader: t[1],
+            tee: t[2],
+            snp: t[3],
+            microcode: t[7],
+        }
+    } else {
+        Tcb {
+            raw,
+            fmc: None,
+            bootloader: t[0],
+            tee: t[1],
+            snp: t[6],
+            microcode: t[7],
+        }
+    };
+    Ok(ReportSummary {
+        version,
+        policy,
+        debug_allowed: policy & (1 << 19) != 0,
+        migrate_ma_allowed: policy & (1 << 18) != 0,
+        smt_allowed: policy & (1 << 16) != 0,
+        single_socket: policy & (1 << 20) != 0,
+        abi_major: ((policy >> 8) & 0xff) as u8,
+        abi_minor: (policy & 0xff) as u8,
+        vmpl,
+        reported_tcb,
+        measurement: hex::encode(&b[0x90..0x90 + 48]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_from_cpuinfo() {
+        let text =
+            "processor\t: 0\nflags\t\t: fpu sev sev_es sev_snp vme\nprocessor: 1\nflags: fpu\n";
+        assert_eq!(cpu_flags(text), (true, true, true));
+        assert_eq!(cpu_flags("flags : fpu sev_esx\n"), (false, false, false));
+        assert_eq!(cpu_flags(""), (false, false, false));
+        assert_eq!(cpu_flags("flags : sev\n"), (true, false, false));
+    }
+
+    #[test]
+    fn observe_a_fake_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("proc")).unwrap();
+        std::fs::write(d.path().join("proc/cpuinfo"), "flags : sev sev_es\n").unwrap();
+        let s = observe(d.path());
+        assert!(s.sev && s.sev_es && !s.sev_snp && !s.snp_active());
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/sev-guest"), "").unwrap();
+        let mut s = observe(d.path());
+        assert!(s.snp_active());
+        s.report = Some(Err("no provider".into()));
+        assert!(!s.snp_active());
+        assert!(s.lines().last().unwrap().ends_with("NO"));
+    }
+
+    #[test]
+    fn report_fields() {
+        let p = crate::sim::SimPlatform::generate(
+            &tempfile::tempdir().unwrap().path().join("p"),
+            &crate::sim::SimParams::default(),
+        )
+        .unwrap();
+        let guest = crate::sim::SimGuest::default();
+        let bytes = p.report(&[7u8; 64], &guest).unwrap();
+        let r = summarize_report(&bytes).unwrap();
+        assert_eq!(r.measurement, hex::encode(guest.measurement));
+        assert_eq!(r.policy, guest.policy | 1 << 17);
+        assert!(!r.debug_allowed);
+        assert!(summarize_report(&bytes[..100]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(summarize_report(&bad).is_err());
+    }
+}

@@ -1,0 +1,774 @@
+//! `guest-unlock unlock`: find LUKS2 devices bound to a broker, attest once
+//! per distinct broker list for all their volumes, open each device with
+//! its released key, zeroize.
+//!
+//! The steps are separate functions so that each is testable without
+//! device-mapper: [`parse_crypttab`] and [`crypttab_entry_for`] (names and
+//! options), [`scan_block_devices`] (`--all`), [`probe`] (is this a LUKS2
+//! device with a `sev-keybroker` token?), [`group_targets`] (one
+//! attestation per broker list), and [`unlock_targets`], which takes the
+//! attestation as a function and can check keyslots instead of activating
+//! (`--dry-run`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use keybroker_proto::pb::KeyState;
+use keybroker_proto::{VolumeId, VolumeIds};
+
+use crate::config::{BrokerUrl, SpkiPin};
+use crate::flow::{FetchOutcome, UnlockError, UnwrappedKey};
+use crate::luks::{mapping_active, read_tokens, ActivateFlags, BindError, Device, LuksError};
+use crate::token::BrokerToken;
+
+/// Default crypttab (initramfs-tools keeps its copy at `/cryptroot/crypttab`).
+pub const DEFAULT_CRYPTTAB: &str = "/etc/crypttab";
+/// Where `--all` looks for block devices.
+pub const SYS_CLASS_BLOCK: &str = "/sys/class/block";
+
+// ---------------------------------------------------------------- crypttab
+
+/// The device column of a crypttab line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// `UUID=…`: the LUKS UUID.
+    Uuid(String),
+    /// `PARTUUID=…`.
+    PartUuid(String),
+    /// `LABEL=…`.
+    Label(String),
+    /// `PARTLABEL=…`.
+    PartLabel(String),
+    /// An absolute path, `/dev/…`.
+    Path(PathBuf),
+}
+
+/// One crypttab line: `name device [keyfile [options]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrypttabEntry {
+    /// 1-based line number.
+    pub line: usize,
+    /// The mapping name.
+    pub name: String,
+    /// The device.
+    pub device: DeviceSpec,
+    /// The key file column (`none` or `-` when absent), unused here.
+    pub keyfile: String,
+    /// Options, comma-separated in the file.
+    pub options: Vec<String>,
+}
+
+/// A crypttab line that could not be used (it is skipped, with a warning).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("crypttab line {line}: {reason}")]
+pub struct CrypttabLineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Whether `s` can name a device-mapper device.
+pub fn valid_mapping_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 128
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
+/// Parses crypttab text. Lines that cannot be used are returned as errors
+/// beside the good entries, so one bad line does not block the others.
+pub fn parse_crypttab(text: &str) -> (Vec<CrypttabEntry>, Vec<CrypttabLineError>) {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        let bad = |reason: String| CrypttabLineError { line, reason };
+        if fields.len() < 2 {
+            errors.push(bad("expected `name device [keyfile [options]]`".into()));
+            continue;
+        }
+        if fields.len() > 4 {
+            errors.push(bad(format!(
+                "{} fields, at most 4 (`name device keyfile options`; options are comma-separated without spaces)",
+                fields.len()
+            )));
+            continue;
+        }
+        let name = fields[0];
+        if !valid_mapping_name(name) {
+            errors.push(bad(format!(
+                "{:?} is not a usable mapping name",
+                crate::flow::printable(name)
+            )));
+            continue;
+        }
+        let dev = fields[1];
+        let spec = if let Some(v) = dev.strip_prefix("UUID=") {
+            Some(DeviceSpec::Uuid(v.to_ascii_lowercase()))
+        } else if let Some(v) = dev.strip_prefix("PARTUUID=") {
+            Some(DeviceSpec::PartUuid(v.to_ascii_lowercase()))
+        } else if let Some(v) = dev.strip_prefix("LABEL=") {
+            Some(DeviceSpec::Label(v.to_owned()))
+        } else if let Some(v) = dev.strip_prefix("PARTLABEL=") {
+            Some(DeviceSpec::PartLabel(v.to_owned()))
+        } else if dev.starts_with('/') {
+            Some(DeviceSpec::Path(PathBuf::from(dev)))
+        } else {
+            None
+        };
+        let spec = match spec {
+            Some(
+                DeviceSpec::Uuid(v)
+                | DeviceSpec::PartUuid(v)
+                | DeviceSpec::Label(v)
+                | DeviceSpec::PartLabel(v),
+            ) if v.is_empty() || v.contains('/') => {
+                errors.push(bad(format!(
+                    "device {:?}: empty or invalid value",
+                    crate::flow::printable(dev)
+                )));
+                continue;
+            }
+            Some(s) => s,
+            None => {
+                errors.push(bad(format!(
+                    "device {:?}: expected UUID=…, PARTUUID=…, LABEL=…, PARTLABEL=… or /dev/…",
+                    crate::flow::printable(dev)
+                )));
+                continue;
+            }
+        };
+        let options = fields
+            .get(3)
+            .map(|o| {
+                o.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.push(CrypttabEntry {
+            line,
+            name: name.to_owned(),
+            device: spec,
+            keyfile: fields.get(2).unwrap_or(&"none").to_string(),
+            options,
+        });
+    }
+    (entries, errors)
+}
+
+/// The activation flags a crypttab entry's options ask for (unknown options
+/// are ignored: they concern other tools).
+pub fn activate_flags(options: &[String]) -> ActivateFlags {
+    let mut f = ActivateFlags::default();
+    for o in options {
+        match o.as_str() {
+            "readonly" | "read-only" => f.read_only = true,
+            "discard" => f.allow_discards = true,
+            "same-cpu-crypt" => f.same_cpu_crypt = true,
+            "submit-from-crypt-cpus" => f.submit_from_crypt_cpus = true,
+            "no-read-workqueue" => f.no_read_workqueue = true,
+            "no-write-workqueue" => f.no_write_workqueue = true,
+            _ => {}
+        }
+    }
+    f
+}
+
+/// What is known of a candidate device for crypttab matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// The canonical path (symlinks resolved).
+    pub canonical: PathBuf,
+    /// The LUKS UUID, lower case.
+    pub luks_uuid: String,
+}
+
+/// The crypttab entry for a device: `UUID=` compares with the LUKS UUID;
+/// other forms are resolved by `resolve` (to a canonical path) and compared
+/// with the device's canonical path. The first matching line wins.
+pub fn crypttab_entry_for<'a>(
+    entries: &'a [CrypttabEntry],
+    dev: &DeviceIdentity,
+    resolve: &dyn Fn(&DeviceSpec) -> Option<PathBuf>,
+) -> Option<&'a CrypttabEntry> {
+    entries.iter().find(|e| match &e.device {
+        DeviceSpec::Uuid(u) => u.eq_ignore_ascii_case(&dev.luks_uuid),
+        other => resolve(other).is_some_and(|p| p == dev.canonical),
+    })
+}
+
+/// Resolves a device spec through `/dev/disk/by-*` symlinks (what udev
+/// makes) or, for a path, by canonicalising it.
+pub fn resolve_spec(spec: &DeviceSpec) -> Option<PathBuf> {
+    let link = match spec {
+        DeviceSpec::Path(p) => p.clone(),
+        DeviceSpec::Uuid(u) => Path::new("/dev/disk/by-uuid").join(u),
+        DeviceSpec::PartUuid(u) => Path::new("/dev/disk/by-partuuid").join(u),
+        DeviceSpec::Label(l) => Path::new("/dev/disk/by-label").join(l),
+        DeviceSpec::PartLabel(l) => Path::new("/dev/disk/by-partlabel").join(l),
+    };
+    std::fs::canonicalize(link).ok()
+}
+
+// ---------------------------------------------------------------- discovery
+
+/// Block devices under `sys_class_block` (normally `/sys/class/block`), as
+/// `/dev/NAME`, sorted, skipping those of size 0 (empty loop devices,
+/// absent media).
+pub fn scan_block_devices(sys_class_block: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(sys_class_block) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let size = std::fs::read_to_string(e.path().join("size")).ok()?;
+            let sectors: u64 = size.trim().parse().ok()?;
+            (sectors > 0 && !name.contains('/')).then(|| Path::new("/dev").join(name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A device to unlock: its header's bindings and where to map it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The device path.
+    pub device: PathBuf,
+    /// LUKS UUID.
+    pub uuid: String,
+    /// Its `sev-keybroker` tokens (id, token), validated.
+    pub tokens: Vec<(u32, BrokerToken)>,
+    /// The mapping name (set by [`name_targets`]).
+    pub name: String,
+    /// Activation flags (from crypttab).
+    pub flags: ActivateFlags,
+}
+
+impl Target {
+    /// The volume names of its tokens, comma-separated (for messages).
+    pub fn volumes(&self) -> String {
+        let mut v: Vec<&str> = self.tokens.iter().map(|(_, t)| t.volume.as_str()).collect();
+        v.dedup();
+        if v.is_empty() {
+            "?".into()
+        } else {
+            v.join(",")
+        }
+    }
+}
+
+/// What probing a device found.
+#[derive(Debug)]
+pub enum Probe {
+    /// Not a LUKS2 device (or unreadable).
+    NotLuks2(LuksError),
+    /// LUKS2 without a `sev-keybroker` token.
+    NoToken,
+    /// A device with valid tokens.
+    Bound(Target),
+    /// A `sev-keybroker` token that does not validate, or a header that
+    /// cannot be read.
+    Invalid(BindError),
+}
+
+/// Probes one device.
+pub fn probe(path: &Path) -> Probe {
+    let mut dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => return Probe::NotLuks2(e),
+    };
+    let tokens = match read_tokens(&mut dev) {
+        Ok(t) => t,
+        Err(e) => return Probe::Invalid(e),
+    };
+    if tokens.is_empty() {
+        return Probe::NoToken;
+    }
+    let uuid = match dev.uuid() {
+        Ok(u) => u,
+        Err(e) => return Probe::Invalid(e.into()),
+    };
+    Probe::Bound(Target {
+        device: path.to_owned(),
+        uuid,
+        tokens,
+        name: String::new(),
+        flags: ActivateFlags::default(),
+    })
+}
+
+/// Sets each target's mapping name and flags: `name` when given (one
+/// device only), else the matching crypttab entry's, else `luks-<UUID>`.
+pub fn name_targets(
+    targets: &mut [Target],
+    name: Option<&str>,
+    crypttab: &[CrypttabEntry],
+    resolve: &dyn Fn(&DeviceSpec) -> Option<PathBuf>,
+) {
+    for t in targets.iter_mut() {
+        let id = DeviceIdentity {
+            canonical: std::fs::canonicalize(&t.device).unwrap_or_else(|_| t.device.clone()),
+            luks_uuid: t.uuid.to_ascii_lowercase(),
+        };
+        let entry = crypttab_entry_for(crypttab, &id, resolve);
+        t.flags = entry
+            .map(|e| activate_flags(&e.options))
+            .unwrap_or_default();
+        t.name = match (name, entry) {
+            (Some(n), _) => n.to_owned(),
+            (None, Some(e)) => e.name.clone(),
+            (None, None) => format!("luks-{}", t.uuid),
+        };
+    }
+}
+
+// ---------------------------------------------------------------- grouping
+
+/// Targets sharing one broker list and pin set: one attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Brokers, in token order.
+    pub brokers: Vec<BrokerUrl>,
+    /// Pins (sorted, deduplicated).
+    pub pins: Vec<SpkiPin>,
+    /// Distinct volumes to ask for, in first-seen order.
+    pub volumes: Vec<VolumeId>,
+}
+
+/// Groups the targets' tokens by (broker list, pin set), so that each
+/// distinct broker configuration gets one attestation for all its volumes.
+pub fn group_targets(targets: &[Target]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (_, tok) in targets.iter().flat_map(|t| t.tokens.iter()) {
+        let mut pins = tok.spki_pins.clone();
+        pins.sort_by_key(|p| *p.as_bytes());
+        pins.dedup();
+        let g = match groups
+            .iter_mut()
+            .position(|g| g.brokers == tok.brokers && g.pins == pins)
+        {
+            Some(i) => &mut groups[i],
+            None => {
+                groups.push(Group {
+                    brokers: tok.brokers.clone(),
+                    pins,
+                    volumes: Vec::new(),
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        if !g.volumes.contains(&tok.volume) {
+            g.volumes.push(tok.volume.clone());
+        }
+    }
+    groups
+}
+
+// ---------------------------------------------------------------- unlocking
+
+/// A device opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unlocked {
+    /// The device.
+    pub device: PathBuf,
+    /// The mapping name.
+    pub name: String,
+    /// The volume.
+    pub volume: String,
+    /// The keyslot that opened (None when the mapping already existed).
+    pub keyslot: Option<u32>,
+    /// The key version used.
+    pub key_version: Option<u32>,
+}
+
+/// A device that stays locked, with the reason (one line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StillLocked {
+    /// The volume(s).
+    pub volume: String,
+    /// The device.
+    pub device: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+impl std::fmt::Display for StillLocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.volume,
+            self.device.display(),
+            self.reason
+        )
+    }
+}
+
+/// The result of [`unlock_targets`].
+#[derive(Debug, Default)]
+pub struct UnlockReport {
+    /// Devices opened (or found already open).
+    pub unlocked: Vec<Unlocked>,
+    /// Devices still locked.
+    pub locked: Vec<StillLocked>,
+}
+
+/// Whether to activate or only to check that a key opens its keyslot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create the device-mapper mapping.
+    Activate,
+    /// Check the keyslot only (`--dry-run`; no device-mapper needed).
+    CheckOnly,
+}
+
+/// The outcome of one group's attestation.
+type GroupResult = Result<FetchOutcome, UnlockError>;
+
+/// Attests once per group (through `fetch`), then opens each target with
+/// the keys released for its volumes. A key is tried first on the keyslots
+/// of the token recording its version, then on the other tokens' keyslots
+/// (pbkdf2 at the minimum count makes a wrong guess cheap). All keys are
+/// zeroized when this returns.
+pub fn unlock_targets(
+    targets: &[Target],
+    mode: Mode,
+    fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult,
+) -> UnlockReport {
+    let mut report = UnlockReport::default();
+    // Per volume: keys released, or the reasons none was.
+    let mut keys: Vec<UnwrappedKey> = Vec::new();
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    let pending: Vec<&Target> = targets
+        .iter()
+        .filter(|t| {
+            if mode == Mode::Activate && mapping_active(&t.name) {
+                report.unlocked.push(Unlocked {
+                    device: t.device.clone(),
+                    name: t.name.clone(),
+                    volume: t.volumes(),
+                    keyslot: None,
+                    key_version: None,
+                });
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let owned: Vec<Target> = pending.iter().map(|t| (*t).clone()).collect();
+    for group in group_targets(&owned) {
+        let ids = match VolumeIds::new(group.volumes.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                for v in &group.volumes {
+                    reasons.insert(v.to_string(), format!("cannot ask for the volumes: {e}"));
+                }
+                continue;
+            }
+        };
+        match fetch(&group, &ids) {
+            Ok(outcome) => {
+                for d in &outcome.denied {
+                    let codes = if d.reason_codes.is_empty() {
+                        "UNSPECIFIED".to_owned()
+                    } else {
+                        d.reason_codes.join(",")
+                    };
+                    reasons.insert(
+                        d.volume.to_string(),
+                        format!("broker {} refused: {codes}", outcome.broker),
+                    );
+                }
+                keys.extend(outcome.keys);
+            }
+            Err(e) => {
+                for v in &group.volumes {
+                    reasons.insert(v.to_string(), e.to_string());
+                }
+            }
+        }
+    }
+    for t in pending {
+        match open_target(t, &keys, mode) {
+            Ok(u) => report.unlocked.push(u),
+            Err(why) => {
+                let reason = why.unwrap_or_else(|| {
+                    t.tokens
+                        .iter()
+                        .find_map(|(_, tok)| reasons.get(tok.volume.as_str()).cloned())
+                        .unwrap_or_else(|| "no key was released for this volume".into())
+                });
+                report.locked.push(StillLocked {
+                    volume: t.volumes(),
+                    device: t.device.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    // `keys` (Zeroizing) are wiped here.
+    drop(keys);
+    report
+}
+
+/// Tries the released keys on the target's keyslots. `Err(None)`: no key
+/// was released for it; `Err(Some(reason))`: keys were tried and failed.
+fn open_target(t: &Target, keys: &[UnwrappedKey], mode: Mode) -> Result<Unlocked, Option<String>> {
+    // (token, key) pairs, exact version matches first.
+    let mut attempts: Vec<(&BrokerToken, &UnwrappedKey)> = Vec::new();
+    for exact in [true, false] {
+        for (_, tok) in &t.tokens {
+            for k in keys.iter().filter(|k| k.volume == tok.volume) {
+                if (k.version == tok.key_version) == exact {
+                    attempts.push((tok, k));
+                }
+            }
+        }
+    }
+    if attempts.is_empty() {
+        return Err(None);
+    }
+    let mut dev = Device::open(&t.device).map_err(|e| Some(e.to_string()))?;
+    let mut tried = Vec::new();
+    for (tok, k) in attempts {
+        for &slot in &tok.keyslots {
+            let r = match mode {
+                Mode::Activate => dev.activate(&t.name, Some(slot), &k.key, t.flags),
+                Mode::CheckOnly => dev.check_passphrase(Some(slot), &k.key),
+            };
+            match r {
+                Ok(_) => {
+                    return Ok(Unlocked {
+                        device: t.device.clone(),
+                        name: t.name.clone(),
+                        volume: tok.volume.to_string(),
+                        keyslot: Some(slot),
+                        key_version: Some(k.version),
+                    })
+                }
+                Err(LuksError::WrongPassphrase { .. }) => {
+                    let state = match k.state {
+                        KeyState::Pending => "pending",
+                        _ => "current",
+                    };
+                    tried.push(format!("v{} ({state}) on keyslot {slot}", k.version));
+                }
+                Err(e) => return Err(Some(e.to_string())),
+            }
+        }
+    }
+    Err(Some(format!(
+        "no released key opens a bound keyslot (tried {}); rebind with `guest-unlock bind`",
+        tried.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN_A: &str = "sha256:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const PIN_B: &str = "sha256:1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn crypttab_lines() {
+        let text = "\
+# comment
+   # indented comment
+
+root UUID=ABCDEF01-0000-0000-0000-000000000001 none luks,discard
+data\t/dev/vdb\t/etc/key\tluks,readonly
+swap PARTUUID=1234-5678
+justname
+a b c d e
+bad/name /dev/vdc
+x nodevice
+y UUID=
+z LABEL=a/b
+l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
+";
+        let (entries, errors) = parse_crypttab(text);
+        assert_eq!(entries.len(), 4, "{entries:?}");
+        assert_eq!(entries[0].name, "root");
+        assert_eq!(
+            entries[0].device,
+            DeviceSpec::Uuid("abcdef01-0000-0000-0000-000000000001".into())
+        );
+        assert_eq!(entries[0].options, ["luks", "discard"]);
+        assert_eq!(entries[1].device, DeviceSpec::Path("/dev/vdb".into()));
+        assert_eq!(entries[1].keyfile, "/etc/key");
+        assert_eq!(entries[2].device, DeviceSpec::PartUuid("1234-5678".into()));
+        assert_eq!(entries[2].keyfile, "none");
+        assert!(entries[2].options.is_empty());
+        assert_eq!(entries[3].line, 13);
+        let f = activate_flags(&entries[3].options);
+        assert!(f.same_cpu_crypt && f.no_read_workqueue && !f.read_only);
+        assert!(activate_flags(&entries[1].options).read_only);
+        assert!(activate_flags(&entries[0].options).allow_discards);
+        let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [7, 8, 9, 10, 11, 12], "{errors:?}");
+        assert!(errors[1].to_string().contains("at most 4"));
+    }
+
+    #[test]
+    fn crypttab_matching() {
+        let (entries, _) =
+            parse_crypttab("byuuid UUID=AAAA-1\nbypath /dev/disk/x\nbypart PARTUUID=p1\n");
+        let resolve = |s: &DeviceSpec| match s {
+            DeviceSpec::Path(p) if p == Path::new("/dev/disk/x") => Some(PathBuf::from("/dev/vdb")),
+            DeviceSpec::PartUuid(p) if p == "p1" => Some(PathBuf::from("/dev/vdc1")),
+            _ => None,
+        };
+        let id = |c: &str, u: &str| DeviceIdentity {
+            canonical: c.into(),
+            luks_uuid: u.into(),
+        };
+        let name =
+            |d: &DeviceIdentity| crypttab_entry_for(&entries, d, &resolve).map(|e| e.name.as_str());
+        assert_eq!(name(&id("/dev/vda", "aaaa-1")), Some("byuuid"));
+        assert_eq!(name(&id("/dev/vdb", "other")), Some("bypath"));
+        assert_eq!(name(&id("/dev/vdc1", "other")), Some("bypart"));
+        assert_eq!(name(&id("/dev/vdd", "other")), None);
+    }
+
+    fn target(dev: &str, uuid: &str, toks: &[(&str, &[&str], &str, u32)]) -> Target {
+        Target {
+            device: dev.into(),
+            uuid: uuid.into(),
+            tokens: toks
+                .iter()
+                .enumerate()
+                .map(|(i, (vol, brokers, pin, ver))| {
+                    (
+                        i as u32,
+                        BrokerToken {
+                            keyslots: vec![i as u32 + 1],
+                            brokers: brokers.iter().map(|b| b.parse().unwrap()).collect(),
+                            volume: VolumeId::new(*vol).unwrap(),
+                            key_version: *ver,
+                            spki_pins: vec![pin.parse().unwrap()],
+                        },
+                    )
+                })
+                .collect(),
+            name: String::new(),
+            flags: ActivateFlags::default(),
+        }
+    }
+
+    #[test]
+    fn one_attestation_per_broker_list() {
+        let ab: &[&str] = &["https://a:1", "https://b:1"];
+        let ba: &[&str] = &["https://b:1", "https://a:1"];
+        let targets = vec![
+            target("/dev/vda", "u1", &[("root", ab, PIN_A, 1)]),
+            target(
+                "/dev/vdb",
+                "u2",
+                &[("data", ab, PIN_A, 1), ("data", ab, PIN_A, 2)],
+            ),
+            target("/dev/vdc", "u3", &[("logs", ba, PIN_A, 1)]),
+            target("/dev/vdd", "u4", &[("other", ab, PIN_B, 1)]),
+            target("/dev/vde", "u5", &[("root", ab, PIN_A, 1)]),
+        ];
+        let groups = group_targets(&targets);
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        let vols: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.volumes.iter().map(VolumeId::as_str).collect())
+            .collect();
+        assert_eq!(vols, [vec!["root", "data"], vec!["logs"], vec!["other"]]);
+        assert_eq!(groups[1].brokers[0].host(), "b");
+        assert!(group_targets(&[]).is_empty());
+    }
+
+    #[test]
+    fn names_from_flag_crypttab_or_uuid() {
+        let ab: &[&str] = &["https://a:1"];
+        let mut targets = vec![
+            target("/nonexistent/vda", "1111-aaaa", &[("root", ab, PIN_A, 1)]),
+            target("/nonexistent/vdb", "2222-bbbb", &[("data", ab, PIN_A, 1)]),
+        ];
+        let (entries, _) = parse_crypttab("cryptroot UUID=1111-AAAA none luks,discard\n");
+        name_targets(&mut targets, None, &entries, &|_| None);
+        assert_eq!(targets[0].name, "cryptroot");
+        assert!(targets[0].flags.allow_discards);
+        assert_eq!(targets[1].name, "luks-2222-bbbb");
+        name_targets(&mut targets[..1], Some("mine"), &entries, &|_| None);
+        assert_eq!(targets[0].name, "mine");
+    }
+
+    #[test]
+    fn scanning_skips_empty_devices() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, size) in [("vda", "20971520\n"), ("loop0", "0\n"), ("vda1", "2048")] {
+            std::fs::create_dir(d.path().join(name)).unwrap();
+            std::fs::write(d.path().join(name).join("size"), size).unwrap();
+        }
+        std::fs::create_dir(d.path().join("nosize")).unwrap();
+        assert_eq!(
+            scan_block_devices(d.path()),
+            [PathBuf::from("/dev/vda"), PathBuf::from("/dev/vda1")]
+        );
+        assert!(scan_block_devices(&d.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn denials_and_errors_become_one_line_per_device() {
+        let ab: &[&str] = &["https://a:1"];
+        let targets = vec![
+            target("/nonexistent/vda", "u1", &[("root", ab, PIN_A, 1)]),
+            target("/nonexistent/vdb", "u2", &[("data", ab, PIN_B, 1)]),
+        ];
+        let mut calls = 0;
+        let report = unlock_targets(&targets, Mode::CheckOnly, &mut |g, ids| {
+            calls += 1;
+            if g.pins[0].to_string() == PIN_A {
+                Ok(FetchOutcome {
+                    broker: "https://a:1".parse().unwrap(),
+                    keys: Vec::new(),
+                    denied: ids
+                        .iter()
+                        .map(|v| crate::flow::Denied {
+                            volume: v.clone(),
+                            reason_codes: vec!["POLICY_MEASUREMENT_NOT_ALLOWED".into()],
+                        })
+                        .collect(),
+                    decision_id: String::new(),
+                    refusal: None,
+                })
+            } else {
+                Err(UnlockError::Unreachable {
+                    timeout: std::time::Duration::from_secs(1),
+                    attempts: 1,
+                    last_errors: vec!["https://a:1: connection refused".into()],
+                })
+            }
+        });
+        assert_eq!(calls, 2);
+        assert!(report.unlocked.is_empty());
+        let lines: Vec<String> = report.locked.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines[0],
+            "root (/nonexistent/vda): broker https://a:1 refused: POLICY_MEASUREMENT_NOT_ALLOWED"
+        );
+        assert!(
+            lines[1].starts_with("data (/nonexistent/vdb): no broker answered"),
+            "{}",
+            lines[1]
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! LUKS2 header and token operations on 32 MiB image files, with keys from
+//! a real broker on loopback (real TLS, SQLite, simulated SEV-SNP
+//! platform). Activation needs device-mapper, which the host lacks: the
+//! keyslots are checked with libcryptsetup's "check only" activation (no
+//! name), and `unlock --dry-run` does the same; real activation runs in the
+//! VM harness.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser as _;
+use guest_unlock::cli::{self, Cli, Command, EXIT_FAILED, EXIT_GRANTED, EXIT_USAGE};
+use guest_unlock::luks::{self, BindError, Device, LuksError, Pbkdf};
+use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions, RunningBroker};
+use serde_json::json;
+
+const PASSPHRASE: &[u8] = b"correct horse battery staple";
+
+struct Env {
+    _server_rt: tokio::runtime::Runtime,
+    _broker: RunningBroker,
+    dir: BrokerDir,
+    work: tempfile::TempDir,
+    config: PathBuf,
+    /// The broker's key for volume `root`, version 1.
+    root_key: Vec<u8>,
+    /// The broker's key for volume `data`, version 1.
+    data_key: Vec<u8>,
+}
+
+fn env() -> Env {
+    let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
+    dir.set_policy("ok", &policy_for(&default_guest().measurement, ""))
+        .unwrap();
+    dir.set_policy("wrong", &policy_for(&[0x5a; 48], ""))
+        .unwrap();
+    let root_key = dir.add_volume("root", "ok").unwrap();
+    let data_key = dir.add_volume("data", "ok").unwrap();
+    dir.add_volume("refused", "wrong").unwrap();
+    let server_rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = server_rt.block_on(RunningBroker::start(&dir)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("guest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "brokers = [\"{}\"]\npins = [\"{}\"]\nevidence = \"sim:{}\"\ntimeout_secs = 20\n",
+            broker.url(),
+            dir.pin,
+            dir.sim.dir().display()
+        ),
+    )
+    .unwrap();
+    Env {
+        _server_rt: server_rt,
+        _broker: broker,
+        dir,
+        work,
+        config,
+        root_key,
+        data_key,
+    }
+}
+
+impl Env {
+    /// A 32 MiB file formatted as LUKS2 with [`PASSPHRASE`] in keyslot 0.
+    fn luks_image(&self, name: &str) -> PathBuf {
+        let path = self.blank(name);
+        let mut d = Device::format(&path).unwrap();
+        assert_eq!(
+            d.add_keyslot_after_format(PASSPHRASE, Pbkdf::MinimalPbkdf2)
+                .unwrap(),
+            0
+        );
+        path
+    }
+
+    fn blank(&self, name: &str) -> PathBuf {
+        let path = self.work.path().join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(32 << 20).unwrap();
+        path
+    }
+
+    fn key_file(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.work.path().join(format!("key-{}", bytes.len()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn run(&self, args: &[&str]) -> u8 {
+        let cli = Cli::try_parse_from(std::iter::once("guest-unlock").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        cli::run(cli)
+    }
+
+    fn bind(&self, dev: &Path, volume: &str, key_file: Option<&Path>) -> u8 {
+        let mut args = vec![
+            "bind",
+            dev.to_str().unwrap(),
+            "--volume",
+            volume,
+            "--config",
+            self.config.to_str().unwrap(),
+        ];
+        match key_file {
+            Some(k) => args.extend(["--key-file", k.to_str().unwrap()]),
+            None => args.push("--format"),
+        }
+        self.run(&args)
+    }
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+/// Asserts that `f` leaves the whole image byte-identical.
+fn untouched<T>(p: &Path, what: &str, f: impl FnOnce() -> T) -> T {
+    let before = bytes(p);
+    let out = f();
+    assert!(bytes(p) == before, "{what}: the image changed");
+    out
+}
+
+#[test]
+fn bind_list_unlock_unbind() {
+    let env = env();
+    let dev = env.luks_image("disk.img");
+    let good = env.key_file(PASSPHRASE);
+    let wrong = env.key_file(b"wrong");
+    let d = dev.to_str().unwrap();
+
+    // Refusals before any change: wrong passphrase, no passphrase, denied volume.
+    untouched(&dev, "wrong passphrase", || {
+        assert_eq!(env.bind(&dev, "root", Some(&wrong)), EXIT_FAILED)
+    });
+    untouched(&dev, "no passphrase", || {
+        assert_eq!(
+            env.run(&[
+                "bind",
+                d,
+                "--volume",
+                "root",
+                "--config",
+                env.config.to_str().unwrap()
+            ]),
+            EXIT_USAGE
+        )
+    });
+    untouched(&dev, "broker refuses", || {
+        assert_eq!(env.bind(&dev, "refused", Some(&good)), EXIT_FAILED)
+    });
+    untouched(&dev, "format over LUKS", || {
+        assert_eq!(env.bind(&dev, "root", None), EXIT_FAILED)
+    });
+
+    // Bind.
+    assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_GRANTED);
+    let bindings = luks::list(&dev).unwrap();
+    assert_eq!(bindings.len(), 1);
+    let b = &bindings[0];
+    assert_eq!((b.volume.as_str(), b.key_version), ("root", 1));
+    assert_eq!(b.keyslots, [1]);
+    assert_eq!(b.spki_pins, std::slice::from_ref(&env.dir.pin));
+
+    // The token on disk, as documented.
+    let mut opened = Device::open(&dev).unwrap();
+    let tokens = opened.tokens().unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(
+        tokens[0].1,
+        json!({"type":"sev-keybroker","keyslots":["1"],"version":1,
+               "brokers":[b.brokers[0]],"volume":"root","key_version":1,
+               "spki_pins":[env.dir.pin]})
+    );
+    // The broker's key opens keyslot 1 (and only it); the passphrase still opens 0.
+    assert_eq!(opened.check_passphrase(None, &env.root_key).unwrap(), 1);
+    assert_eq!(opened.check_passphrase(Some(0), PASSPHRASE).unwrap(), 0);
+    assert!(matches!(
+        opened.check_passphrase(Some(1), &env.data_key),
+        Err(LuksError::WrongPassphrase { .. })
+    ));
+    drop(opened);
+
+    // Binding the same version again is refused, untouched.
+    untouched(&dev, "already bound", || {
+        assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_FAILED)
+    });
+
+    // list's line parses back into the same bind arguments.
+    let line = b.bind_line();
+    let (cmd, comment) = line.split_once("  # ").unwrap();
+    assert_eq!(comment, "keyslot 1, key version 1, token 0");
+    let cli = Cli::try_parse_from(std::iter::once("guest-unlock").chain(cmd.split(' '))).unwrap();
+    let Command::Bind(args) = cli.command else {
+        panic!("not a bind line: {line}")
+    };
+    assert_eq!(args.device, dev);
+    assert_eq!(args.brokers, b.brokers);
+    assert_eq!(args.volume, "root");
+    assert_eq!(args.pins, b.spki_pins);
+    assert_eq!(env.run(&["list", d]), EXIT_GRANTED);
+    assert_eq!(env.run(&["list", d, "--json"]), EXIT_GRANTED);
+
+    // A second device bound to another volume of the same broker: unlock
+    // --dry-run attests once for both and checks each keyslot.
+    let dev2 = env.luks_image("disk2.img");
+    assert_eq!(env.bind(&dev2, "data", Some(&good)), EXIT_GRANTED);
+    let conf = env.config.to_str().unwrap();
+    let d2 = dev2.to_str().unwrap();
+    untouched(&dev, "unlock --dry-run", || {
+        assert_eq!(
+            env.run(&["unlock", "--dry-run", "--config", conf, d, d2]),
+            EXIT_GRANTED
+        )
+    });
+    // A device without a token stays locked (exit 1), the others are checked.
+    let plain = env.luks_image("plain.img");
+    assert_eq!(
+        env.run(&[
+            "unlock",
+            "--dry-run",
+            "--config",
+            conf,
+            d,
+            plain.to_str().unwrap()
+        ]),
+        EXIT_FAILED
+    );
+
+    // Unbind: a passphrase keyslot is not ours; the bound one goes with its token.
+    untouched(&dev, "unbind a passphrase slot", || {
+        assert_eq!(env.run(&["unbind", d, "--slot", "0"]), EXIT_FAILED)
+    });
+    untouched(&dev, "unbind a free slot", || {
+        assert_eq!(env.run(&["unbind", d, "--slot", "5"]), EXIT_FAILED)
+    });
+    assert_eq!(env.run(&["unbind", d, "--slot", "1"]), EXIT_GRANTED);
+    assert!(luks::list(&dev).unwrap().is_empty());
+    let mut opened = Device::open(&dev).unwrap();
+    assert_eq!(opened.active_keyslots(), [0]);
+    assert!(opened.tokens().unwrap().is_empty());
+    assert!(opened.check_passphrase(None, &env.root_key).is_err());
+}
+
+#[test]
+fn format_and_the_last_keyslot() {
+    let env = env();
+    let dev = env.blank("new.img");
+    assert_eq!(env.bind(&dev, "root", None), EXIT_GRANTED);
+    let mut opened = Device::open(&dev).unwrap();
+    assert_eq!(opened.active_keyslots(), [0]);
+    assert_eq!(opened.check_passphrase(None, &env.root_key).unwrap(), 0);
+    drop(opened);
+    let d = dev.to_str().unwrap();
+    untouched(&dev, "unbind the last keyslot", || {
+        assert_eq!(env.run(&["unbind", d, "--slot", "0"]), EXIT_FAILED)
+    });
+    assert!(matches!(
+        luks::unbind(&dev, 0, false),
+        Err(BindError::LastKeyslot { slot: 0, .. })
+    ));
+    assert_eq!(
+        env.run(&["unbind", d, "--slot", "0", "--force"]),
+        EXIT_GRANTED
+    );
+    assert!(Device::open(&dev).unwrap().active_keyslots().is_empty());
+
+    // A refused --format leaves the device as it was.
+    let blank = env.blank("blank.img");
+    std::fs::write(&blank, vec![0x42u8; 32 << 20]).unwrap();
+    untouched(&blank, "format refused by the broker", || {
+        assert_eq!(env.bind(&blank, "refused", None), EXIT_FAILED)
+    });
+}
+
+#[test]
+fn not_luks2() {
+    let env = env();
+    let dev = env.blank("zero.img");
+    let d = dev.to_str().unwrap();
+    let good = env.key_file(PASSPHRASE);
+    untouched(&dev, "bind on a non-LUKS device", || {
+        assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_FAILED)
+    });
+    assert!(matches!(
+        luks::list(&dev),
+        Err(BindError::Luks(LuksError::NotLuks2 { .. }))
+    ));
+    assert_eq!(env.run(&["list", d]), EXIT_FAILED);
+    assert_eq!(env.run(&["unbind", d, "--slot", "0"]), EXIT_FAILED);
+    assert_eq!(
+        env.run(&[
+            "unlock",
+            "--dry-run",
+            "--config",
+            env.config.to_str().unwrap(),
+            d
+        ]),
+        EXIT_FAILED
+    );
+}
+
+#[test]
+fn malformed_tokens_are_refused_untouched() {
+    let env = env();
+    let dev = env.luks_image("bad.img");
+    let good = env.key_file(PASSPHRASE);
+    let d = dev.to_str().unwrap();
+    let conf = env.config.to_str().unwrap();
+    // A second keyslot to point tokens at.
+    {
+        let mut dv = Device::open(&dev).unwrap();
+        assert_eq!(
+            dv.add_keyslot(PASSPHRASE, &[7u8; 64], Pbkdf::MinimalPbkdf2)
+                .unwrap(),
+            1
+        );
+    }
+    let valid = json!({"type":"sev-keybroker","keyslots":["1"],"version":1,
+        "brokers":["https://127.0.0.1:1"],"volume":"root","key_version":1,
+        "spki_pins":[env.dir.pin]});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut t = valid.clone();
+        t[k] = v;
+        t
+    };
+    let without = |k: &str| {
+        let mut t = valid.clone();
+        t.as_object_mut().unwrap().remove(k);
+        t
+    };
+    let cases = [
+        ("version", with("version", json!(2))),
+        ("version", without("version")),
+        ("version", with("version", json!("1"))),
+        ("volume", without("volume")),
+        ("brokers", with("brokers", json!("https://127.0.0.1:1"))),
+        ("spki_pins", with("spki_pins", json!([1, 2]))),
+        ("key_version", with("key_version", json!("one"))),
+        ("brokers", with("brokers", json!(["http://plain:80"]))),
+        ("(token)", with("extra", json!(true))),
+    ];
+    for (field, token) in cases {
+        let id = Device::open(&dev).unwrap().set_token(None, &token).unwrap();
+        untouched(&dev, field, || {
+            match luks::list(&dev) {
+                Err(BindError::BadToken { source, device, .. }) => {
+                    assert_eq!(source.field, field, "{token}");
+                    assert_eq!(device, dev);
+                }
+                other => panic!("{token}: {other:?}"),
+            }
+            assert_eq!(env.run(&["list", d]), EXIT_FAILED);
+            assert_eq!(env.run(&["unbind", d, "--slot", "1"]), EXIT_FAILED);
+            assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_FAILED);
+            assert_eq!(
+                env.run(&["unlock", "--dry-run", "--config", conf, d]),
+                EXIT_FAILED
+            );
+        });
+        Device::open(&dev).unwrap().remove_token(id).unwrap();
+    }
+
+    // A token naming a keyslot that does not exist: libcryptsetup itself
+    // may refuse to write it; if it is written, guest-unlock refuses it.
+    let ghost = with("keyslots", json!(["9"]));
+    let written = Device::open(&dev).unwrap().set_token(None, &ghost);
+    if let Ok(id) = written {
+        untouched(&dev, "ghost keyslot", || match luks::list(&dev) {
+            Err(BindError::BadToken { source, .. }) => assert_eq!(source.field, "keyslots"),
+            other => panic!("{other:?}"),
+        });
+        Device::open(&dev).unwrap().remove_token(id).unwrap();
+    }
+    // Destroying the keyslot a valid token names leaves a token bound to
+    // no existing keyslot: refused, naming `keyslots`.
+    let id = Device::open(&dev).unwrap().set_token(None, &valid).unwrap();
+    assert_eq!(luks::list(&dev).unwrap().len(), 1);
+    Device::open(&dev).unwrap().destroy_keyslot(1).unwrap();
+    untouched(&dev, "dangling token", || match luks::list(&dev) {
+        Err(BindError::BadToken { source, .. }) => assert_eq!(source.field, "keyslots"),
+        other => panic!("{other:?}"),
+    });
+    Device::open(&dev).unwrap().remove_token(id).unwrap();
+}
+
+#[test]
+fn a_failed_token_write_restores_the_header() {
+    let env = env();
+    let dev = env.luks_image("full.img");
+    let good = env.key_file(PASSPHRASE);
+    // Occupy every token slot, so the keyslot is added and the token write fails.
+    {
+        let mut dv = Device::open(&dev).unwrap();
+        for _ in 0..luks::LUKS2_SLOTS {
+            dv.set_token(None, &json!({"type":"x-other","keyslots":[]}))
+                .unwrap();
+        }
+    }
+    untouched(&dev, "bind with no free token", || {
+        let req = luks::BindRequest {
+            device: &dev,
+            volume: "root".parse().unwrap(),
+            brokers: vec!["https://127.0.0.1:1".parse().unwrap()],
+            pins: vec![env.dir.pin.parse().unwrap()],
+            passphrase: Some(zeroize::Zeroizing::new(PASSPHRASE.to_vec())),
+            format: false,
+        };
+        let key = guest_unlock::UnwrappedKey {
+            volume: "root".parse().unwrap(),
+            version: 1,
+            state: keybroker_proto::pb::KeyState::Current,
+            key: zeroize::Zeroizing::new(env.root_key.clone()),
+        };
+        let err = luks::bind(req, Box::new(move |_| Ok(vec![key]))).unwrap_err();
+        assert!(matches!(err, BindError::Restored { .. }), "{err}");
+        assert!(err.to_string().contains("restored"), "{err}");
+        // And through the CLI with the real broker.
+        assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_FAILED);
+    });
+    let mut dv = Device::open(&dev).unwrap();
+    assert_eq!(dv.active_keyslots(), [0]);
+}
