@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod hardening;
 pub mod keys;
 pub mod logging;
+pub mod measure;
 pub mod policy;
 pub mod release;
 pub mod store;

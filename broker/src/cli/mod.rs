@@ -6,6 +6,7 @@
 
 mod admin;
 mod init;
+mod measure;
 mod report;
 mod serve;
 
@@ -42,6 +43,10 @@ pub enum Command {
     /// Release policies.
     #[command(subcommand)]
     Policy(admin::PolicyCommand),
+    /// Compute the expected launch measurement of a SEV, SEV-ES or SEV-SNP
+    /// guest from its firmware and boot inputs (offline; prints the hex
+    /// digest for a policy's `measurements`).
+    Measure(measure::MeasureArgs),
 }
 
 /// `--config FILE`, shared by the commands that need a broker directory.
@@ -69,5 +74,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Report(c) => report::run(c),
         Command::Volume(c) => admin::run_volume(c),
         Command::Policy(c) => admin::run_policy(c),
+        Command::Measure(a) => measure::run(a),
     }
 }
