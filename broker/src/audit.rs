@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::store::AuditEvent;
-use crate::verify::ReportClaims;
+use crate::verify::{ReportClaims, SignerKind, Tcb};
 
 /// An audit entry being assembled during one request.
 #[derive(Debug)]
@@ -50,23 +50,35 @@ impl AuditDraft {
             .insert(key.to_owned(), Value::String(value.to_owned()));
     }
 
-    /// Records the report fields an operator needs to explain a decision.
+    /// Records the report fields an operator needs to explain a decision
+    /// and that `broker platforms` aggregates: measurement, chip id, report
+    /// id, generation, signing key kind, SNP firmware version (text and
+    /// parts), reported TCB (an object), guest policy, VMPL and guest SVN.
+    /// None of these is secret; key material never reaches this function.
     pub fn record_claims(&mut self, claims: &ReportClaims) {
+        let fw = claims.current_firmware;
+        let signer = match claims.signer {
+            SignerKind::Vcek => "vcek",
+            SignerKind::Vlek => "vlek",
+        };
         let fields = [
-            ("measurement", hex::encode(&claims.measurement)),
-            ("chip_id", hex::encode(&claims.chip_id)),
-            ("report_id", hex::encode(&claims.report_id)),
-            ("generation", claims.generation.to_string()),
-            ("firmware", claims.current_firmware.to_string()),
+            ("measurement", Value::from(hex::encode(&claims.measurement))),
+            ("chip_id", Value::from(hex::encode(&claims.chip_id))),
+            ("report_id", Value::from(hex::encode(&claims.report_id))),
+            ("generation", Value::from(claims.generation.as_str())),
+            ("signer", Value::from(signer)),
+            ("firmware", Value::from(fw.to_string())),
             (
-                "reported_tcb",
-                serde_json::to_string(&claims.reported_tcb).unwrap_or_default(),
+                "firmware_version",
+                json!({"major": fw.major, "minor": fw.minor, "build": fw.build}),
             ),
-            ("policy", format!("{:#x}", claims.policy.raw)),
-            ("vmpl", claims.vmpl.to_string()),
+            ("reported_tcb", tcb_json(&claims.reported_tcb)),
+            ("policy", Value::from(format!("{:#x}", claims.policy.raw))),
+            ("vmpl", Value::from(claims.vmpl.to_string())),
+            ("guest_svn", Value::from(claims.guest_svn)),
         ];
         for (k, v) in fields {
-            self.details.insert(k.to_owned(), Value::String(v));
+            self.details.insert(k.to_owned(), v);
         }
     }
 
@@ -82,4 +94,16 @@ impl AuditDraft {
             client_addr: self.client.map(|a| a.to_string()),
         }
     }
+}
+
+/// A TCB as the audit log stores it: `{"fmc": N|null, "bootloader": N,
+/// "tee": N, "snp": N, "microcode": N}` (`fmc` is set on Turin only).
+pub fn tcb_json(t: &Tcb) -> Value {
+    json!({
+        "fmc": t.fmc,
+        "bootloader": t.bootloader,
+        "tee": t.tee,
+        "snp": t.snp,
+        "microcode": t.microcode,
+    })
 }

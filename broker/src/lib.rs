@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod hardening;
+pub mod inventory;
 pub mod keys;
 pub mod logging;
 pub mod measure;

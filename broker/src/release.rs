@@ -114,12 +114,30 @@ impl Broker {
         })?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let names: Vec<String> = volumes.iter().map(|v| v.as_str().to_owned()).collect();
-        self.store.insert_nonce(
+        let mut audit = AuditDraft::new("challenge", now, names.clone(), client);
+        if let Err(e) = self.store.insert_nonce(
             nonce.as_bytes(),
             &names,
             now + self.nonce_ttl.as_secs() as i64,
-        )?;
-        tracing::debug!(volumes = ?names, client = ?client, "challenge issued");
+        ) {
+            let err = Error::from(e);
+            audit.verdict = "error".into();
+            audit.reason_codes = err.reason_codes();
+            audit.detail("error", &err.to_string());
+            self.append_audit(audit);
+            return Err(err);
+        }
+        // The nonce itself is not recorded: the attest entry that uses it
+        // is what matters, and it carries the report id.
+        audit.verdict = "allow".into();
+        audit.detail("nonce_ttl_secs", &self.nonce_ttl.as_secs().to_string());
+        let decision_id = self.append_audit(audit);
+        tracing::debug!(
+            decision = decision_id.as_deref().unwrap_or("-"),
+            volumes = ?names,
+            client = ?client,
+            "challenge issued"
+        );
         Ok(ChallengeGrant {
             nonce,
             expires_in: self.nonce_ttl,

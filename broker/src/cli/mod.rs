@@ -5,8 +5,11 @@
 //! Exit codes: 0 success, 1 refused / not found / failed, 2 usage error.
 
 mod admin;
+mod audit;
+mod explain;
 mod init;
 mod measure;
+mod platforms;
 mod report;
 mod serve;
 
@@ -47,6 +50,18 @@ pub enum Command {
     /// guest from its firmware and boot inputs (offline; prints the hex
     /// digest for a policy's `measurements`).
     Measure(measure::MeasureArgs),
+    /// The audit log: every Challenge and Attest decision, filtered
+    /// (`--volume`, `--since`, `--verdict`, ...); `audit verify` checks that
+    /// its hash chain is intact.
+    Audit(audit::AuditArgs),
+    /// Platform inventory from the audit log: every chip seen, its
+    /// generation, TCB and SNP firmware, first and last seen, and whether
+    /// it meets each policy's minimum TCB and firmware.
+    Platforms(platforms::PlatformsArgs),
+    /// Which checks a report would fail for a volume (evidence, volume
+    /// state, every policy check, with expected and actual values).
+    /// Exit 0 if the volume would be released, 1 if not.
+    Explain(explain::ExplainArgs),
 }
 
 /// `--config FILE`, shared by the commands that need a broker directory.
@@ -75,5 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Volume(c) => admin::run_volume(c),
         Command::Policy(c) => admin::run_policy(c),
         Command::Measure(a) => measure::run(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Platforms(a) => platforms::run(a),
+        Command::Explain(a) => explain::run(a),
     }
 }
