@@ -325,7 +325,7 @@ mod tests {
     fn malformed_certificates_are_refused() {
         let real = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/snp-real/virtee-milan-v2/vcek.der"
+            "/../tests/fixtures/snp-real/virtee-milan-v2/vcek.der"
         ))
         .unwrap();
         let cert = parse_cert(&real).unwrap();

@@ -15,7 +15,7 @@ use crate::evidence::cert_table::{parse_cert_table, GUID_ARK, GUID_ASK, GUID_VCE
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/snp-real")
+        .join("../tests/fixtures/snp-real")
         .join(rel)
 }
 
