@@ -21,7 +21,7 @@ use super::audit::open_existing_store;
 use super::{ConfigArg, Outcome};
 use crate::error::{RefusalCause, VolumeRefusal};
 use crate::policy::Policy;
-use crate::verify::{decode_report, ReportClaims, SignerKind, Verifier};
+use crate::verify::{SignerKind, Verifier};
 
 /// `broker explain` arguments.
 #[derive(Debug, Args)]
@@ -106,7 +106,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
                     .into(),
                 actual: e.to_string(),
             });
-            (unverified_claims(&bytes), false, false)
+            (super::unverified_claims(&bytes), false, false)
         }
     };
 
@@ -270,14 +270,4 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Refused
     })
-}
-
-/// Decodes a report that did not verify, to show which policy checks it
-/// would fail once its evidence is fixed.
-fn unverified_claims(bytes: &[u8]) -> Option<ReportClaims> {
-    let d = decode_report(bytes).ok()?;
-    // v2 reports name their generation only in the VEK; Milan and Genoa
-    // share the TCB layout, so decoding as Milan gives the right numbers.
-    let generation = d.generation.unwrap_or(crate::verify::Generation::Milan);
-    Some(d.claims_for(generation, d.signer.unwrap_or(SignerKind::Vcek)))
 }

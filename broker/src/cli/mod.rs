@@ -95,3 +95,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Explain(a) => explain::run(a),
     }
 }
+
+/// Decodes a report that did not verify, for display only: the values it
+/// claims, which nothing vouches for.
+fn unverified_claims(bytes: &[u8]) -> Option<crate::verify::ReportClaims> {
+    let d = crate::verify::decode_report(bytes).ok()?;
+    // v2 reports name their generation only in the VEK; Milan and Genoa
+    // share the TCB layout, so decoding as Milan shows the right numbers.
+    let generation = d.generation.unwrap_or(crate::verify::Generation::Milan);
+    Some(d.claims_for(
+        generation,
+        d.signer.unwrap_or(crate::verify::SignerKind::Vcek),
+    ))
+}

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::Outcome;
 use crate::config::Config;
 use crate::policy::{Policy, Verdict};
-use crate::verify::{decode_report, ReportClaims, SignerKind, TrustStore, Verifier};
+use crate::verify::{ReportClaims, SignerKind, TrustStore, Verifier};
 
 /// `broker report ...`
 #[derive(Debug, Subcommand)]
@@ -88,7 +88,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
     let result = verifier.verify(&bytes, &table, certs.as_deref(), now);
     let (claims, evidence_error, simulated) = match &result {
         Ok(v) => (Some(v.claims().clone()), None, v.is_simulated()),
-        Err(e) => (unverified_claims(&bytes), Some(e), false),
+        Err(e) => (super::unverified_claims(&bytes), Some(e), false),
     };
     let verdict: Option<Verdict> = match (&policy, &result) {
         (Some(p), Ok(v)) => Some(p.evaluate(v.claims())),
@@ -149,15 +149,6 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Refused
     })
-}
-
-/// Decodes a report that did not verify, for display only.
-fn unverified_claims(bytes: &[u8]) -> Option<ReportClaims> {
-    let d = decode_report(bytes).ok()?;
-    // v2 reports name their generation only in the VEK; Milan and Genoa
-    // share the TCB layout, so decoding as Milan shows the right numbers.
-    let generation = d.generation.unwrap_or(crate::verify::Generation::Milan);
-    Some(d.claims_for(generation, d.signer.unwrap_or(SignerKind::Vcek)))
 }
 
 fn print_claims(c: &ReportClaims, verified: bool) {
