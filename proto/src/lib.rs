@@ -13,7 +13,9 @@
 //! - [`wrap_volume_key`] / [`GuestKeyPair::unwrap_volume_key`]: HPKE (RFC 9180)
 //!   wrapping of a volume key to the guest's ephemeral key;
 //! - [`denial_status`] / [`denial_from_status`]: reason codes carried in the
-//!   details of a refused gRPC call.
+//!   details of a refused gRPC call;
+//! - [`rotation_proof`] / [`verify_rotation_proof`]: the MAC with which a guest
+//!   proves it enrolled a pending key (rotation, phase 2).
 //!
 //! `docs/protocol.md` describes all of it byte by byte; a test keeps that
 //! document in step with the `.proto` file.
@@ -31,6 +33,7 @@ pub mod pb {
 
 mod denial;
 mod ids;
+mod rotation;
 mod transcript;
 mod version;
 mod wrap;
@@ -39,6 +42,10 @@ pub use denial::{denial_from_status, denial_status};
 pub use ids::{
     GuestPublicKey, Nonce, ParseError, RandomError, ReportData, VolumeId, VolumeIds,
     GUEST_PUBLIC_KEY_LEN, MAX_VOLUMES, MAX_VOLUME_ID_LEN, NONCE_LEN, REPORT_DATA_LEN,
+};
+pub use rotation::{
+    rotation_proof, verify_rotation_proof, ROTATION_PROOF_LABEL, ROTATION_PROOF_LEN,
+    ROTATION_PROOF_SALT,
 };
 pub use transcript::{report_data, REPORT_DATA_LABEL, TRANSCRIPT_REVISION};
 pub use version::{

@@ -11,7 +11,7 @@ pub const PROTOCOL_MAJOR: u32 = 1;
 /// Minor protocol version. Any minor of the same major interoperates: a minor
 /// release only adds optional fields, and never changes the REPORT_DATA
 /// transcript or the wrapping parameters.
-pub const PROTOCOL_MINOR: u32 = 0;
+pub const PROTOCOL_MINOR: u32 = 1;
 
 /// Reason code sent in [`pb::Denial`] when the peer's major version differs
 /// or its version is missing (gRPC code `FAILED_PRECONDITION`).
@@ -112,7 +112,7 @@ mod tests {
         let e = check_version(None).unwrap_err();
         assert_eq!(e.theirs, None);
         let msg = e.to_string();
-        assert!(msg.contains("v1.0"), "{msg}");
+        assert!(msg.contains("v1.1"), "{msg}");
         assert!(msg.contains("no protocol version"), "{msg}");
         assert!(msg.contains("upgrade"), "{msg}");
     }
@@ -121,7 +121,7 @@ mod tests {
     fn other_major_is_refused_with_both_versions_and_advice() {
         let newer = pb::ProtocolVersion { major: 2, minor: 3 };
         let msg = check_version(Some(&newer)).unwrap_err().to_string();
-        assert!(msg.contains("v1.0") && msg.contains("v2.3"), "{msg}");
+        assert!(msg.contains("v1.1") && msg.contains("v2.3"), "{msg}");
         assert!(msg.contains("upgrade the older side (this side)"), "{msg}");
 
         let older = pb::ProtocolVersion { major: 0, minor: 9 };

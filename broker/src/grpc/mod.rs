@@ -128,4 +128,12 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
             decision_id: release.decision_id,
         }))
     }
+
+    async fn confirm_rotation(
+        &self,
+        _request: Request<pb::ConfirmRotationRequest>,
+    ) -> Result<Response<pb::ConfirmRotationResponse>, Status> {
+        // TODO(rotation): implemented with the broker side of rotation.
+        Err(Status::unimplemented("ConfirmRotation is not implemented yet"))
+    }
 }
