@@ -35,7 +35,9 @@ pub enum ReportCommand {
         /// Verify as of this time (RFC 3339, e.g. 2025-06-01T00:00:00Z) instead of now.
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
-        /// Take trust settings (a configured simulated root) from this broker config.
+        /// Take trust settings (a configured simulated root) and the
+        /// certificate cache (`cert_cache`) from this broker config; AMD KDS
+        /// is never asked (this command is offline).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print JSON.
@@ -72,8 +74,12 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    let config = match &config {
+        Some(c) => Some(Config::load(c)?),
+        None => None,
+    };
     let trust = match &config {
-        Some(c) => crate::assemble::trust(&Config::load(c)?)?,
+        Some(c) => crate::assemble::trust(c)?,
         None => TrustStore::amd(),
     };
     let bytes = std::fs::read(&report)
@@ -84,7 +90,13 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
         None => Vec::new(),
     };
 
-    let verifier = Verifier::new(trust, None);
+    let mut verifier = Verifier::new(trust.clone(), None);
+    if let Some(c) = &config {
+        let cache = std::sync::Arc::new(crate::certsource::CertCache::new(c.cert_cache.clone()));
+        verifier = verifier.with_source(std::sync::Arc::new(crate::certsource::CacheSource::new(
+            cache, &trust,
+        )));
+    }
     let result = verifier.verify(&bytes, &table, certs.as_deref(), now);
     let (claims, evidence_error, simulated) = match &result {
         Ok(v) => (Some(v.claims().clone()), None, v.is_simulated()),

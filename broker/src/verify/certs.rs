@@ -86,12 +86,15 @@ pub struct CertSet {
     pub asvk: Option<Vec<u8>>,
     /// ARK.
     pub ark: Option<Vec<u8>>,
-    /// A CRL issued by the ARK (offline directory only).
-    pub crl: Option<Vec<u8>>,
+    /// CRLs (DER) issued by the ARK (revoking ASKs/ASVKs) or by an ASK/ASVK
+    /// (revoking VEKs); from the offline directory, the certificate cache or
+    /// AMD KDS, never from the guest. CRLs of other issuers are ignored.
+    pub crls: Vec<Vec<u8>>,
 }
 
 impl CertSet {
-    /// Fills every certificate this set lacks from `other`.
+    /// Fills every certificate this set lacks from `other`, and adds the
+    /// CRLs it does not hold yet.
     pub fn fill_from(&mut self, other: CertSet) {
         fn f(a: &mut Option<Vec<u8>>, b: Option<Vec<u8>>) {
             if a.is_none() {
@@ -103,7 +106,11 @@ impl CertSet {
         f(&mut self.ask, other.ask);
         f(&mut self.asvk, other.asvk);
         f(&mut self.ark, other.ark);
-        f(&mut self.crl, other.crl);
+        for crl in other.crls {
+            if !self.crls.contains(&crl) {
+                self.crls.push(crl);
+            }
+        }
     }
 
     /// The VEK certificate of the given kind.
@@ -124,12 +131,17 @@ impl CertSet {
 
     fn put(&mut self, role: CertRole, der: Vec<u8>, source: &str) -> Result<(), EvidenceRejected> {
         let slot = match role {
+            CertRole::Crl => {
+                if !self.crls.contains(&der) {
+                    self.crls.push(der);
+                }
+                return Ok(());
+            }
             CertRole::Ark => &mut self.ark,
             CertRole::Ask => &mut self.ask,
             CertRole::Asvk => &mut self.asvk,
             CertRole::Vcek => &mut self.vcek,
             CertRole::Vlek => &mut self.vlek,
-            CertRole::Crl => &mut self.crl,
         };
         match slot {
             Some(existing) if *existing != der => Err(malformed(
@@ -290,7 +302,9 @@ pub fn classify(der: &[u8]) -> Option<CertRole> {
     })
 }
 
-fn pem_blocks(data: &[u8], label: &str) -> Vec<Vec<u8>> {
+/// The decoded bodies of every `label` PEM block in `data` (empty when
+/// `data` is not UTF-8 text).
+pub(crate) fn pem_blocks(data: &[u8], label: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let Ok(text) = std::str::from_utf8(data) else {
         return out;
@@ -390,15 +404,20 @@ pub fn load_cert_dir(dir: &Path) -> Result<CertSet, EvidenceRejected> {
         let source = format!("{}", path.display());
         match fixed_role {
             Some(CertRole::Crl) => {
-                let der = if data.starts_with(b"-----") {
+                let ders = if data.starts_with(b"-----") {
                     pem_blocks(&data, "X509 CRL")
-                        .into_iter()
-                        .next()
-                        .unwrap_or_default()
                 } else {
-                    data
+                    vec![data]
                 };
-                set.put(CertRole::Crl, der, &source)?;
+                if ders.is_empty() {
+                    return Err(malformed(
+                        CertRole::Crl,
+                        format!("{source} holds no X509 CRL PEM block"),
+                    ));
+                }
+                for der in ders {
+                    set.put(CertRole::Crl, der, &source)?;
+                }
             }
             Some(role) => {
                 let mut certs = certs_from_pem_or_der(&data);
@@ -430,6 +449,81 @@ pub fn load_cert_dir(dir: &Path) -> Result<CertSet, EvidenceRejected> {
         }
     }
     Ok(set)
+}
+
+/// What identifies one state of a certificate directory: for the directory
+/// and each regular file in it, name, size, mtime and inode. A file replaced
+/// (rename) or rewritten changes at least one of them.
+type DirStamp = Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>, u64)>;
+
+fn dir_stamp(dir: &Path) -> std::io::Result<DirStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let mut stamp: DirStamp = vec![(
+        std::ffi::OsString::new(),
+        meta.len(),
+        meta.modified().ok(),
+        meta.ino(),
+    )];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(m) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if m.is_file() {
+            stamp.push((entry.file_name(), m.len(), m.modified().ok(), m.ino()));
+        }
+    }
+    stamp.sort();
+    Ok(stamp)
+}
+
+/// The offline certificate directory ([`load_cert_dir`]), parsed once and
+/// parsed again only when the directory changes (a file added, removed,
+/// replaced or rewritten: see [`DirStamp`]). Checking costs one `readdir`
+/// and one `stat` per file, not a read and parse of every certificate.
+#[derive(Debug)]
+pub struct CertDirCache {
+    dir: std::path::PathBuf,
+    state: std::sync::Mutex<Option<(DirStamp, CertSet)>>,
+}
+
+impl CertDirCache {
+    /// A cache over `dir` (read on first use).
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        CertDirCache {
+            dir,
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory's certificates, re-read only if it changed.
+    pub fn load(&self) -> Result<CertSet, EvidenceRejected> {
+        let stamp = dir_stamp(&self.dir).map_err(|e| CertificatesRejected::Missing {
+            role: CertRole::Vcek,
+            detail: format!(
+                "cannot read certificate directory {}: {e}",
+                self.dir.display()
+            ),
+        })?;
+        if let Ok(guard) = self.state.lock() {
+            if let Some((s, set)) = guard.as_ref() {
+                if *s == stamp {
+                    return Ok(set.clone());
+                }
+            }
+        }
+        let set = load_cert_dir(&self.dir)?;
+        if let Ok(mut guard) = self.state.lock() {
+            *guard = Some((stamp, set.clone()));
+        }
+        Ok(set)
+    }
 }
 
 /// AMD VEK extension OIDs (arc 1.3.6.1.4.1.3704.1).
@@ -839,7 +933,7 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let s = load_cert_dir(dir.path()).unwrap();
         assert!(s.vcek.is_some() && s.ask.is_some() && s.ark.is_some());
-        assert!(s.vlek.is_none() && s.asvk.is_none() && s.crl.is_none());
+        assert!(s.vlek.is_none() && s.asvk.is_none() && s.crls.is_empty());
         // A second, different ARK is ambiguous.
         std::fs::copy(
             format!("{FIX}oak-genoa-v5/ark.pem"),

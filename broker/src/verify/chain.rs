@@ -110,6 +110,11 @@ impl TrustStore {
         self.roots.iter().any(|r| r.simulated)
     }
 
+    /// True when a simulated root is configured for `generation`.
+    pub fn trusts_simulated_for(&self, generation: Generation) -> bool {
+        self.simulated(generation).is_some()
+    }
+
     fn pinned(&self, g: Generation) -> Option<&Root> {
         self.roots
             .iter()
@@ -469,9 +474,7 @@ pub fn verify_chain(
         w.check(now)?;
     }
 
-    if let Some(crl_der) = certs.crl.as_deref() {
-        check_crl(crl_der, &ark, &inter, inter_role)?;
-    }
+    check_crls(&certs.crls, &ark, &inter, inter_role, &vek, vek_role, now)?;
 
     Ok(VerifiedChain {
         generation: root.generation,
@@ -484,28 +487,32 @@ pub fn verify_chain(
     })
 }
 
-/// Checks a CRL issued by the ARK: it must verify under the ARK, and must not
-/// list the intermediate. A CRL issued by another root does not apply and is
-/// ignored. (A VEK is issued by the ASK, not the ARK, so the ARK's CRL does
-/// not speak for VEK serials; AMD's VCEKs all have serial 0.)
-fn check_crl(
-    crl_der: &[u8],
-    ark: &X509Certificate<'_>,
-    inter: &X509Certificate<'_>,
-    inter_role: CertRole,
+/// Parses one DER CRL; trailing bytes are refused.
+pub fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, EvidenceRejected> {
+    match CertificateRevocationList::from_der(der) {
+        Ok(([], crl)) => Ok(crl),
+        Ok(_) => Err(malformed(CertRole::Crl, "trailing bytes after the CRL")),
+        Err(e) => Err(malformed(
+            CertRole::Crl,
+            format!("not a DER X.509 CRL: {e}"),
+        )),
+    }
+}
+
+/// Verifies a CRL's signature with `issuer`'s key (the names must chain).
+fn verify_crl_signature(
+    crl: &CertificateRevocationList<'_>,
+    issuer: &X509Certificate<'_>,
 ) -> Result<(), EvidenceRejected> {
-    let crl = match CertificateRevocationList::from_der(crl_der) {
-        Ok(([], crl)) => crl,
-        Ok(_) => return Err(malformed(CertRole::Crl, "trailing bytes after the CRL")),
-        Err(e) => {
-            return Err(malformed(
-                CertRole::Crl,
-                format!("not a DER X.509 CRL: {e}"),
-            ))
+    if crl.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(ChainRejected::CrlInvalid {
+            detail: format!(
+                "its issuer is \"{}\" but the certificate is \"{}\"",
+                crl.issuer(),
+                issuer.subject()
+            ),
         }
-    };
-    if crl.issuer().as_raw() != ark.subject().as_raw() {
-        return Ok(());
+        .into());
     }
     if crl.signature_algorithm != crl.tbs_cert_list.signature {
         return Err(ChainRejected::CrlInvalid {
@@ -517,26 +524,238 @@ fn check_crl(
         crl.tbs_cert_list.as_ref(),
         &crl.signature_algorithm,
         &crl.signature_value.data,
-        ark.public_key(),
+        issuer.public_key(),
     )
-    .map_err(|detail| ChainRejected::CrlInvalid { detail })?;
-    let serial = inter.raw_serial();
-    if crl
-        .iter_revoked_certificates()
-        .any(|r| r.raw_serial() == serial)
-    {
-        return Err(ChainRejected::Revoked {
-            role: inter_role,
-            serial: hex::encode(serial),
+    .map_err(|detail| ChainRejected::CrlInvalid { detail }.into())
+}
+
+/// What a CRL that verified under its issuer says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// thisUpdate.
+    pub this_update: OffsetDateTime,
+    /// nextUpdate, when the CRL names one.
+    pub next_update: Option<OffsetDateTime>,
+    /// Number of revoked serials.
+    pub revoked: usize,
+}
+
+/// Checks a CRL for import or after a fetch: it must parse, verify under
+/// `issuer_der` (the ARK or an ASK/ASVK), be issued no later than `now` and
+/// not be past its nextUpdate.
+pub fn check_crl_for_import(
+    crl_der: &[u8],
+    issuer_der: &[u8],
+    issuer_role: CertRole,
+    now: OffsetDateTime,
+) -> Result<CrlInfo, EvidenceRejected> {
+    let crl = parse_crl(crl_der)?;
+    let issuer = parse_cert(issuer_der, issuer_role)?;
+    verify_crl_signature(&crl, &issuer)?;
+    let this_update = crl.last_update().to_datetime();
+    let next_update = crl.next_update().map(|t| t.to_datetime());
+    let fmt = |t: OffsetDateTime| {
+        t.format(&::time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    if this_update > now {
+        return Err(ChainRejected::CrlInvalid {
+            detail: format!(
+                "thisUpdate {} is after the verification time {}; check the clock",
+                fmt(this_update),
+                fmt(now)
+            ),
         }
         .into());
+    }
+    if let Some(next) = next_update.filter(|n| *n < now) {
+        return Err(ChainRejected::CrlInvalid {
+            detail: format!(
+                "it is stale: nextUpdate {} is before the verification time {}",
+                fmt(next),
+                fmt(now)
+            ),
+        }
+        .into());
+    }
+    Ok(CrlInfo {
+        this_update,
+        next_update,
+        revoked: crl.iter_revoked_certificates().count(),
+    })
+}
+
+/// Applies every held CRL that speaks for this chain: one issued by the ARK
+/// must verify under it and must not list the intermediate (ASK/ASVK); one
+/// issued by the intermediate must verify under it and must not list the
+/// VEK. CRLs issued by anything else do not apply and are ignored. A CRL
+/// past its nextUpdate is still applied (a revocation is never forgotten)
+/// and logged; `broker certs import` and the KDS source refuse stale CRLs.
+/// (AMD's VCEKs all have serial 0, so an intermediate's CRL naming 0 would
+/// revoke every VCEK it issued: X.509 semantics, applied as written.)
+fn check_crls(
+    crls: &[Vec<u8>],
+    ark: &X509Certificate<'_>,
+    inter: &X509Certificate<'_>,
+    inter_role: CertRole,
+    vek: &X509Certificate<'_>,
+    vek_role: CertRole,
+    now: OffsetDateTime,
+) -> Result<(), EvidenceRejected> {
+    for der in crls {
+        let crl = parse_crl(der)?;
+        let (issuer, subject, subject_role) = if crl.issuer().as_raw() == ark.subject().as_raw() {
+            (ark, inter, inter_role)
+        } else if crl.issuer().as_raw() == inter.subject().as_raw() {
+            (inter, vek, vek_role)
+        } else {
+            continue;
+        };
+        verify_crl_signature(&crl, issuer)?;
+        let serial = subject.raw_serial();
+        if crl
+            .iter_revoked_certificates()
+            .any(|r| r.raw_serial() == serial)
+        {
+            return Err(ChainRejected::Revoked {
+                role: subject_role,
+                serial: hex::encode(serial),
+            }
+            .into());
+        }
+        if let Some(next) = crl.next_update().map(|t| t.to_datetime()) {
+            if next < now {
+                tracing::warn!(
+                    issuer = %crl.issuer(),
+                    next_update = %next,
+                    "a held CRL is past its nextUpdate; it is still applied: import or fetch a current one"
+                );
+            }
+        }
     }
     Ok(())
 }
 
+/// Which trusted root issued an intermediate (ASK/ASVK), and its chain facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuingRoot {
+    /// Generation of the root.
+    pub generation: Generation,
+    /// True for a configured simulated root.
+    pub simulated: bool,
+    /// The root's DER.
+    pub ark: Vec<u8>,
+}
+
+impl TrustStore {
+    /// The roots whose subject is `der`'s issuer name and whose key
+    /// verifies its signature.
+    fn issuers_of(&self, der: &[u8], role: CertRole) -> Vec<&Root> {
+        self.roots
+            .iter()
+            .filter(|r| verify_signed_by(der, role, &r.ark, CertRole::Ark).is_ok())
+            .collect()
+    }
+
+    /// Verifies an intermediate (ASK or ASVK) for import: signed by a
+    /// trusted root, allowed to sign certificates, valid at `now`, and not
+    /// listed in any of `crls` issued by that root.
+    pub fn verify_intermediate(
+        &self,
+        der: &[u8],
+        role: CertRole,
+        crls: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<IssuingRoot, EvidenceRejected> {
+        let cert = parse_cert(der, role)?;
+        let Some(root) = self.issuers_of(der, role).into_iter().next() else {
+            return Err(ChainRejected::Signature {
+                subject: role,
+                issuer: CertRole::Ark,
+                detail: format!(
+                    "no pinned (or configured) ARK issued it (its issuer is \"{}\"; {})",
+                    cert.issuer(),
+                    describe(der)
+                ),
+            }
+            .into());
+        };
+        let ark = parse_cert(&root.ark, CertRole::Ark)?;
+        check_ca(&cert, role)?;
+        Window::of(&ark, CertRole::Ark).check(now)?;
+        Window::of(&cert, role).check(now)?;
+        for crl_der in crls {
+            let crl = parse_crl(crl_der)?;
+            if crl.issuer().as_raw() != ark.subject().as_raw() {
+                continue;
+            }
+            verify_crl_signature(&crl, &ark)?;
+            if crl
+                .iter_revoked_certificates()
+                .any(|r| r.raw_serial() == cert.raw_serial())
+            {
+                return Err(ChainRejected::Revoked {
+                    role,
+                    serial: hex::encode(cert.raw_serial()),
+                }
+                .into());
+            }
+        }
+        Ok(IssuingRoot {
+            generation: root.generation,
+            simulated: root.simulated,
+            ark: root.ark.clone(),
+        })
+    }
+
+    /// The trusted root that issued the CRL `crl_der` itself, if any.
+    pub fn root_issuing_crl(&self, crl_der: &[u8]) -> Option<IssuingRoot> {
+        let crl = parse_crl(crl_der).ok()?;
+        self.roots.iter().find_map(|r| {
+            let ark = parse_cert(&r.ark, CertRole::Ark).ok()?;
+            (verify_crl_signature(&crl, &ark).is_ok()).then(|| IssuingRoot {
+                generation: r.generation,
+                simulated: r.simulated,
+                ark: r.ark.clone(),
+            })
+        })
+    }
+
+    /// The bundled intermediates (ASK, ASVK) of every root, with the root.
+    pub fn bundled_intermediates(&self) -> Vec<(CertRole, Vec<u8>, IssuingRoot)> {
+        let mut out = Vec::new();
+        for r in &self.roots {
+            let root = IssuingRoot {
+                generation: r.generation,
+                simulated: r.simulated,
+                ark: r.ark.clone(),
+            };
+            if let Some(a) = &r.ask {
+                out.push((CertRole::Ask, a.clone(), root.clone()));
+            }
+            if let Some(a) = &r.asvk {
+                out.push((CertRole::Asvk, a.clone(), root.clone()));
+            }
+        }
+        out
+    }
+
+    /// True when `der` is one of the trusted roots.
+    pub fn is_root(&self, der: &[u8]) -> Option<IssuingRoot> {
+        self.roots
+            .iter()
+            .find(|r| r.ark == der)
+            .map(|r| IssuingRoot {
+                generation: r.generation,
+                simulated: r.simulated,
+                ark: r.ark.clone(),
+            })
+    }
+}
+
 /// Bounded, thread-safe cache of verified chains, keyed by the SHA-256 of
 /// the report generation, the signer kind and every supplied certificate
-/// (VEK, intermediate, ARK, CRL).
+/// (VEK, intermediate, ARK, CRLs).
 #[derive(Debug)]
 pub struct ChainCache {
     capacity: usize,
@@ -557,12 +776,15 @@ impl ChainCache {
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(b"keybroker chain cache v1");
         ctx.update(&[generation.map_or(0, |g| g as u8 + 1), signer as u8]);
+        let crls = certs.crls.iter().map(|c| Some(c.as_slice()));
         for part in [
             certs.vek(signer),
             certs.intermediate(signer),
             certs.ark.as_deref(),
-            certs.crl.as_deref(),
-        ] {
+        ]
+        .into_iter()
+        .chain(crls)
+        {
             match part {
                 Some(p) => {
                     ctx.update(&[1]);
@@ -722,7 +944,7 @@ mod tests {
     #[test]
     fn malformed_crl_is_refused() {
         let mut s = milan_set();
-        s.crl = Some(b"garbage".to_vec());
+        s.crls = vec![b"garbage".to_vec()];
         let e = verify_chain(
             &TrustStore::amd(),
             Generation::Milan,

@@ -152,6 +152,16 @@ pub enum CertificatesRejected {
         /// What is wrong.
         detail: String,
     },
+    /// A required certificate is held nowhere and the online source (AMD
+    /// KDS) cannot deliver it now: it asked the broker to back off, is rate
+    /// limited, or did not answer. Retrying later may succeed.
+    #[error("{role} certificate unavailable: {detail}; retry later, or import it with `broker certs import`")]
+    Unavailable {
+        /// Which certificate.
+        role: CertRole,
+        /// Why, and for how long.
+        detail: String,
+    },
 }
 
 /// The chain does not lead to a trusted root or is not valid.
@@ -221,15 +231,15 @@ pub enum ChainRejected {
         now: String,
     },
     /// A certificate is listed in the CRL held for its issuer.
-    #[error("{role} certificate serial {serial} is revoked by the ARK's CRL")]
+    #[error("{role} certificate serial {serial} is revoked by its issuer's CRL")]
     Revoked {
         /// Which certificate.
         role: CertRole,
         /// Its serial, hex.
         serial: String,
     },
-    /// A CRL held for the root does not verify under it.
-    #[error("the CRL does not verify under the ARK: {detail}; replace crl.der/crl.pem with AMD KDS's current CRL")]
+    /// A CRL held for the root (or an intermediate) does not verify under it.
+    #[error("the CRL does not verify under its issuer: {detail}; replace crl.der/crl.pem with AMD KDS's current CRL")]
     CrlInvalid {
         /// What failed.
         detail: String,
@@ -289,6 +299,7 @@ pub const ALL_REASON_CODES: &[&str] = &[
     "EVIDENCE_CERT_TABLE_MALFORMED",
     "EVIDENCE_CERT_MISSING",
     "EVIDENCE_CERT_MALFORMED",
+    "EVIDENCE_CERT_UNAVAILABLE",
     "EVIDENCE_ARK_MISMATCH",
     "EVIDENCE_UNTRUSTED_ROOT",
     "EVIDENCE_SIMULATED_PLATFORM_NOT_TRUSTED",
@@ -322,6 +333,7 @@ impl EvidenceRejected {
                 CertificatesRejected::TableMalformed { .. } => "EVIDENCE_CERT_TABLE_MALFORMED",
                 CertificatesRejected::Missing { .. } => "EVIDENCE_CERT_MISSING",
                 CertificatesRejected::Malformed { .. } => "EVIDENCE_CERT_MALFORMED",
+                CertificatesRejected::Unavailable { .. } => "EVIDENCE_CERT_UNAVAILABLE",
             },
             EvidenceRejected::Chain(c) => match c {
                 ChainRejected::ArkMismatch { .. } => "EVIDENCE_ARK_MISMATCH",
@@ -387,6 +399,11 @@ mod tests {
             }
             .into(),
             malformed(CertRole::Ask, ""),
+            CertificatesRejected::Unavailable {
+                role: CertRole::Vcek,
+                detail: s(),
+            }
+            .into(),
             ChainRejected::ArkMismatch {
                 generation: Generation::Milan,
                 supplied: s(),

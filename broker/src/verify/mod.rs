@@ -11,6 +11,11 @@
 //! equals the transcript hash. Only this module can construct either, so key
 //! release cannot be written against unverified evidence.
 //!
+//! Certificates the guest's table lacks come from the offline directory
+//! (`certs_dir`, re-read only when it changes) and then from each
+//! [`CertSource`] given with [`Verifier::with_source`] (the certificate
+//! cache and AMD KDS, in `crate::certsource`), in that order.
+//!
 //! Modules by concern: `report` (framing, decoding), `certs` (certificate
 //! table, offline directory, AMD extensions), `chain` (roots, signatures,
 //! validity, CRL, cache), `amd` (pinned certificates), `error`.
@@ -23,16 +28,21 @@ mod error;
 mod report;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 pub use certs::oid as vek_oids;
 pub use certs::{
-    build_cert_table, classify, load_cert_dir, parse_cert_table, CertSet, VekInfo, GUID_ARK,
-    GUID_ASK, GUID_VCEK, GUID_VLEK,
+    build_cert_table, certs_from_pem_or_der, classify, generation_from_product_name, load_cert_dir,
+    parse_cert, parse_cert_table, subject_cn, CertDirCache, CertSet, VekInfo, GUID_ARK, GUID_ASK,
+    GUID_VCEK, GUID_VLEK,
 };
-pub use chain::{TrustStore, SIMULATED_ARK_PREFIX};
+pub use chain::{
+    check_crl_for_import, parse_crl, verify_chain, CrlInfo, IssuingRoot, TrustStore, VerifiedChain,
+    SIMULATED_ARK_PREFIX,
+};
 pub use claims::*;
 pub use error::{
     BindingRejected, CertRole, CertificatesRejected, ChainRejected, EvidenceRejected,
@@ -43,7 +53,43 @@ pub use report::{
     SIGNED_LEN,
 };
 
-use chain::{ChainCache, VerifiedChain};
+use chain::ChainCache;
+
+/// PEM blocks labelled `label` in `data`, decoded (for `X509 CRL` files).
+pub fn pem_blocks(data: &[u8], label: &str) -> Vec<Vec<u8>> {
+    certs::pem_blocks(data, label)
+}
+
+/// What the verifier knows about a report when it asks a [`CertSource`]
+/// for the certificates the guest did not send. Nothing here is verified
+/// yet: a source only finds certificates, which are then checked like any
+/// other.
+#[derive(Clone, Copy, Debug)]
+pub struct CertQuery<'a> {
+    /// Generation from the report's CPUID; `None` for a version 2 report
+    /// (Milan or Genoa: a source tries both).
+    pub generation: Option<Generation>,
+    /// The key the report says signed it.
+    pub signer: SignerKind,
+    /// CHIP_ID (all zero when MASK_CHIP_ID was set; on Turin only the first
+    /// 8 bytes are the hwID).
+    pub chip_id: &'a [u8; 64],
+    /// REPORTED_TCB, raw: the TCB the VEK was derived for.
+    pub reported_tcb: [u8; 8],
+    /// The verification time.
+    pub now: OffsetDateTime,
+}
+
+/// Somewhere the verifier finds certificates the guest did not send: the
+/// certificate cache, AMD KDS. Sources are asked in the order they were
+/// added, each after the guest's table and the offline directory.
+pub trait CertSource: Send + Sync + std::fmt::Debug {
+    /// Adds to `certs` what it lacks and this source holds for `query`
+    /// (the VEK, intermediates, CRLs). Returns `Ok` when it has nothing; an
+    /// error only when it cannot answer now
+    /// ([`CertificatesRejected::Unavailable`]) or what it holds is broken.
+    fn fill(&self, query: &CertQuery<'_>, certs: &mut CertSet) -> Result<(), EvidenceRejected>;
+}
 
 /// Default number of verified chains kept per verifier.
 pub const DEFAULT_CHAIN_CACHE: usize = 1024;
@@ -52,7 +98,8 @@ pub const DEFAULT_CHAIN_CACHE: usize = 1024;
 #[derive(Debug)]
 pub struct Verifier {
     store: TrustStore,
-    certs_dir: Option<PathBuf>,
+    certs_dir: Option<CertDirCache>,
+    sources: Vec<Arc<dyn CertSource>>,
     cache: ChainCache,
 }
 
@@ -71,9 +118,17 @@ impl Verifier {
     ) -> Self {
         Verifier {
             store,
-            certs_dir,
+            certs_dir: certs_dir.map(CertDirCache::new),
+            sources: Vec::new(),
             cache: ChainCache::new(capacity),
         }
+    }
+
+    /// Also asks `source` for certificates the guest's table and the
+    /// offline directory lack (after the sources added before it).
+    pub fn with_source(mut self, source: Arc<dyn CertSource>) -> Self {
+        self.sources.push(source);
+        self
     }
 
     /// The trust store in use.
@@ -88,9 +143,10 @@ impl Verifier {
 
     /// Verifies a report. `cert_table` is the extended-report certificate
     /// table (empty when the platform gave none); certificates it lacks come
-    /// from `certs_dir_override` (or the verifier's directory), then from the
-    /// bundled AMD certificates (ASK, ASVK, ARK only). `now` is the time at
-    /// which every certificate must be valid.
+    /// from `certs_dir_override` (or the verifier's directory), then from
+    /// each [`CertSource`], then from the bundled AMD certificates (ASK,
+    /// ASVK, ARK only). `now` is the time at which every certificate must be
+    /// valid.
     pub fn verify(
         &self,
         report: &[u8],
@@ -113,8 +169,20 @@ impl Verifier {
 
         // 2. The chain.
         let mut certs = parse_cert_table(cert_table)?;
-        if let Some(dir) = certs_dir_override.or(self.certs_dir.as_deref()) {
-            certs.fill_from(load_cert_dir(dir)?);
+        match (certs_dir_override, &self.certs_dir) {
+            (Some(dir), _) => certs.fill_from(load_cert_dir(dir)?),
+            (None, Some(cached)) => certs.fill_from(cached.load()?),
+            (None, None) => {}
+        }
+        let query = CertQuery {
+            generation: decoded.generation,
+            signer,
+            chip_id: &decoded.chip_id,
+            reported_tcb: decoded.tcbs.reported,
+            now,
+        };
+        for source in &self.sources {
+            source.fill(&query, &mut certs)?;
         }
         if certs.vek(signer).is_none() {
             let other = match signer {
