@@ -25,6 +25,11 @@ pub const ALL_REASON_CODES: &[&str] = &[
     "VOLUME_DISABLED",
     "VOLUME_NO_KEY",
     "POLICY_UNAVAILABLE",
+    "ROTATION_SESSION_UNKNOWN",
+    "ROTATION_SESSION_EXPIRED",
+    "ROTATION_VERSION_MISMATCH",
+    "ROTATION_NOT_PENDING",
+    "ROTATION_PROOF_INVALID",
 ];
 
 /// Everything that can go wrong while serving a guest.
@@ -46,6 +51,9 @@ pub enum Error {
     /// The store failed; the guest may retry.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A ConfirmRotation was refused.
+    #[error("rotation refused: {0}")]
+    Rotation(RotationRejected),
     /// A volume key could not be unsealed or wrapped: never the guest's fault.
     #[error("key handling failed for volume {volume}: {what}")]
     Keys {
@@ -96,6 +104,50 @@ impl NonceRejected {
             NonceRejected::Unknown => "NONCE_UNKNOWN",
             NonceRejected::Expired => "NONCE_EXPIRED",
             NonceRejected::AlreadyUsed => "NONCE_REPLAYED",
+        }
+    }
+}
+
+/// Why a ConfirmRotation was refused. Nothing is promoted in any case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotationRejected {
+    /// No Attest with this nonce released a pending key of this volume.
+    #[error("no rotation session for this nonce and volume; confirm with the nonce of the Attest that released the pending key")]
+    SessionUnknown,
+    /// The session outlived its lifetime (the nonce lifetime, from Attest).
+    #[error("rotation session expired; attest again and confirm within the nonce lifetime")]
+    SessionExpired,
+    /// The session released another version than the one named.
+    #[error("version {asked} is not the pending version {released} released in this session")]
+    VersionMismatch {
+        /// Version in the request.
+        asked: u32,
+        /// Version the session released.
+        released: u32,
+    },
+    /// The version is no longer pending nor current (cancelled, retired,
+    /// purged, or the volume was deleted).
+    #[error("key version {version} is {state}, neither pending nor current; attest again to see the volume's keys")]
+    NotPending {
+        /// The version.
+        version: u32,
+        /// What it is now ("retired", "gone").
+        state: &'static str,
+    },
+    /// The proof does not verify for this session, volume, version and key.
+    #[error("rotation proof does not verify")]
+    ProofInvalid,
+}
+
+impl RotationRejected {
+    /// Stable reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            RotationRejected::SessionUnknown => "ROTATION_SESSION_UNKNOWN",
+            RotationRejected::SessionExpired => "ROTATION_SESSION_EXPIRED",
+            RotationRejected::VersionMismatch { .. } => "ROTATION_VERSION_MISMATCH",
+            RotationRejected::NotPending { .. } => "ROTATION_NOT_PENDING",
+            RotationRejected::ProofInvalid => "ROTATION_PROOF_INVALID",
         }
     }
 }
@@ -163,6 +215,7 @@ impl Error {
                 all.dedup();
                 all
             }
+            Error::Rotation(r) => vec![r.reason_code().into()],
             Error::Store(_) => vec!["STORE_UNAVAILABLE".into()],
             Error::Keys { .. } => vec!["INTERNAL".into()],
         }
@@ -187,6 +240,10 @@ impl Error {
                 "every requested volume was refused; the broker's audit log has expected and actual values"
                     .to_owned(),
             ),
+            Error::Rotation(r @ RotationRejected::NotPending { .. }) => {
+                (Code::FailedPrecondition, r.to_string())
+            }
+            Error::Rotation(r) => (Code::PermissionDenied, r.to_string()),
             Error::Store(_) => (
                 Code::Unavailable,
                 "the broker's store is unavailable; retry later".to_owned(),

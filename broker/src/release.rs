@@ -12,15 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keybroker_proto::{
-    report_data, wrap_volume_key, GuestPublicKey, Nonce, VolumeId, VolumeIds, WrappedKey,
+    report_data, verify_rotation_proof, wrap_volume_key, GuestPublicKey, Nonce, ReportData,
+    VolumeId, VolumeIds, WrappedKey,
 };
 use time::OffsetDateTime;
 
 use crate::audit::AuditDraft;
-use crate::error::{Error, NonceRejected, RefusalCause, VolumeRefusal};
-use crate::keys::{self, MasterKey};
+use crate::error::{Error, NonceRejected, RefusalCause, RotationRejected, VolumeRefusal};
+use crate::keys::{Keyring, MasterKey};
+use crate::lifecycle::failpoint;
 use crate::policy::Policy;
-use crate::store::{KeyState, NonceOutcome, Store, StoredPolicy};
+use crate::store::{
+    KeyState, NonceOutcome, RotationSession, SessionLookup, Store, StoreError, StoredPolicy,
+};
 use crate::verify::{BoundReport, Verifier};
 
 /// A granted nonce.
@@ -71,26 +75,66 @@ pub struct Release {
     pub decision_id: String,
 }
 
+/// What a guest sends in ConfirmRotation, already checked for form.
+#[derive(Debug)]
+pub struct ConfirmInput {
+    /// Nonce of the Attest that released the pending key (names the session).
+    pub nonce: Nonce,
+    /// The volume.
+    pub volume: VolumeId,
+    /// The pending version the guest enrolled.
+    pub version: u32,
+    /// The rotation proof (32 bytes; length checked with the proof).
+    pub proof: Vec<u8>,
+}
+
+/// A confirmed rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The volume's current version now (the confirmed one).
+    pub current_version: u32,
+    /// True when the version was already current (a retried confirmation).
+    pub already_current: bool,
+    /// Audit entry id of this decision.
+    pub decision_id: String,
+}
+
 /// The key-release service.
 pub struct Broker {
     store: Arc<dyn Store>,
-    master: MasterKey,
+    keyring: Arc<Keyring>,
     verifier: Verifier,
     nonce_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
 }
 
 impl Broker {
-    /// Assembles the service.
+    /// Assembles the service with a single in-memory master key.
     pub fn new(
         store: Arc<dyn Store>,
         master: MasterKey,
         verifier: Verifier,
         nonce_ttl: Duration,
     ) -> Self {
+        Self::with_keyring(
+            store,
+            Arc::new(Keyring::from_key(master)),
+            verifier,
+            nonce_ttl,
+        )
+    }
+
+    /// Assembles the service over a keyring (the master key file and,
+    /// during a master rotation, the next one).
+    pub fn with_keyring(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        verifier: Verifier,
+        nonce_ttl: Duration,
+    ) -> Self {
         Broker {
             store,
-            master,
+            keyring,
             verifier,
             nonce_ttl,
             policies: Mutex::new(HashMap::new()),
@@ -100,6 +144,12 @@ impl Broker {
     /// The store (for admin commands and tests).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The keyring (for the lifecycle functions the admin API calls, so a
+    /// master rotation run in this process shares its keys).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
     }
 
     /// Step 1: issue a single-use nonce for these volumes.
@@ -237,9 +287,31 @@ impl Broker {
         // 6. Each volume's state and policy.
         let mut keys = Vec::new();
         let mut denied = Vec::new();
+        let session_expiry = now.unix_timestamp() + self.nonce_ttl.as_secs() as i64;
         for volume in input.volumes.iter() {
             match self.release_volume(&bound, volume, &expected, &input.guest_public_key)? {
-                Ok(mut released) => keys.append(&mut released),
+                Ok(mut released) => {
+                    // A released pending key opens a rotation session: the
+                    // guest's ConfirmRotation is checked against it.
+                    for k in released.iter().filter(|k| k.state == KeyState::Pending) {
+                        self.store.record_rotation_session(&RotationSession {
+                            nonce: *input.nonce.as_bytes(),
+                            volume: volume.as_str().to_owned(),
+                            version: k.version,
+                            report_data: *expected.as_bytes(),
+                            expires_at: session_expiry,
+                        })?;
+                        audit.detail(
+                            &format!("rotation_session.{}", volume.as_str()),
+                            &format!(
+                                "pending v{} released; session open until {session_expiry}",
+                                k.version
+                            ),
+                        );
+                        failpoint::hit("attest-after-session-recorded");
+                    }
+                    keys.append(&mut released);
+                }
                 Err(cause) => denied.push(VolumeRefusal {
                     volume: volume.as_str().to_owned(),
                     cause,
@@ -284,12 +356,12 @@ impl Broker {
         }
         let mut out = Vec::with_capacity(versions.len());
         for v in versions {
-            let key =
-                keys::unseal(&self.master, volume.as_str(), v.version, &v.sealed).map_err(|e| {
-                    Error::Keys {
-                        volume: volume.as_str().to_owned(),
-                        what: e.to_string(),
-                    }
+            let key = self
+                .keyring
+                .unseal(volume.as_str(), v.version, &v.sealed)
+                .map_err(|e| Error::Keys {
+                    volume: volume.as_str().to_owned(),
+                    what: e.to_string(),
                 })?;
             let wrapped =
                 wrap_volume_key(guest, report_data, volume, v.version, key.expose_secret())
@@ -305,6 +377,166 @@ impl Broker {
             });
         }
         Ok(Ok(out))
+    }
+
+    /// ConfirmRotation: the guest proves, in the session of the Attest
+    /// that released a pending key, that it enrolled that key; the pending
+    /// version becomes current and the current one retired, in one
+    /// transaction. Confirming a version that is already current with a
+    /// proof that verifies in its session answers OK again (lost reply).
+    /// Every decision is audited (kind "rotation").
+    pub fn confirm_rotation(
+        &self,
+        input: ConfirmInput,
+        client: Option<SocketAddr>,
+    ) -> Result<Confirmed, (Error, Option<String>)> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut audit = AuditDraft::new(
+            "rotation",
+            now,
+            vec![input.volume.as_str().to_owned()],
+            client,
+        );
+        audit.detail("key_version", &input.version.to_string());
+        match self.confirm_inner(&input, now, &mut audit) {
+            Ok((current_version, already_current)) => {
+                audit.verdict = "allow".into();
+                audit.detail(
+                    "outcome",
+                    if already_current {
+                        "already current (repeated confirmation)"
+                    } else {
+                        "promoted"
+                    },
+                );
+                let decision_id = self.append_audit(audit);
+                tracing::info!(
+                    decision = decision_id.as_deref().unwrap_or("-"),
+                    volume = input.volume.as_str(),
+                    version = current_version,
+                    already_current,
+                    "rotation confirmed"
+                );
+                // The reply has not left yet: a crash here is the "lost
+                // reply" case the guest's retry must survive.
+                failpoint::hit("confirm-after-promote");
+                Ok(Confirmed {
+                    current_version,
+                    already_current,
+                    decision_id: decision_id.unwrap_or_default(),
+                })
+            }
+            Err(err) => {
+                audit.verdict = match err {
+                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    _ => "deny".into(),
+                };
+                audit.reason_codes = err.reason_codes();
+                audit.detail("error", &err.to_string());
+                let decision_id = self.append_audit(audit);
+                tracing::warn!(
+                    decision = decision_id.as_deref().unwrap_or("-"),
+                    volume = input.volume.as_str(),
+                    reasons = ?err.reason_codes(),
+                    "rotation refused: {err}"
+                );
+                Err((err, decision_id))
+            }
+        }
+    }
+
+    fn confirm_inner(
+        &self,
+        input: &ConfirmInput,
+        now: i64,
+        audit: &mut AuditDraft,
+    ) -> Result<(u32, bool), Error> {
+        let volume = input.volume.as_str();
+        let session = match self
+            .store
+            .rotation_session(input.nonce.as_bytes(), volume, now)?
+        {
+            SessionLookup::Live(s) => s,
+            SessionLookup::Expired => {
+                return Err(Error::Rotation(RotationRejected::SessionExpired))
+            }
+            SessionLookup::Unknown => {
+                return Err(Error::Rotation(RotationRejected::SessionUnknown))
+            }
+        };
+        if session.version != input.version {
+            return Err(Error::Rotation(RotationRejected::VersionMismatch {
+                asked: input.version,
+                released: session.version,
+            }));
+        }
+        let versions = match self.store.key_versions(volume) {
+            Ok(v) => v,
+            Err(StoreError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(record) = versions.iter().find(|k| k.version == input.version) else {
+            return Err(Error::Rotation(RotationRejected::NotPending {
+                version: input.version,
+                state: "gone",
+            }));
+        };
+        if record.state == KeyState::Retired {
+            return Err(Error::Rotation(RotationRejected::NotPending {
+                version: input.version,
+                state: "retired",
+            }));
+        }
+        let key = self
+            .keyring
+            .unseal(volume, record.version, &record.sealed)
+            .map_err(|e| Error::Keys {
+                volume: volume.to_owned(),
+                what: e.to_string(),
+            })?;
+        let rd = ReportData::from_bytes(session.report_data);
+        if !verify_rotation_proof(
+            key.expose_secret(),
+            &rd,
+            &input.volume,
+            input.version,
+            &input.proof,
+        ) {
+            return Err(Error::Rotation(RotationRejected::ProofInvalid));
+        }
+        if record.state == KeyState::Current {
+            return Ok((input.version, true));
+        }
+        let retiring = versions
+            .iter()
+            .find(|k| k.state == KeyState::Current)
+            .map(|k| k.version);
+        failpoint::hit("confirm-before-promote");
+        match self.store.promote_pending(volume, input.version) {
+            Ok(()) => {
+                if let Some(old) = retiring {
+                    audit.detail("retired_version", &old.to_string());
+                }
+                Ok((input.version, false))
+            }
+            // Another confirmation of the same version won the race.
+            Err(StoreError::Conflict(_))
+                if self
+                    .store
+                    .key_versions(volume)?
+                    .iter()
+                    .any(|k| k.version == input.version && k.state == KeyState::Current) =>
+            {
+                Ok((input.version, true))
+            }
+            Err(StoreError::Conflict(_) | StoreError::NotFound { .. }) => {
+                Err(Error::Rotation(RotationRejected::NotPending {
+                    version: input.version,
+                    state: "gone",
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The parsed policy, cached by name and revision so a release does
@@ -330,9 +562,16 @@ impl Broker {
     }
 
     fn append_audit(&self, event: AuditDraft) -> Option<String> {
-        match self.store.append_audit(&event.into_event()) {
+        let event = event.into_event();
+        let m = crate::metrics::global();
+        m.decision(&event.kind, &event.verdict, &event.reason_codes);
+        if event.reason_codes.iter().any(|c| c == "STORE_UNAVAILABLE") {
+            m.store_error();
+        }
+        match self.store.append_audit(&event) {
             Ok(id) => Some(id.to_string()),
             Err(e) => {
+                m.store_error();
                 tracing::error!("could not append audit entry: {e}");
                 None
             }
@@ -352,7 +591,10 @@ pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::J
             let now = OffsetDateTime::now_utc().unix_timestamp();
             match tokio::task::spawn_blocking(move || b.store.maintain(now)).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired nonces purged"),
-                Ok(Err(e)) => tracing::warn!("store maintenance failed: {e}"),
+                Ok(Err(e)) => {
+                    crate::metrics::global().store_error();
+                    tracing::warn!("store maintenance failed: {e}")
+                }
                 _ => {}
             }
         }

@@ -10,11 +10,14 @@ mod shards;
 
 use std::sync::Arc;
 
-use keybroker_proto::{check_version, pb, protocol_version, GuestPublicKey, Nonce, VolumeIds};
+use keybroker_proto::{
+    check_version, pb, protocol_version, GuestPublicKey, Nonce, VolumeId, VolumeIds,
+    ROTATION_PROOF_LEN,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, InvalidRequest};
-use crate::release::{AttestInput, Broker};
+use crate::release::{AttestInput, Broker, ConfirmInput};
 
 pub use server::{serve, shutdown_signal, tls_server_config, ServeOptions};
 pub use shards::{bind_shards, run_shards};
@@ -70,6 +73,31 @@ pub fn attest_input(req: pb::AttestRequest) -> Result<AttestInput, Error> {
     })
 }
 
+/// Checks the form of a ConfirmRotationRequest and turns it into typed input.
+pub fn confirm_input(req: pb::ConfirmRotationRequest) -> Result<ConfirmInput, Error> {
+    version(req.version.as_ref())?;
+    if req.key_version == 0 {
+        return Err(InvalidRequest::Field {
+            field: "key_version",
+            message: "key versions start at 1".into(),
+        }
+        .into());
+    }
+    if req.proof.len() != ROTATION_PROOF_LEN {
+        return Err(InvalidRequest::Field {
+            field: "proof",
+            message: format!("{} bytes, expected {ROTATION_PROOF_LEN}", req.proof.len()),
+        }
+        .into());
+    }
+    Ok(ConfirmInput {
+        nonce: field("nonce", Nonce::try_from(req.nonce.as_slice()))?,
+        volume: field("volume_id", VolumeId::new(req.volume_id))?,
+        version: req.key_version,
+        proof: req.proof,
+    })
+}
+
 #[tonic::async_trait]
 impl pb::key_broker_server::KeyBroker for KeyBrokerService {
     async fn challenge(
@@ -82,6 +110,10 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
             .and_then(|()| volumes(&req.volume_ids))
             .and_then(|v| self.broker.challenge(&v, client))
             .map_err(|e| {
+                if !matches!(e, crate::error::Error::Store(_)) {
+                    // Store failures were counted with their audit entry.
+                    crate::metrics::global().decision("challenge", "deny", &e.reason_codes());
+                }
                 tracing::info!(client = ?client, reasons = ?e.reason_codes(), "challenge refused: {e}");
                 e.to_status(None)
             })?;
@@ -97,17 +129,18 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
         let client = request.remote_addr();
+        let started = std::time::Instant::now();
         let input = attest_input(request.into_inner()).map_err(|e| {
+            crate::metrics::global().decision("attest", "deny", &e.reason_codes());
             tracing::info!(client = ?client, reasons = ?e.reason_codes(), "attest request malformed: {e}");
             e.to_status(None)
         })?;
         // Verification is CPU work of a few hundred microseconds; it runs on
         // the runtime's worker threads (one per core) without a blocking
         // pool hand-off, which would cost more than it saves at this size.
-        let release = self
-            .broker
-            .attest(input, client)
-            .map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
+        let release = self.broker.attest(input, client);
+        crate::metrics::global().release_latency(started.elapsed());
+        let release = release.map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
         Ok(Response::new(pb::AttestResponse {
             version: Some(protocol_version()),
             keys: release
@@ -131,9 +164,23 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
 
     async fn confirm_rotation(
         &self,
-        _request: Request<pb::ConfirmRotationRequest>,
+        request: Request<pb::ConfirmRotationRequest>,
     ) -> Result<Response<pb::ConfirmRotationResponse>, Status> {
-        // TODO(rotation): implemented with the broker side of rotation.
-        Err(Status::unimplemented("ConfirmRotation is not implemented yet"))
+        let client = request.remote_addr();
+        let input = confirm_input(request.into_inner()).map_err(|e| {
+            crate::metrics::global().decision("rotation", "deny", &e.reason_codes());
+            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "confirm rotation request malformed: {e}");
+            e.to_status(None)
+        })?;
+        // One unseal, one HMAC and one short transaction: inline, like Attest.
+        let confirmed = self
+            .broker
+            .confirm_rotation(input, client)
+            .map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
+        Ok(Response::new(pb::ConfirmRotationResponse {
+            version: Some(protocol_version()),
+            current_version: confirmed.current_version,
+            decision_id: confirmed.decision_id,
+        }))
     }
 }

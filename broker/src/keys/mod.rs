@@ -18,6 +18,9 @@
 //! bytes never exist in Rust memory: HKDF output goes straight into an
 //! aws-lc AEAD context, which cleanses itself when dropped.
 //!
+//! - [`Keyring`]: the master key file and, during a master key rotation, the
+//!   next one; unsealing picks the key by the record's master key id.
+//!
 //! Key memory is not locked (`mlock`): that needs `unsafe` FFI, which this
 //! crate denies. Run the broker with swap disabled or encrypted.
 
@@ -33,6 +36,9 @@ use aws_lc_rs::hkdf;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
+
+mod keyring;
+pub use keyring::{next_path, retired_path, Keyring, RetiredKey};
 
 /// Length of the master key in bytes.
 pub const MASTER_KEY_LEN: usize = 32;

@@ -8,7 +8,10 @@
 
 use std::sync::Barrier;
 
-use super::{AuditEvent, AuditFilter, KeyState, NewVolume, NonceOutcome, Store, StoreError};
+use super::{
+    AuditEvent, AuditFilter, KeyState, NewVolume, NonceOutcome, PurgedVersion, ResealUpdate,
+    RotationSession, SessionLookup, Store, StoreError,
+};
 use crate::keys::{MasterKeyId, SealedKey};
 
 /// Runs every backend-independent property on `store`.
@@ -26,6 +29,326 @@ pub fn run_all(store: &dyn Store) {
     audit_append_filter_and_chain(store);
     release_view_is_one_snapshot(store);
     maintain_purges_expired_nonces(store);
+    pending_without_proof_stays_pending(store);
+    concurrent_promotions_one_wins(store);
+    cancel_pending_rules(store);
+    rotation_sessions_expire(store);
+    reseal_batch_is_compare_and_set(store);
+    // Last: it destroys every retired version older than its cutoff.
+    purge_retired_respects_cutoff(store);
+}
+
+fn lifecycle_volume(store: &dyn Store, name: &str, fill: u8) {
+    store.put_policy("cf-life-pol", POLICY_TEXT).unwrap();
+    store
+        .create_volume(
+            &NewVolume {
+                name: name.into(),
+                policy: "cf-life-pol".into(),
+                description: String::new(),
+            },
+            &sample_sealed(fill),
+        )
+        .unwrap();
+}
+
+fn states(store: &dyn Store, name: &str) -> Vec<(u32, KeyState)> {
+    store
+        .key_versions(name)
+        .unwrap()
+        .iter()
+        .map(|k| (k.version, k.state))
+        .collect()
+}
+
+/// A pending version whose proof never arrives stays pending: time,
+/// upkeep and other volumes' promotions do not change it.
+pub fn pending_without_proof_stays_pending(store: &dyn Store) {
+    lifecycle_volume(store, "cf-wait", 0x30);
+    lifecycle_volume(store, "cf-wait-other", 0x32);
+    store
+        .add_pending_version("cf-wait", 2, &sample_sealed(0x31))
+        .unwrap();
+    store
+        .add_pending_version("cf-wait-other", 2, &sample_sealed(0x33))
+        .unwrap();
+    store.promote_pending("cf-wait-other", 2).unwrap();
+    store.maintain(i64::MAX - 1).unwrap();
+    store.purge_rotation_sessions(i64::MAX - 1).unwrap();
+    assert_eq!(
+        states(store, "cf-wait"),
+        vec![(1, KeyState::Current), (2, KeyState::Pending)]
+    );
+    let keys = store.key_versions("cf-wait").unwrap();
+    assert_eq!(keys[0].retired_at, None);
+    assert_eq!(keys[1].retired_at, None);
+    let other = store.key_versions("cf-wait-other").unwrap();
+    assert!(other[0].retired_at.is_some(), "promotion sets retired_at");
+    assert_eq!(other[1].retired_at, None);
+}
+
+/// Eight threads promote the same pending version: exactly one wins, the
+/// others get `Conflict`, and the volume ends with one current version.
+pub fn concurrent_promotions_one_wins(store: &dyn Store) {
+    const THREADS: usize = 8;
+    for round in 0..5u8 {
+        let name = format!("cf-race-{round}");
+        lifecycle_volume(store, &name, 0x40 + round);
+        store
+            .add_pending_version(&name, 2, &sample_sealed(0x48 + round))
+            .unwrap();
+        let barrier = Barrier::new(THREADS);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        store.promote_pending(&name, 2)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
+            .count();
+        assert_eq!((won, conflicts), (1, THREADS - 1), "{results:?}");
+        assert_eq!(
+            states(store, &name),
+            vec![(1, KeyState::Retired), (2, KeyState::Current)]
+        );
+    }
+}
+
+/// Cancelling deletes only the pending version, and its number is not
+/// handed out again.
+pub fn cancel_pending_rules(store: &dyn Store) {
+    lifecycle_volume(store, "cf-cancel", 0x50);
+    assert!(matches!(
+        store.cancel_pending("cf-cancel"),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.cancel_pending("cf-cancel-none"),
+        Err(StoreError::NotFound { what: "volume", .. })
+    ));
+    store
+        .add_pending_version("cf-cancel", 2, &sample_sealed(0x51))
+        .unwrap();
+    let err = store
+        .add_pending_version("cf-cancel", 3, &sample_sealed(0x52))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("pending key version 2")),
+        "{err}"
+    );
+    assert_eq!(store.next_key_version("cf-cancel").unwrap(), 3);
+    assert_eq!(store.cancel_pending("cf-cancel").unwrap(), 2);
+    assert_eq!(store.next_key_version("cf-cancel").unwrap(), 3);
+    assert!(matches!(
+        store.next_key_version("cf-cancel-none"),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(states(store, "cf-cancel"), vec![(1, KeyState::Current)]);
+    assert_eq!(
+        store.key_versions("cf-cancel").unwrap()[0].sealed,
+        sample_sealed(0x50)
+    );
+    // Version 2 is spent: the next rotation is version 3.
+    assert!(matches!(
+        store.add_pending_version("cf-cancel", 2, &sample_sealed(0x53)),
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .add_pending_version("cf-cancel", 3, &sample_sealed(0x53))
+        .unwrap();
+    assert_eq!(
+        states(store, "cf-cancel"),
+        vec![(1, KeyState::Current), (3, KeyState::Pending)]
+    );
+}
+
+/// Sessions are found by nonce and volume while unexpired, then Expired,
+/// then gone after a purge.
+pub fn rotation_sessions_expire(store: &dyn Store) {
+    let s = RotationSession {
+        nonce: nonce("session", 0),
+        volume: "cf-sess".into(),
+        version: 4,
+        report_data: [0x5a; 64],
+        expires_at: 1_000,
+    };
+    store.record_rotation_session(&s).unwrap();
+    assert!(matches!(
+        store.record_rotation_session(&s),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let other_vol = RotationSession {
+        volume: "cf-sess-2".into(),
+        version: 7,
+        ..s.clone()
+    };
+    store.record_rotation_session(&other_vol).unwrap();
+    assert_eq!(
+        store.rotation_session(&s.nonce, "cf-sess", 999).unwrap(),
+        SessionLookup::Live(s.clone())
+    );
+    assert_eq!(
+        store.rotation_session(&s.nonce, "cf-sess-2", 0).unwrap(),
+        SessionLookup::Live(other_vol)
+    );
+    assert_eq!(
+        store.rotation_session(&s.nonce, "cf-sess", 1_000).unwrap(),
+        SessionLookup::Expired
+    );
+    assert_eq!(
+        store
+            .rotation_session(&nonce("session", 1), "cf-sess", 0)
+            .unwrap(),
+        SessionLookup::Unknown
+    );
+    assert_eq!(
+        store.rotation_session(&s.nonce, "cf-sess-3", 0).unwrap(),
+        SessionLookup::Unknown
+    );
+    let live = RotationSession {
+        nonce: nonce("session", 2),
+        expires_at: 50_000,
+        ..s.clone()
+    };
+    store.record_rotation_session(&live).unwrap();
+    assert!(store.purge_rotation_sessions(1_000).unwrap() >= 2);
+    assert_eq!(
+        store.rotation_session(&s.nonce, "cf-sess", 0).unwrap(),
+        SessionLookup::Unknown
+    );
+    assert_eq!(
+        store
+            .rotation_session(&live.nonce, "cf-sess", 1_000)
+            .unwrap(),
+        SessionLookup::Live(live)
+    );
+}
+
+/// `keys_not_under` finds records under other master keys; `reseal_batch`
+/// updates a row only while it is still under the expected key.
+pub fn reseal_batch_is_compare_and_set(store: &dyn Store) {
+    lifecycle_volume(store, "cf-reseal", 0x60);
+    store
+        .add_pending_version("cf-reseal", 2, &sample_sealed(0x60))
+        .unwrap();
+    let old = sample_sealed(0x60).master_key_id;
+    let new = MasterKeyId::from_bytes([0x61; 16]);
+    let mine = |v: Vec<super::SealedVersion>| -> Vec<u32> {
+        v.into_iter()
+            .filter(|k| k.volume == "cf-reseal")
+            .map(|k| k.version)
+            .collect()
+    };
+    assert_eq!(mine(store.keys_not_under(new, 10_000).unwrap()), vec![1, 2]);
+    assert!(store.keys_not_under(new, 1).unwrap().len() <= 1);
+    let usage = store.master_key_usage().unwrap();
+    let u = usage.iter().find(|u| u.id == old).unwrap();
+    assert!(u.records >= 2);
+    let resealed = |v: u32, from: MasterKeyId| ResealUpdate {
+        volume: "cf-reseal".into(),
+        version: v,
+        from,
+        sealed: SealedKey {
+            master_key_id: new,
+            nonce: [v as u8; 12],
+            ciphertext: vec![0x62; 80],
+        },
+    };
+    // Wrong expected id: nothing applies.
+    assert_eq!(store.reseal_batch(&[resealed(1, new)]).unwrap(), 0);
+    assert_eq!(
+        store
+            .reseal_batch(&[resealed(1, old), resealed(2, old)])
+            .unwrap(),
+        2
+    );
+    // Repeating the batch (a second run, or a concurrent one) applies nothing.
+    assert_eq!(
+        store
+            .reseal_batch(&[resealed(1, old), resealed(2, old)])
+            .unwrap(),
+        0
+    );
+    assert!(mine(store.keys_not_under(new, 10_000).unwrap()).is_empty());
+    let keys = store.key_versions("cf-reseal").unwrap();
+    assert_eq!(keys[0].sealed, resealed(1, old).sealed);
+    assert_eq!(keys[1].state, KeyState::Pending, "states are untouched");
+    let usage = store.master_key_usage().unwrap();
+    assert_eq!(usage.iter().find(|u| u.id == new).unwrap().records, 2);
+    store.sync_durable().unwrap();
+}
+
+/// Only retired versions retired strictly before the cutoff are destroyed.
+pub fn purge_retired_respects_cutoff(store: &dyn Store) {
+    lifecycle_volume(store, "cf-purge", 0x70);
+    store
+        .add_pending_version("cf-purge", 2, &sample_sealed(0x71))
+        .unwrap();
+    store.promote_pending("cf-purge", 2).unwrap();
+    store
+        .add_pending_version("cf-purge", 3, &sample_sealed(0x72))
+        .unwrap();
+    let retired_at = store.key_versions("cf-purge").unwrap()[0]
+        .retired_at
+        .expect("retired_at set");
+    let purged = store.purge_retired(retired_at).unwrap();
+    assert!(!purged.iter().any(|p| p.volume == "cf-purge"), "{purged:?}");
+    // One volume only: another volume's retired versions are not touched,
+    // an unknown volume is NotFound.
+    lifecycle_volume(store, "cf-purge-other", 0x73);
+    store
+        .add_pending_version("cf-purge-other", 2, &sample_sealed(0x74))
+        .unwrap();
+    store.promote_pending("cf-purge-other", 2).unwrap();
+    let other_retired_at = store.key_versions("cf-purge-other").unwrap()[0]
+        .retired_at
+        .expect("retired_at set");
+    let purged = store
+        .purge_retired_volume("cf-purge-other", other_retired_at + 1)
+        .unwrap();
+    assert_eq!(
+        purged,
+        vec![PurgedVersion {
+            volume: "cf-purge-other".into(),
+            version: 1,
+            retired_at: other_retired_at,
+        }]
+    );
+    assert_eq!(store.key_versions("cf-purge").unwrap().len(), 3);
+    assert!(matches!(
+        store.purge_retired_volume("cf-no-such-volume", i64::MAX),
+        Err(StoreError::NotFound { what: "volume", .. })
+    ));
+    assert_eq!(store.key_versions("cf-purge").unwrap().len(), 3);
+    let purged = store.purge_retired(retired_at + 1).unwrap();
+    let mine: Vec<_> = purged.iter().filter(|p| p.volume == "cf-purge").collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].version, mine[0].retired_at), (1, retired_at));
+    assert_eq!(
+        states(store, "cf-purge"),
+        vec![(2, KeyState::Current), (3, KeyState::Pending)]
+    );
+    // Nothing but retired versions is ever purged, whatever the cutoff.
+    store.purge_retired(i64::MAX).unwrap();
+    assert_eq!(
+        states(store, "cf-purge"),
+        vec![(2, KeyState::Current), (3, KeyState::Pending)]
+    );
+    for v in store.list_volumes().unwrap() {
+        assert!(store
+            .key_versions(&v.name)
+            .unwrap()
+            .iter()
+            .all(|k| k.state != KeyState::Retired));
+    }
 }
 
 /// `release_view` agrees with the separate reads and hides retired keys.

@@ -25,7 +25,7 @@ mod tests;
 
 use std::fmt;
 
-use crate::keys::SealedKey;
+use crate::keys::{MasterKeyId, SealedKey};
 
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
 pub use sqlite::SqliteStore;
@@ -216,6 +216,83 @@ pub struct KeyVersionRecord {
     pub sealed: SealedKey,
     /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// When it was retired (Unix seconds); `None` unless retired.
+    pub retired_at: Option<i64>,
+}
+
+/// The session of an Attest that released a pending key version: what a
+/// `ConfirmRotation` naming this nonce and volume is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationSession {
+    /// The Attest's nonce (names the session).
+    pub nonce: [u8; 32],
+    /// The volume.
+    pub volume: String,
+    /// The pending version that was released.
+    pub version: u32,
+    /// REPORT_DATA of that Attest (the proof is bound to it).
+    pub report_data: [u8; 64],
+    /// The session is usable while `now < expires_at` (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// What looking a rotation session up found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionLookup {
+    /// Known and unexpired.
+    Live(RotationSession),
+    /// Known but past its expiry.
+    Expired,
+    /// Never recorded for this nonce and volume (or purged).
+    Unknown,
+}
+
+/// One key version and its sealed record, as master rotation reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedVersion {
+    /// Volume.
+    pub volume: String,
+    /// Version.
+    pub version: u32,
+    /// The record.
+    pub sealed: SealedKey,
+}
+
+/// A re-sealed record to write, if the row is still under `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResealUpdate {
+    /// Volume.
+    pub volume: String,
+    /// Version.
+    pub version: u32,
+    /// The master key id the row must still have for the update to apply.
+    pub from: MasterKeyId,
+    /// The record under the new master key.
+    pub sealed: SealedKey,
+}
+
+/// A retired key version destroyed by [`Store::purge_retired`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgedVersion {
+    /// Volume.
+    pub volume: String,
+    /// Version.
+    pub version: u32,
+    /// When it had been retired (Unix seconds).
+    pub retired_at: i64,
+}
+
+/// How many key records are sealed under one master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterKeyUsage {
+    /// The master key id.
+    pub id: MasterKeyId,
+    /// Records (key versions of any state) sealed under it.
+    pub records: u64,
+    /// Of which retired.
+    pub retired: u64,
+    /// Earliest creation time of those records (Unix seconds).
+    pub oldest_created_at: i64,
 }
 
 /// Audit verdicts the store accepts.
@@ -342,7 +419,9 @@ pub trait Store: Send + Sync {
     /// request never waits for the fsync of a checkpoint). Returns how many
     /// nonces were purged.
     fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
-        self.purge_nonces(now_unix)
+        let n = self.purge_nonces(now_unix)?;
+        self.purge_rotation_sessions(now_unix)?;
+        Ok(n)
     }
 
     /// The volume, its policy and its releasable keys in one snapshot;
@@ -405,9 +484,69 @@ pub trait Store: Send + Sync {
         sealed: &SealedKey,
     ) -> Result<(), StoreError>;
 
-    /// Makes pending `version` current and the current one retired, in one
-    /// transaction. `Conflict` if `version` is not the pending one.
+    /// Makes pending `version` current and the current one retired (with
+    /// `retired_at`), in one transaction. `Conflict` if `version` is not
+    /// the pending one, so of two concurrent promotions one fails.
     fn promote_pending(&self, name: &str, version: u32) -> Result<(), StoreError>;
+
+    /// The number the next pending version of a volume must have: one more
+    /// than the highest version it ever had (a cancelled one included).
+    fn next_key_version(&self, name: &str) -> Result<u32, StoreError>;
+
+    /// Deletes the pending version of a volume (a rotation abandoned before
+    /// the guest proved it) and returns its number. Its number is never
+    /// handed out again for this volume. `Conflict` if none is pending.
+    fn cancel_pending(&self, name: &str) -> Result<u32, StoreError>;
+
+    /// Destroys retired key versions retired strictly before `cutoff_unix`;
+    /// never touches pending or current ones. Returns what was destroyed.
+    fn purge_retired(&self, cutoff_unix: i64) -> Result<Vec<PurgedVersion>, StoreError>;
+
+    /// [`Store::purge_retired`] for one volume only. `NotFound` if the
+    /// volume does not exist.
+    fn purge_retired_volume(
+        &self,
+        name: &str,
+        cutoff_unix: i64,
+    ) -> Result<Vec<PurgedVersion>, StoreError>;
+
+    /// Records the session of an Attest that released a pending version.
+    /// A second record for the same nonce and volume is `AlreadyExists`.
+    fn record_rotation_session(&self, session: &RotationSession) -> Result<(), StoreError>;
+
+    /// The rotation session of `nonce` for `volume`, judged at `now_unix`.
+    fn rotation_session(
+        &self,
+        nonce: &[u8; 32],
+        volume: &str,
+        now_unix: i64,
+    ) -> Result<SessionLookup, StoreError>;
+
+    /// Deletes rotation sessions expired at `now_unix`; returns how many.
+    fn purge_rotation_sessions(&self, now_unix: i64) -> Result<u64, StoreError>;
+
+    /// Up to `limit` key versions (any state) whose record is not sealed
+    /// under `master`, ordered by volume and version.
+    fn keys_not_under(
+        &self,
+        master: MasterKeyId,
+        limit: u32,
+    ) -> Result<Vec<SealedVersion>, StoreError>;
+
+    /// Writes re-sealed records in one transaction. Each row is updated only
+    /// if its master key id is still `update.from` (compare-and-set), so a
+    /// concurrent or repeated run never applies an update twice or over a
+    /// newer record. Returns how many rows were updated.
+    fn reseal_batch(&self, updates: &[ResealUpdate]) -> Result<u64, StoreError>;
+
+    /// Records per master key id, by id.
+    fn master_key_usage(&self) -> Result<Vec<MasterKeyUsage>, StoreError>;
+
+    /// Makes every committed change durable on disk (SQLite: a full WAL
+    /// checkpoint). Called before a master key file is retired.
+    fn sync_durable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Appends an audit entry, chained to the previous one.
     fn append_audit(&self, event: &AuditEvent) -> Result<AuditId, StoreError>;

@@ -16,14 +16,16 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     audit_entry_hash, validate_name, verify_chain, AuditChainError, AuditEntry, AuditEvent,
-    AuditFilter, AuditId, KeyState, KeyVersionRecord, NewVolume, NonceOutcome, ReleaseView, Store,
+    AuditFilter, AuditId, KeyState, KeyVersionRecord, MasterKeyUsage, NewVolume, NonceOutcome,
+    PurgedVersion, ReleaseView, ResealUpdate, RotationSession, SealedVersion, SessionLookup, Store,
     StoreError, StoredPolicy, VolumeRecord,
 };
 use crate::keys::{MasterKeyId, SealedKey};
 
 /// Schema migrations, applied in order; entry `i` brings the schema to
 /// version `i + 1`. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     name        TEXT PRIMARY KEY,
     revision    INTEGER NOT NULL,
@@ -86,7 +88,27 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
-"#];
+"#,
+    // 2: key lifecycle (issue #5). When a version was retired (purge works
+    // from it), the highest version ever handed out per volume (a cancelled
+    // pending version's number is not reused), and the sessions in which a
+    // pending version was released (ConfirmRotation checks proofs against them).
+    r#"
+ALTER TABLE key_versions ADD COLUMN retired_at INTEGER;
+UPDATE key_versions SET retired_at = state_changed_at WHERE state = 'retired';
+CREATE INDEX key_versions_retired ON key_versions(retired_at) WHERE state = 'retired';
+ALTER TABLE volumes ADD COLUMN highest_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE rotation_sessions (
+    nonce       BLOB NOT NULL,
+    volume      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    report_data BLOB NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (nonce, volume)
+) WITHOUT ROWID;
+CREATE INDEX rotation_sessions_expiry ON rotation_sessions(expires_at);
+"#,
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -181,6 +203,56 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Deletes retired versions retired before `cutoff_unix`, of one
+    /// volume (`NotFound` if it does not exist) or of all.
+    fn purge_retired_where(
+        &self,
+        volume: Option<&str>,
+        cutoff_unix: i64,
+    ) -> Result<Vec<PurgedVersion>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if let Some(name) = volume {
+            if !volume_exists(&tx, name)? {
+                return Err(not_found("volume", name));
+            }
+        }
+        let mut out = Vec::new();
+        {
+            let mut s = tx
+                .prepare(
+                    "DELETE FROM key_versions WHERE state = 'retired' AND retired_at < ?1 \
+                     AND (?2 IS NULL OR volume = ?2) RETURNING volume, version, retired_at",
+                )
+                .map_err(backend)?;
+            let rows = s
+                .query_map(params![cutoff_unix, volume], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (volume, version, retired_at) = row.map_err(backend)?;
+                let version = u32::try_from(version).map_err(|_| {
+                    StoreError::Corrupt(format!("volume {volume:?}: version {version}"))
+                })?;
+                out.push(PurgedVersion {
+                    volume,
+                    version,
+                    retired_at,
+                });
+            }
+        }
+        tx.commit().map_err(backend)?;
+        out.sort_by(|a, b| (&a.volume, a.version).cmp(&(&b.volume, b.version)));
+        Ok(out)
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.conn()
@@ -248,7 +320,7 @@ fn sealed_from_row(
 
 /// Every key version of a volume, by version.
 const SQL_KEY_VERSIONS: &str = "SELECT version, state, master_key_id, nonce, ciphertext, \
-     created_at FROM key_versions WHERE volume = ?1 ORDER BY version";
+     created_at, retired_at FROM key_versions WHERE volume = ?1 ORDER BY version";
 
 fn read_keys(
     conn: &Connection,
@@ -265,12 +337,13 @@ fn read_keys(
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
             ))
         })
         .map_err(backend)?;
     let mut out = Vec::new();
     for row in rows {
-        let (version, state, id, nonce, ct, created_at) = row.map_err(backend)?;
+        let (version, state, id, nonce, ct, created_at, retired_at) = row.map_err(backend)?;
         let version = u32::try_from(version).map_err(|_| {
             StoreError::Corrupt(format!(
                 "volume {volume:?}: key version {version} out of range"
@@ -284,6 +357,7 @@ fn read_keys(
             state,
             sealed: sealed_from_row(volume, version, id, nonce, ct)?,
             created_at,
+            retired_at,
         });
     }
     Ok(out)
@@ -440,6 +514,7 @@ impl Store for SqliteStore {
 
     fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
         let purged = self.purge_nonces(now_unix)?;
+        self.purge_rotation_sessions(now_unix)?;
         if let Some(ck) = &self.checkpointer {
             let ck = ck.lock().unwrap_or_else(|p| p.into_inner());
             // PASSIVE: copies what it can without waiting for, or blocking, writers.
@@ -683,6 +758,8 @@ impl Store for SqliteStore {
         }
         tx.execute("DELETE FROM key_versions WHERE volume = ?1", [name])
             .map_err(backend)?;
+        tx.execute("DELETE FROM rotation_sessions WHERE volume = ?1", [name])
+            .map_err(backend)?;
         tx.execute("DELETE FROM volumes WHERE name = ?1", [name])
             .map_err(backend)?;
         tx.commit().map_err(backend)
@@ -720,20 +797,25 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let (max, pending): (Option<i64>, i64) = tx
+        let (max, pending): (Option<i64>, Option<i64>) = tx
             .query_row(
-                "SELECT MAX(version), COALESCE(SUM(state = 'pending'), 0) FROM key_versions \
-                 WHERE volume = ?1",
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM key_versions WHERE volume = ?1), 0), \
+                        highest_version), \
+                        (SELECT version FROM key_versions WHERE volume = ?1 AND state = 'pending') \
+                 FROM volumes WHERE name = ?1",
                 [name],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map_err(backend)?;
+            .optional()
+            .map_err(backend)?
+            .unwrap_or((None, None));
         let Some(max) = max else {
             return Err(not_found("volume", name));
         };
-        if pending != 0 {
+        if let Some(p) = pending {
             return Err(StoreError::Conflict(format!(
-                "volume {name:?} already has a pending key version; finish or abandon that rotation first"
+                "volume {name:?} already has pending key version {p} awaiting the guest's proof; \
+                 let the guest confirm it, or cancel that rotation first"
             )));
         }
         if i64::from(version) != max + 1 {
@@ -788,7 +870,7 @@ impl Store for SqliteStore {
         let now = now_unix();
         // Retire first: the partial unique index allows one current per volume.
         tx.execute(
-            "UPDATE key_versions SET state = 'retired', state_changed_at = ?2 \
+            "UPDATE key_versions SET state = 'retired', state_changed_at = ?2, retired_at = ?2 \
              WHERE volume = ?1 AND state = 'current'",
             params![name, now],
         )
@@ -800,6 +882,254 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)
+    }
+
+    fn next_key_version(&self, name: &str) -> Result<u32, StoreError> {
+        let conn = self.conn();
+        let max: Option<i64> = conn
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM key_versions WHERE volume = ?1), 0), \
+                        highest_version) FROM volumes WHERE name = ?1",
+            )
+            .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        let max = max.ok_or_else(|| not_found("volume", name))?;
+        u32::try_from(max + 1).map_err(|_| {
+            StoreError::Conflict(format!("volume {name:?} has used every key version number"))
+        })
+    }
+
+    fn cancel_pending(&self, name: &str) -> Result<u32, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if !volume_exists(&tx, name)? {
+            return Err(not_found("volume", name));
+        }
+        let pending: Option<i64> = tx
+            .query_row(
+                "DELETE FROM key_versions WHERE volume = ?1 AND state = 'pending' \
+                 RETURNING version",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some(version) = pending else {
+            return Err(StoreError::Conflict(format!(
+                "volume {name:?} has no pending key version; there is no rotation to cancel"
+            )));
+        };
+        tx.execute(
+            "UPDATE volumes SET highest_version = MAX(highest_version, ?2) WHERE name = ?1",
+            params![name, version],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM rotation_sessions WHERE volume = ?1 AND version = ?2",
+            params![name, version],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        u32::try_from(version)
+            .map_err(|_| StoreError::Corrupt(format!("volume {name:?}: version {version}")))
+    }
+
+    fn purge_retired(&self, cutoff_unix: i64) -> Result<Vec<PurgedVersion>, StoreError> {
+        self.purge_retired_where(None, cutoff_unix)
+    }
+
+    fn purge_retired_volume(
+        &self,
+        name: &str,
+        cutoff_unix: i64,
+    ) -> Result<Vec<PurgedVersion>, StoreError> {
+        self.purge_retired_where(Some(name), cutoff_unix)
+    }
+
+    fn record_rotation_session(&self, session: &RotationSession) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO rotation_sessions (nonce, volume, version, report_data, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (nonce, volume) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &session.nonce[..],
+                    session.volume,
+                    i64::from(session.version),
+                    &session.report_data[..],
+                    session.expires_at
+                ])
+            })
+            .map_err(backend)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists {
+                what: "rotation session",
+                name: format!("{}/{}", hex::encode(session.nonce), session.volume),
+            });
+        }
+        Ok(())
+    }
+
+    fn rotation_session(
+        &self,
+        nonce: &[u8; 32],
+        volume: &str,
+        now_unix: i64,
+    ) -> Result<SessionLookup, StoreError> {
+        let conn = self.conn();
+        let row: Option<(i64, Vec<u8>, i64)> = conn
+            .prepare_cached(
+                "SELECT version, report_data, expires_at FROM rotation_sessions \
+                 WHERE nonce = ?1 AND volume = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![&nonce[..], volume], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?;
+        let Some((version, rd, expires_at)) = row else {
+            return Ok(SessionLookup::Unknown);
+        };
+        if now_unix >= expires_at {
+            return Ok(SessionLookup::Expired);
+        }
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!("rotation session of volume {volume:?}: {what}"))
+        };
+        Ok(SessionLookup::Live(RotationSession {
+            nonce: *nonce,
+            volume: volume.to_owned(),
+            version: u32::try_from(version).map_err(|_| corrupt("version out of range"))?,
+            report_data: rd
+                .try_into()
+                .map_err(|_| corrupt("report data is not 64 bytes"))?,
+            expires_at,
+        }))
+    }
+
+    fn purge_rotation_sessions(&self, now_unix: i64) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached("DELETE FROM rotation_sessions WHERE expires_at <= ?1")
+            .and_then(|mut s| s.execute([now_unix]))
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+
+    fn keys_not_under(
+        &self,
+        master: MasterKeyId,
+        limit: u32,
+    ) -> Result<Vec<SealedVersion>, StoreError> {
+        let conn = self.conn();
+        let mut s = conn
+            .prepare_cached(
+                "SELECT volume, version, master_key_id, nonce, ciphertext FROM key_versions \
+                 WHERE master_key_id != ?1 ORDER BY volume, version LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = s
+            .query_map(params![&master.as_bytes()[..], i64::from(limit)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (volume, version, id, nonce, ct) = row.map_err(backend)?;
+            let version = u32::try_from(version).map_err(|_| {
+                StoreError::Corrupt(format!("volume {volume:?}: version {version}"))
+            })?;
+            let sealed = sealed_from_row(&volume, version, id, nonce, ct)?;
+            out.push(SealedVersion {
+                volume,
+                version,
+                sealed,
+            });
+        }
+        Ok(out)
+    }
+
+    fn reseal_batch(&self, updates: &[ResealUpdate]) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mut n = 0u64;
+        {
+            let mut s = tx
+                .prepare_cached(
+                    "UPDATE key_versions SET master_key_id = ?4, nonce = ?5, ciphertext = ?6 \
+                     WHERE volume = ?1 AND version = ?2 AND master_key_id = ?3",
+                )
+                .map_err(backend)?;
+            for u in updates {
+                n += s
+                    .execute(params![
+                        u.volume,
+                        i64::from(u.version),
+                        &u.from.as_bytes()[..],
+                        &u.sealed.master_key_id.as_bytes()[..],
+                        &u.sealed.nonce[..],
+                        u.sealed.ciphertext
+                    ])
+                    .map_err(backend)? as u64;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(n)
+    }
+
+    fn master_key_usage(&self) -> Result<Vec<MasterKeyUsage>, StoreError> {
+        let conn = self.conn();
+        let mut s = conn
+            .prepare_cached(
+                "SELECT master_key_id, COUNT(*), COALESCE(SUM(state = 'retired'), 0), \
+                 MIN(created_at) FROM key_versions GROUP BY master_key_id ORDER BY master_key_id",
+            )
+            .map_err(backend)?;
+        let rows = s
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, records, retired, oldest) = row.map_err(backend)?;
+            out.push(MasterKeyUsage {
+                id: MasterKeyId::from_slice(&id).ok_or_else(|| {
+                    StoreError::Corrupt("a key version's master key id is not 16 bytes".into())
+                })?,
+                records: records as u64,
+                retired: retired as u64,
+                oldest_created_at: oldest,
+            });
+        }
+        Ok(out)
+    }
+
+    fn sync_durable(&self) -> Result<(), StoreError> {
+        // In WAL mode with synchronous=NORMAL a commit may sit in the WAL
+        // without an fsync; a FULL checkpoint syncs the WAL and the database.
+        let conn = self.conn();
+        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            .map_err(backend)
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<AuditId, StoreError> {

@@ -166,6 +166,61 @@ fn file_is_0600_wal_and_persists() {
 }
 
 #[test]
+fn version_1_database_upgrades_to_the_lifecycle_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        // A database as the first release wrote it, with a finished rotation.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        c.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "INSERT INTO schema_version VALUES (1, 0);
+             INSERT INTO policies VALUES ('p', 1, 'version = 1', 0);
+             INSERT INTO volumes VALUES ('root', 'p', '', 1, 0);",
+        )
+        .unwrap();
+        let s = sample_sealed(7);
+        for (v, state) in [(1, "retired"), (2, "current")] {
+            c.execute(
+                "INSERT INTO key_versions VALUES ('root', ?1, ?2, ?3, ?4, ?5, 100, 500)",
+                rusqlite::params![
+                    v,
+                    state,
+                    &s.master_key_id.as_bytes()[..],
+                    &s.nonce[..],
+                    s.ciphertext
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    let keys = store.key_versions("root").unwrap();
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.version, k.state, k.retired_at))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, KeyState::Retired, Some(500)),
+            (2, KeyState::Current, None)
+        ]
+    );
+    store
+        .add_pending_version("root", 3, &sample_sealed(8))
+        .unwrap();
+    assert_eq!(store.purge_retired(501).unwrap().len(), 1);
+    drop(store);
+    // Opening again applies nothing twice.
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+}
+
+#[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.db");
