@@ -27,6 +27,7 @@
 //! guest-unlock unbind DEVICE --slot N [--force]
 //! guest-unlock unlock (--all | DEVICE...) [--name NAME] [--timeout SECS]
 //!                     [--config FILE] [--crypttab FILE] [--dry-run]
+//! guest-unlock rotate [DEVICE|NAME]... [--config FILE] [--crypttab FILE] [--timeout SECS]
 //! guest-unlock status [--json] [--report [--config FILE | --evidence PROVIDER]]
 //! ```
 //!
@@ -52,7 +53,18 @@
 //!   `luks-<UUID>`. It prints `unlocked VOLUME (DEVICE) as NAME, keyslot N,
 //!   key version K` per device and, on standard error, `guest-unlock:
 //!   VOLUME (DEVICE): reason` per device still locked. `--dry-run` only
-//!   checks that the keys open their keyslots.
+//!   checks that the keys open their keyslots. When the broker releases a
+//!   pending key version (a rotation), `unlock` then adds it to a new
+//!   keyslot, records it in the token, confirms it to the broker and
+//!   removes the old version's keyslot ([`crate::rotation`]); it prints
+//!   `rotated VOLUME (DEVICE): …` on success and `guest-unlock: VOLUME
+//!   (DEVICE): …` when a step did not complete. Rotation never turns an
+//!   unlock into a failure.
+//! - `rotate` does the same rotation steps on a running guest, for devices
+//!   that are already open (the current key is checked, nothing is
+//!   activated): the devices or crypttab names given, or every block
+//!   device with a `sev-keybroker` token. It exits 1 when a step did not
+//!   complete.
 //! - `status` reports whether SEV, SEV-ES and SEV-SNP are active (exit 0 only
 //!   when SEV-SNP is); `--report` also obtains a report from the configured
 //!   provider and prints its policy bits, TCB and measurement.
@@ -61,8 +73,8 @@
 //!
 //! | code | meaning |
 //! | --- | --- |
-//! | 0 | success: every requested volume was granted (`probe`), bound (`bind`), unlocked (`unlock`); SEV-SNP is active (`status`) |
-//! | 1 | failure or refusal: a volume was denied, no broker could be reached, the attempt failed (evidence, protocol, a key that did not open), a LUKS2 operation failed or was refused (wrong passphrase, invalid token, last keyslot), a device stays locked, SEV-SNP is not active |
+//! | 0 | success: every requested volume was granted (`probe`), bound (`bind`), unlocked (`unlock`), checked with every rotation step done (`rotate`); SEV-SNP is active (`status`) |
+//! | 1 | failure or refusal: a volume was denied, no broker could be reached, the attempt failed (evidence, protocol, a key that did not open), a LUKS2 operation failed or was refused (wrong passphrase, invalid token, last keyslot), a device stays locked, a rotation step did not complete (`rotate` only), SEV-SNP is not active |
 //! | 2 | usage error: bad arguments or an invalid configuration file |
 
 use clap::{Args, Parser, Subcommand};
@@ -72,7 +84,8 @@ use std::path::PathBuf;
 
 use crate::config::{self, ConfigError, GuestConfig};
 use crate::evidence::open_provider_at_vmpl;
-use crate::flow::{fetch_keys, FetchOutcome};
+use crate::flow::{fetch_keys, fetch_keys_session, FetchOutcome};
+use crate::rotation::{Confirmer, SessionConfirmer};
 
 /// Exit code: every volume granted.
 pub const EXIT_GRANTED: u8 = 0;
@@ -109,6 +122,8 @@ pub enum Command {
     Unbind(UnbindArgs),
     /// Open LUKS2 devices bound to a broker, one attestation per broker list.
     Unlock(UnlockArgs),
+    /// On a running guest: finish a key rotation on open devices (add the pending key, confirm, remove the old keyslot).
+    Rotate(RotateArgs),
     /// Report whether SEV, SEV-ES and SEV-SNP are active in this guest.
     Status(StatusArgs),
 }
@@ -172,6 +187,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::List(a) => list_cmd(a),
         Command::Unbind(a) => unbind_cmd(a),
         Command::Unlock(a) => unlock_cmd(a),
+        Command::Rotate(a) => rotate_cmd(a),
         Command::Status(a) => status_cmd(a),
     }
 }
@@ -423,6 +439,34 @@ pub struct UnlockArgs {
     pub dry_run: bool,
 }
 
+/// Settings shared by `unlock` and `rotate`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Overall timeout of each attestation, in seconds (overrides the configuration).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Guest configuration (evidence provider, time limits).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Evidence provider (overrides the configuration).
+    #[arg(long, value_name = "PROVIDER")]
+    pub evidence: Option<String>,
+    /// crypttab to take mapping names and options from (default /etc/crypttab).
+    #[arg(long, value_name = "FILE")]
+    pub crypttab: Option<PathBuf>,
+}
+
+/// Arguments of `rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Devices (paths) or crypttab names; default: every block device with a sev-keybroker token.
+    #[arg(value_name = "DEVICE|NAME")]
+    pub targets: Vec<std::ffi::OsString>,
+    /// Configuration, crypttab and timeout.
+    #[command(flatten)]
+    pub common: DeviceArgs,
+}
+
 /// Arguments of `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -671,7 +715,7 @@ fn boot_raw_config(
 }
 
 fn unlock_cmd(args: UnlockArgs) -> u8 {
-    use crate::unlock::{self as u, Probe};
+    use crate::unlock as u;
     if !args.all && args.devices.is_empty() {
         eprint_err("unlock needs --all or at least one DEVICE");
         return EXIT_USAGE;
@@ -686,6 +730,49 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
             return EXIT_USAGE;
         }
     }
+    let mode = if args.dry_run {
+        crate::unlock::Mode::CheckOnly
+    } else {
+        crate::unlock::Mode::Activate
+    };
+    let selection = if args.all {
+        None
+    } else {
+        Some(
+            args.devices
+                .iter()
+                .map(|d| d.as_os_str().to_owned())
+                .collect(),
+        )
+    };
+    let common = DeviceArgs {
+        timeout: args.timeout,
+        config: args.config,
+        evidence: args.evidence,
+        crypttab: args.crypttab,
+    };
+    open_devices(&common, selection, args.name.as_deref(), mode)
+}
+
+fn rotate_cmd(args: RotateArgs) -> u8 {
+    let selection = if args.targets.is_empty() {
+        None
+    } else {
+        Some(args.targets.clone())
+    };
+    open_devices(&args.common, selection, None, crate::unlock::Mode::Rotate)
+}
+
+/// `unlock` and `rotate`: `selection` is `None` for every bound block
+/// device, else device paths (and, for `rotate`, crypttab names).
+fn open_devices(
+    args: &DeviceArgs,
+    selection: Option<Vec<std::ffi::OsString>>,
+    name: Option<&str>,
+    mode: crate::unlock::Mode,
+) -> u8 {
+    use crate::unlock::{self as u, Probe};
+    let all = selection.is_none();
     let mut raw = match boot_raw_config(args.config.as_ref(), args.evidence.as_ref()) {
         Ok(r) => r,
         Err(e) => {
@@ -734,20 +821,38 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
 
     let mut locked: Vec<u::StillLocked> = Vec::new();
     let mut targets = Vec::new();
-    let candidates = if args.all {
-        u::scan_block_devices(std::path::Path::new(u::SYS_CLASS_BLOCK))
-    } else {
-        args.devices.clone()
+    let candidates = match &selection {
+        None => u::scan_block_devices(std::path::Path::new(u::SYS_CLASS_BLOCK)),
+        Some(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                // `unlock` takes device paths only, as it always did.
+                let found = if mode == u::Mode::Rotate {
+                    u::device_for(item, &crypttab, &u::resolve_spec)
+                } else {
+                    Ok(PathBuf::from(item))
+                };
+                match found {
+                    Ok(p) => out.push(p),
+                    Err(reason) => locked.push(u::StillLocked {
+                        volume: "?".into(),
+                        device: PathBuf::from(item),
+                        reason,
+                    }),
+                }
+            }
+            out
+        }
     };
     for dev in candidates {
         match u::probe(&dev) {
             Probe::Bound(t) => targets.push(t),
-            Probe::NotLuks2(e) if !args.all => locked.push(u::StillLocked {
+            Probe::NotLuks2(e) if !all => locked.push(u::StillLocked {
                 volume: "?".into(),
                 device: dev,
                 reason: e.to_string(),
             }),
-            Probe::NoToken if !args.all => locked.push(u::StillLocked {
+            Probe::NoToken if !all => locked.push(u::StillLocked {
                 volume: "?".into(),
                 device: dev,
                 reason: "no sev-keybroker token: bind it first with `guest-unlock bind`".into(),
@@ -760,12 +865,7 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
             }),
         }
     }
-    u::name_targets(
-        &mut targets,
-        args.name.as_deref(),
-        &crypttab,
-        &u::resolve_spec,
-    );
+    u::name_targets(&mut targets, name, &crypttab, &u::resolve_spec);
     if targets.is_empty() && locked.is_empty() {
         eprint_err("no LUKS2 device bound to a broker was found");
         return EXIT_GRANTED;
@@ -792,11 +892,7 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
             }
         }
     };
-    let mode = if args.dry_run {
-        u::Mode::CheckOnly
-    } else {
-        u::Mode::Activate
-    };
+    let rt = &rt;
     let report = u::unlock_targets(&targets, mode, &mut |group, ids| {
         let cfg = config::resolve(config::RawConfig {
             brokers: group.brokers.iter().map(ToString::to_string).collect(),
@@ -808,13 +904,21 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
             problem: format!("token settings: {e}"),
         })?;
         let provider = provider.as_ref().expect("targets imply a provider");
-        rt.block_on(fetch_keys(&cfg, provider.as_ref(), ids))
+        let (outcome, session) = rt.block_on(fetch_keys_session(&cfg, provider.as_ref(), ids))?;
+        let confirmer = match (mode, session) {
+            (u::Mode::CheckOnly, _) | (_, None) => None,
+            (_, Some(s)) => Some(Box::new(SessionConfirmer::new(rt, s)) as Box<dyn Confirmer + '_>),
+        };
+        Ok(u::Fetched { outcome, confirmer })
     });
+    let verb = match mode {
+        u::Mode::Activate => "unlocked",
+        u::Mode::CheckOnly | u::Mode::Rotate => "checked",
+    };
     for ok in &report.unlocked {
         match (ok.keyslot, ok.key_version) {
             (Some(slot), Some(v)) => println!(
-                "{} {} ({}) as {}, keyslot {slot}, key version {v}",
-                if args.dry_run { "checked" } else { "unlocked" },
+                "{verb} {} ({}) as {}, keyslot {slot}, key version {v}",
                 ok.volume,
                 ok.device.display(),
                 ok.name
@@ -827,11 +931,22 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
             ),
         }
     }
+    let mut rotation_failed = false;
+    for n in &report.rotation {
+        if n.ok {
+            println!("rotated {n}");
+        } else {
+            rotation_failed = true;
+            eprint_err(n);
+        }
+    }
     locked.extend(report.locked);
     for l in &locked {
         eprint_err(l);
     }
-    if locked.is_empty() {
+    // A rotation that did not complete never fails an unlock (the volume
+    // is open); it fails `rotate`.
+    if locked.is_empty() && !(mode == u::Mode::Rotate && rotation_failed) {
         EXIT_GRANTED
     } else {
         EXIT_FAILED

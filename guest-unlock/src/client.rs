@@ -224,7 +224,7 @@ pub async fn connect(
     Ok(KeyBrokerClient::new(channel))
 }
 
-/// The two calls of the protocol, so the unlock flow can run against a real
+/// The calls of the protocol, so the unlock flow can run against a real
 /// broker or an in-process fake. `timeout` is sent as the gRPC deadline.
 pub trait BrokerRpc: Send {
     /// `KeyBroker.Challenge`.
@@ -240,6 +240,17 @@ pub trait BrokerRpc: Send {
         req: pb::AttestRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<pb::AttestResponse, tonic::Status>> + Send;
+
+    /// `KeyBroker.ConfirmRotation` (protocol 1.1). The default answers
+    /// `UNIMPLEMENTED`, as a 1.0 broker does.
+    fn confirm_rotation(
+        &mut self,
+        req: pb::ConfirmRotationRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<pb::ConfirmRotationResponse, tonic::Status>> + Send {
+        let _ = (req, timeout);
+        async { Err(tonic::Status::unimplemented("ConfirmRotation")) }
+    }
 }
 
 impl BrokerRpc for KeyBrokerClient<Channel> {
@@ -263,6 +274,18 @@ impl BrokerRpc for KeyBrokerClient<Channel> {
         let mut r = tonic::Request::new(req);
         r.set_timeout(timeout);
         KeyBrokerClient::attest(self, r)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn confirm_rotation(
+        &mut self,
+        req: pb::ConfirmRotationRequest,
+        timeout: Duration,
+    ) -> Result<pb::ConfirmRotationResponse, tonic::Status> {
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(timeout);
+        KeyBrokerClient::confirm_rotation(self, r)
             .await
             .map(tonic::Response::into_inner)
     }

@@ -5,12 +5,17 @@
 //!   --Challenge-->  Challenged { nonce, volumes }
 //!   --evidence, Attest-->  Attested { response, keypair, report_data, volumes }
 //!   --unwrap every key-->  Unwrapped { keys, denied, decision_id }
+//!   (same session)  RotationSession { session, nonce, report_data }
+//!   --ConfirmRotation(proof) per enrolled pending key-->  new current version
 //! ```
 //!
 //! A state can only be reached through the previous one, so keys cannot be
 //! accepted without a report bound to a fresh nonce and this attempt's key
 //! pair. [`fetch_keys`] runs the states against the configured brokers, in
-//! order, with exponential backoff, until the overall timeout.
+//! order, with exponential backoff, until the overall timeout;
+//! [`fetch_keys_session`] also keeps the [`RotationSession`], which alone
+//! holds the nonce and REPORT_DATA that a rotation proof is bound to
+//! (`docs/protocol.md`, "Rotation proof").
 //!
 //! Errors say what failed and what to do. No error, log line or `Debug`
 //! output contains key bytes.
@@ -21,8 +26,8 @@ use std::time::Duration;
 
 use keybroker_proto::pb::{self, KeyState};
 use keybroker_proto::{
-    check_version, denial_from_status, protocol_version, report_data, GuestKeyPair, Nonce,
-    ReportData, VolumeId, VolumeIds, WrapError, REASON_VERSION_MISMATCH,
+    check_version, denial_from_status, protocol_version, report_data, rotation_proof, GuestKeyPair,
+    Nonce, ReportData, VolumeId, VolumeIds, WrapError, REASON_VERSION_MISMATCH,
 };
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -324,6 +329,7 @@ pub struct Challenged {
 pub struct Attested {
     response: pb::AttestResponse,
     keypair: GuestKeyPair,
+    nonce: Nonce,
     report_data: ReportData,
     volumes: VolumeIds,
 }
@@ -337,6 +343,86 @@ pub struct Unwrapped {
     pub denied: Vec<Denied>,
     /// The broker's audit entry id.
     pub decision_id: String,
+    /// What a rotation proof in this session is bound to (taken by
+    /// [`attest_session`]).
+    binding: Option<SessionBinding>,
+}
+
+/// The nonce and REPORT_DATA of an Attest that released keys.
+#[derive(Debug)]
+struct SessionBinding {
+    nonce: Nonce,
+    report_data: ReportData,
+}
+
+/// The session of an Attest that released keys, kept open so that a
+/// pending key, once enrolled, can be confirmed in it: `ConfirmRotation`
+/// carries the same nonce, and the proof is bound to the same REPORT_DATA
+/// (`docs/protocol.md`, "Rotation proof"). Only [`attest_session`] makes
+/// one, from the session it attested in.
+pub struct RotationSession<B> {
+    session: Session<B>,
+    binding: SessionBinding,
+}
+
+impl<B> fmt::Debug for RotationSession<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotationSession")
+            .field("broker", &self.session.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: BrokerRpc> RotationSession<B> {
+    /// The broker, for messages.
+    pub fn broker(&self) -> &str {
+        &self.session.broker
+    }
+
+    /// Sends `ConfirmRotation` for `key` (a pending version this session
+    /// released, now enrolled and checked) with its proof, waiting at most
+    /// `timeout`. Returns the volume's current version, which must be the
+    /// key's version. A broker that does not know the call (protocol 1.0,
+    /// or not implemented yet) answers `UNIMPLEMENTED`: a
+    /// [`UnlockError::BrokerFault`].
+    pub async fn confirm(
+        &mut self,
+        key: &UnwrappedKey,
+        timeout: Duration,
+    ) -> Result<u32, UnlockError> {
+        let proof = rotation_proof(
+            &key.key,
+            &self.binding.report_data,
+            &key.volume,
+            key.version,
+        );
+        let req = pb::ConfirmRotationRequest {
+            version: Some(protocol_version()),
+            nonce: self.binding.nonce.as_bytes().to_vec(),
+            volume_id: key.volume.to_string(),
+            key_version: key.version,
+            proof: proof.to_vec(),
+        };
+        let s = &mut self.session;
+        let resp = tokio::time::timeout(timeout, s.rpc.confirm_rotation(req, timeout))
+            .await
+            .map_err(|_| UnlockError::BrokerFault {
+                broker: s.broker.clone(),
+                code: tonic::Code::DeadlineExceeded,
+                message: format!("no answer to ConfirmRotation within {timeout:?}"),
+            })?
+            .map_err(|st| s.status_error(st))?;
+        s.check_version(resp.version.as_ref())?;
+        if resp.current_version != key.version {
+            return Err(s.bad(format!(
+                "ConfirmRotation of volume {} version {} answered current version {}",
+                key.volume, key.version, resp.current_version
+            )));
+        }
+        tracing::info!(broker = %s.broker, volume = %key.volume, version = key.version,
+            decision = %printable(&resp.decision_id), "rotation confirmed");
+        Ok(resp.current_version)
+    }
 }
 
 impl Start {
@@ -412,6 +498,7 @@ impl Challenged {
         Ok(Attested {
             response,
             keypair,
+            nonce: self.nonce,
             report_data: rd,
             volumes: self.volumes,
         })
@@ -425,6 +512,7 @@ impl Attested {
         let Self {
             response,
             keypair,
+            nonce,
             report_data,
             volumes,
         } = self;
@@ -522,6 +610,7 @@ impl Attested {
             keys: granted.into_values().flatten().collect(),
             denied: denied.into_values().collect(),
             decision_id: printable(&response.decision_id),
+            binding: Some(SessionBinding { nonce, report_data }),
         })
     }
 }
@@ -535,6 +624,26 @@ pub async fn run_once<B: BrokerRpc>(
     let challenged = Start::new(volumes.clone()).handle(s).await?;
     let attested = challenged.handle(provider, s).await?;
     attested.handle(s)
+}
+
+/// Runs the whole flow once and keeps the session for `ConfirmRotation`.
+pub async fn attest_session<B: BrokerRpc>(
+    mut s: Session<B>,
+    provider: &dyn EvidenceProvider,
+    volumes: &VolumeIds,
+) -> Result<(Unwrapped, RotationSession<B>), UnlockError> {
+    let mut u = run_once(&mut s, provider, volumes).await?;
+    let binding = u
+        .binding
+        .take()
+        .ok_or_else(|| s.bad("internal: the session binding is missing"))?;
+    Ok((
+        u,
+        RotationSession {
+            session: s,
+            binding,
+        },
+    ))
 }
 
 fn refusal_outcome(
@@ -593,6 +702,22 @@ pub async fn fetch_keys(
     provider: &dyn EvidenceProvider,
     volumes: &VolumeIds,
 ) -> Result<FetchOutcome, UnlockError> {
+    fetch_keys_session(cfg, provider, volumes)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// The broker connection type of [`fetch_keys_session`].
+pub type BrokerClient =
+    keybroker_proto::pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>;
+
+/// [`fetch_keys`], also returning the session of the Attest that released
+/// the keys (none after a refusal), for `ConfirmRotation`.
+pub async fn fetch_keys_session(
+    cfg: &GuestConfig,
+    provider: &dyn EvidenceProvider,
+    volumes: &VolumeIds,
+) -> Result<(FetchOutcome, Option<RotationSession<BrokerClient>>), UnlockError> {
     let tls = client::tls_config(&cfg.pins)?;
     let deadline = Instant::now() + cfg.timeout;
     let mut backoff = Backoff::default();
@@ -627,25 +752,29 @@ pub async fn fetch_keys(
                 }
                 Ok(Ok(rpc)) => rpc,
             };
-            let mut session = Session::new(rpc, url.to_string(), deadline);
-            match tokio::time::timeout_at(deadline, run_once(&mut session, provider, volumes)).await
+            let session = Session::new(rpc, url.to_string(), deadline);
+            match tokio::time::timeout_at(deadline, attest_session(session, provider, volumes))
+                .await
             {
                 Err(_) => {
                     last_errors.insert(i, format!("{url}: no answer before the overall timeout"));
                     break 'rounds;
                 }
-                Ok(Ok(u)) => {
-                    return Ok(FetchOutcome {
-                        broker: url.clone(),
-                        keys: u.keys,
-                        denied: u.denied,
-                        decision_id: u.decision_id,
-                        refusal: None,
-                    })
+                Ok(Ok((u, rotation))) => {
+                    return Ok((
+                        FetchOutcome {
+                            broker: url.clone(),
+                            keys: u.keys,
+                            denied: u.denied,
+                            decision_id: u.decision_id,
+                            refusal: None,
+                        },
+                        Some(rotation),
+                    ))
                 }
                 Ok(Err(UnlockError::Refused {
                     message, denial, ..
-                })) => return Ok(refusal_outcome(url, volumes, message, denial)),
+                })) => return Ok((refusal_outcome(url, volumes, message, denial), None)),
                 Ok(Err(e)) if e.is_retryable() => {
                     tracing::info!(broker = %url, error = %e, "broker failed; trying the next");
                     last_errors.insert(i, e.to_string());
@@ -713,10 +842,17 @@ pub(crate) mod tests {
         OtherMajor,
     }
 
+    /// A ConfirmRotation the fake received: (nonce, volume, version, proof ok).
+    type Confirmed = (Vec<u8>, String, u32, bool);
+
     struct FakeBroker {
         twist: Twist,
         nonce: [u8; 32],
         log: Mutex<Vec<&'static str>>,
+        /// REPORT_DATA of the last Attest (for checking rotation proofs).
+        last_rd: Mutex<Option<ReportData>>,
+        /// What ConfirmRotation received: (nonce, volume, version, proof ok).
+        confirmed: Mutex<Vec<Confirmed>>,
     }
 
     impl FakeBroker {
@@ -725,6 +861,8 @@ pub(crate) mod tests {
                 twist,
                 nonce: [0x11; 32],
                 log: Mutex::new(Vec::new()),
+                last_rd: Mutex::new(None),
+                confirmed: Mutex::new(Vec::new()),
             }
         }
     }
@@ -750,7 +888,49 @@ pub(crate) mod tests {
             _t: Duration,
         ) -> Result<pb::AttestResponse, tonic::Status> {
             self.log.lock().unwrap().push("attest");
+            let pk = GuestPublicKey::try_from(req.guest_public_key.as_slice()).unwrap();
+            let vols = VolumeIds::parse(&req.volume_ids).unwrap();
+            *self.last_rd.lock().unwrap() =
+                Some(report_data(&Nonce::from_bytes(self.nonce), &pk, &vols));
             fake_attest(req, &self.nonce, self.twist)
+        }
+
+        async fn confirm_rotation(
+            &mut self,
+            req: pb::ConfirmRotationRequest,
+            _t: Duration,
+        ) -> Result<pb::ConfirmRotationResponse, tonic::Status> {
+            self.log.lock().unwrap().push("confirm");
+            check_version(req.version.as_ref())?;
+            let rd = self.last_rd.lock().unwrap().take().unwrap();
+            let volume = VolumeId::new(req.volume_id.as_str()).unwrap();
+            // The fake's keys: volume i has key [i + 1; 64] (see fake_attest).
+            let key = if volume.as_str() == "root" {
+                [1u8; 64]
+            } else {
+                [2u8; 64]
+            };
+            let ok = keybroker_proto::verify_rotation_proof(
+                &key,
+                &rd,
+                &volume,
+                req.key_version,
+                &req.proof,
+            );
+            self.confirmed.lock().unwrap().push((
+                req.nonce.clone(),
+                req.volume_id.clone(),
+                req.key_version,
+                ok,
+            ));
+            if !ok {
+                return Err(tonic::Status::permission_denied("bad proof"));
+            }
+            Ok(pb::ConfirmRotationResponse {
+                version: Some(protocol_version()),
+                current_version: req.key_version,
+                decision_id: "d-3".into(),
+            })
         }
     }
 
@@ -862,6 +1042,69 @@ pub(crate) mod tests {
         // Debug never shows key bytes.
         let dbg = format!("{:?}", u.keys[0]);
         assert!(dbg.contains("redacted") && !dbg.contains("[1, 1"), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn confirm_rotation_is_bound_to_the_attest_session() {
+        let broker = FakeBroker::new(Twist::None);
+        let s = Session::new(&broker, "fake", Instant::now() + Duration::from_secs(5));
+        let (u, mut rot) = attest_session(s, &FakeEvidence, &vols()).await.unwrap();
+        assert_eq!(rot.broker(), "fake");
+        let root = &u.keys[0];
+        let v = rot.confirm(root, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(v, 1);
+        let got = broker.confirmed.lock().unwrap().clone();
+        assert_eq!(got, [(vec![0x11; 32], "root".to_owned(), 1, true)]);
+        assert_eq!(
+            *broker.log.lock().unwrap(),
+            ["challenge", "attest", "confirm"]
+        );
+        // A proof made with another key is refused by the broker.
+        *broker.last_rd.lock().unwrap() = Some(ReportData::from_bytes([0; 64]));
+        let e = rot.confirm(root, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, UnlockError::Refused { .. }), "{e}");
+        assert!(!broker.confirmed.lock().unwrap()[1].3);
+    }
+
+    #[tokio::test]
+    async fn confirm_rotation_on_a_broker_without_it_is_a_fault() {
+        /// Only Challenge and Attest: ConfirmRotation is the trait's default.
+        struct Old<'a>(&'a FakeBroker);
+        impl BrokerRpc for Old<'_> {
+            async fn challenge(
+                &mut self,
+                req: pb::ChallengeRequest,
+                t: Duration,
+            ) -> Result<pb::ChallengeResponse, tonic::Status> {
+                let mut b = self.0;
+                b.challenge(req, t).await
+            }
+            async fn attest(
+                &mut self,
+                req: pb::AttestRequest,
+                t: Duration,
+            ) -> Result<pb::AttestResponse, tonic::Status> {
+                let mut b = self.0;
+                b.attest(req, t).await
+            }
+        }
+        let broker = FakeBroker::new(Twist::None);
+        let s = Session::new(Old(&broker), "old", Instant::now() + Duration::from_secs(5));
+        let (u, mut rot) = attest_session(s, &FakeEvidence, &vols()).await.unwrap();
+        let e = rot
+            .confirm(&u.keys[0], Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                UnlockError::BrokerFault {
+                    code: tonic::Code::Unimplemented,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -1009,6 +1252,13 @@ pub(crate) mod tests {
             req: tonic::Request<pb::AttestRequest>,
         ) -> Result<tonic::Response<pb::AttestResponse>, tonic::Status> {
             fake_attest(req.into_inner(), &[0x22; 32], self.twist).map(tonic::Response::new)
+        }
+
+        async fn confirm_rotation(
+            &self,
+            _req: tonic::Request<pb::ConfirmRotationRequest>,
+        ) -> Result<tonic::Response<pb::ConfirmRotationResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
         }
     }
 

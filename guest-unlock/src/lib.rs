@@ -10,6 +10,8 @@
 //! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);
 //! - [`token`]: the `sev-keybroker` LUKS2 token format;
 //! - [`unlock`]: finding bound devices and opening them at boot;
+//! - [`rotation`]: enrolling a pending key version, confirming it, removing
+//!   the retired keyslot (and the crash-point test hook);
 //! - [`status`]: is SEV-SNP active in this guest;
 //! - [`cli`]: the command line (exit codes documented there).
 #![deny(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod evidence;
 pub mod flow;
 pub mod hardening;
 pub mod luks;
+pub mod rotation;
 pub mod sim;
 mod sim_cli;
 pub mod status;

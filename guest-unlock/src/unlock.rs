@@ -6,7 +6,8 @@
 //! device-mapper: [`parse_crypttab`] and [`crypttab_entry_for`] (names and
 //! options), [`scan_block_devices`] (`--all`), [`probe`] (is this a LUKS2
 //! device with a `sev-keybroker` token?), [`group_targets`] (one
-//! attestation per broker list), and [`unlock_targets`], which takes the
+//! attestation per broker list and per [`MAX_VOLUMES`] volumes), and
+//! [`unlock_targets`], which takes the
 //! attestation as a function and can check keyslots instead of activating
 //! (`--dry-run`).
 
@@ -14,11 +15,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use keybroker_proto::pb::KeyState;
-use keybroker_proto::{VolumeId, VolumeIds};
+use keybroker_proto::{VolumeId, VolumeIds, MAX_VOLUMES};
 
 use crate::config::{BrokerUrl, SpkiPin};
 use crate::flow::{FetchOutcome, UnlockError, UnwrappedKey};
 use crate::luks::{mapping_active, read_tokens, ActivateFlags, BindError, Device, LuksError};
+use crate::rotation::{
+    cleanup, enroll, env_crash_point, pending_key, Confirmer, CrashPoint, Enrolled, Hook, Opened,
+    RotationError,
+};
 use crate::token::BrokerToken;
 
 /// Default crypttab (initramfs-tools keeps its copy at `/cryptroot/crypttab`).
@@ -219,6 +224,35 @@ pub fn resolve_spec(spec: &DeviceSpec) -> Option<PathBuf> {
     std::fs::canonicalize(link).ok()
 }
 
+/// The device a command-line item names: a path (it contains `/`), else
+/// the name of a crypttab entry, whose device is resolved with `resolve`,
+/// else an existing file of that name.
+pub fn device_for(
+    item: &std::ffi::OsStr,
+    crypttab: &[CrypttabEntry],
+    resolve: &dyn Fn(&DeviceSpec) -> Option<PathBuf>,
+) -> Result<PathBuf, String> {
+    let text = item.to_string_lossy();
+    if text.contains('/') {
+        return Ok(PathBuf::from(item));
+    }
+    if !crypttab.iter().any(|e| e.name == text) && Path::new(item).exists() {
+        return Ok(PathBuf::from(item));
+    }
+    let entry = crypttab.iter().find(|e| e.name == text).ok_or_else(|| {
+        format!(
+            "{:?} is neither a device path nor a crypttab name",
+            crate::flow::printable(&text)
+        )
+    })?;
+    resolve(&entry.device).ok_or_else(|| {
+        format!(
+            "crypttab line {} ({}): its device was not found",
+            entry.line, entry.name
+        )
+    })
+}
+
 // ---------------------------------------------------------------- discovery
 
 /// Block devices under `sys_class_block` (normally `/sys/class/block`), as
@@ -336,19 +370,24 @@ pub fn name_targets(
 
 // ---------------------------------------------------------------- grouping
 
-/// Targets sharing one broker list and pin set: one attestation.
+/// Targets sharing one broker list and pin set, at most [`MAX_VOLUMES`]
+/// volumes: one attestation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     /// Brokers, in token order.
     pub brokers: Vec<BrokerUrl>,
     /// Pins (sorted, deduplicated).
     pub pins: Vec<SpkiPin>,
-    /// Distinct volumes to ask for, in first-seen order.
+    /// Distinct volumes to ask for, in first-seen order (1 to
+    /// [`MAX_VOLUMES`], what one `Attest` may name).
     pub volumes: Vec<VolumeId>,
 }
 
 /// Groups the targets' tokens by (broker list, pin set), so that each
-/// distinct broker configuration gets one attestation for all its volumes.
+/// distinct broker configuration gets one attestation for all its volumes;
+/// a configuration with more than [`MAX_VOLUMES`] volumes (the protocol's
+/// limit per `Attest`) gets one attestation per [`MAX_VOLUMES`] of them,
+/// in first-seen order, each its own session.
 pub fn group_targets(targets: &[Target]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for (_, tok) in targets.iter().flat_map(|t| t.tokens.iter()) {
@@ -374,6 +413,18 @@ pub fn group_targets(targets: &[Target]) -> Vec<Group> {
         }
     }
     groups
+        .into_iter()
+        .flat_map(|g| {
+            g.volumes
+                .chunks(MAX_VOLUMES)
+                .map(|vs| Group {
+                    brokers: g.brokers.clone(),
+                    pins: g.pins.clone(),
+                    volumes: vs.to_vec(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- unlocking
@@ -416,6 +467,32 @@ impl std::fmt::Display for StillLocked {
     }
 }
 
+/// One line about key rotation on an open device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationNote {
+    /// The volume.
+    pub volume: String,
+    /// The device.
+    pub device: PathBuf,
+    /// Whether the steps went through (else the line is a warning; the
+    /// device stays open either way).
+    pub ok: bool,
+    /// What was done, or what failed and what happens next.
+    pub message: String,
+}
+
+impl std::fmt::Display for RotationNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.volume,
+            self.device.display(),
+            self.message
+        )
+    }
+}
+
 /// The result of [`unlock_targets`].
 #[derive(Debug, Default)]
 pub struct UnlockReport {
@@ -423,33 +500,73 @@ pub struct UnlockReport {
     pub unlocked: Vec<Unlocked>,
     /// Devices still locked.
     pub locked: Vec<StillLocked>,
+    /// Key rotation on the opened devices (nothing when none was under way).
+    pub rotation: Vec<RotationNote>,
+    /// A test hook stopped the rotation (see [`crate::rotation::Hook`]).
+    pub stopped: Option<CrashPoint>,
 }
 
-/// Whether to activate or only to check that a key opens its keyslot.
+/// Whether to activate or only to check that a key opens its keyslot, and
+/// whether key rotation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Create the device-mapper mapping.
+    /// Create the device-mapper mapping, then do any key rotation.
     Activate,
-    /// Check the keyslot only (`--dry-run`; no device-mapper needed).
+    /// Check the keyslot only (`--dry-run`; no device-mapper needed); the
+    /// header is never changed.
     CheckOnly,
+    /// Check the keyslot (the device is open already), then do any key
+    /// rotation (`guest-unlock rotate`).
+    Rotate,
+}
+
+/// What one group's attestation gave: the outcome, and the session in
+/// which an enrolled pending key is confirmed.
+pub struct Fetched<'a> {
+    /// Keys and denials.
+    pub outcome: FetchOutcome,
+    /// `ConfirmRotation` in the same session (none after a refusal).
+    pub confirmer: Option<Box<dyn Confirmer + 'a>>,
+}
+
+impl From<FetchOutcome> for Fetched<'_> {
+    fn from(outcome: FetchOutcome) -> Self {
+        Self {
+            outcome,
+            confirmer: None,
+        }
+    }
 }
 
 /// The outcome of one group's attestation.
-type GroupResult = Result<FetchOutcome, UnlockError>;
+pub type GroupResult<'a> = Result<Fetched<'a>, UnlockError>;
 
 /// Attests once per group (through `fetch`), then opens each target with
-/// the keys released for its volumes. A key is tried first on the keyslots
-/// of the token recording its version, then on the other tokens' keyslots
-/// (pbkdf2 at the minimum count makes a wrong guess cheap). All keys are
-/// zeroized when this returns.
-pub fn unlock_targets(
+/// the keys released for its volumes, then (unless [`Mode::CheckOnly`])
+/// carries out any key rotation (see [`crate::rotation`]). For each
+/// volume the current key is tried first, on the keyslots its token
+/// records for that version and then on any keyslot; then the other
+/// released keys likewise. All keys are zeroized when this returns.
+/// Crash points follow `KEYBROKER_CRASH_AT` ([`crate::rotation::env_crash_point`]).
+pub fn unlock_targets<'a>(
     targets: &[Target],
     mode: Mode,
-    fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult,
+    fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult<'a>,
+) -> UnlockReport {
+    unlock_targets_with(targets, mode, fetch, &mut env_crash_point)
+}
+
+/// [`unlock_targets`] with a rotation hook (tests stop at each step).
+pub fn unlock_targets_with<'a>(
+    targets: &[Target],
+    mode: Mode,
+    fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult<'a>,
+    hook: &mut Hook<'_>,
 ) -> UnlockReport {
     let mut report = UnlockReport::default();
-    // Per volume: keys released, or the reasons none was.
-    let mut keys: Vec<UnwrappedKey> = Vec::new();
+    // Keys released, each with the index of the group (session) that released it.
+    let mut keys: Vec<(usize, UnwrappedKey)> = Vec::new();
+    let mut confirmers: Vec<Option<Box<dyn Confirmer + 'a>>> = Vec::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
     let pending: Vec<&Target> = targets
         .iter()
@@ -470,6 +587,8 @@ pub fn unlock_targets(
         .collect();
     let owned: Vec<Target> = pending.iter().map(|t| (*t).clone()).collect();
     for group in group_targets(&owned) {
+        let gi = confirmers.len();
+        confirmers.push(None);
         let ids = match VolumeIds::new(group.volumes.clone()) {
             Ok(v) => v,
             Err(e) => {
@@ -480,7 +599,7 @@ pub fn unlock_targets(
             }
         };
         match fetch(&group, &ids) {
-            Ok(outcome) => {
+            Ok(Fetched { outcome, confirmer }) => {
                 for d in &outcome.denied {
                     let codes = if d.reason_codes.is_empty() {
                         "UNSPECIFIED".to_owned()
@@ -492,7 +611,8 @@ pub fn unlock_targets(
                         format!("broker {} refused: {codes}", outcome.broker),
                     );
                 }
-                keys.extend(outcome.keys);
+                keys.extend(outcome.keys.into_iter().map(|k| (gi, k)));
+                confirmers[gi] = confirmer;
             }
             Err(e) => {
                 for v in &group.volumes {
@@ -501,9 +621,11 @@ pub fn unlock_targets(
             }
         }
     }
+    let all_keys: Vec<&UnwrappedKey> = keys.iter().map(|(_, k)| k).collect();
+    let mut opened: Vec<(&Target, Unlocked)> = Vec::new();
     for t in pending {
-        match open_target(t, &keys, mode) {
-            Ok(u) => report.unlocked.push(u),
+        match open_target(t, &all_keys, mode) {
+            Ok(u) => opened.push((t, u)),
             Err(why) => {
                 let reason = why.unwrap_or_else(|| {
                     t.tokens
@@ -519,43 +641,285 @@ pub fn unlock_targets(
             }
         }
     }
+    if mode != Mode::CheckOnly {
+        rotate_opened(&opened, &keys, &mut confirmers, hook, &mut report);
+    }
+    report.unlocked.extend(opened.into_iter().map(|(_, u)| u));
     // `keys` (Zeroizing) are wiped here.
     drop(keys);
     report
 }
 
-/// Tries the released keys on the target's keyslots. `Err(None)`: no key
-/// was released for it; `Err(Some(reason))`: keys were tried and failed.
-fn open_target(t: &Target, keys: &[UnwrappedKey], mode: Mode) -> Result<Unlocked, Option<String>> {
-    // (token, key) pairs, exact version matches first.
-    let mut attempts: Vec<(&BrokerToken, &UnwrappedKey)> = Vec::new();
-    for exact in [true, false] {
-        for (_, tok) in &t.tokens {
-            for k in keys.iter().filter(|k| k.volume == tok.volume) {
-                if (k.version == tok.key_version) == exact {
-                    attempts.push((tok, k));
+/// One opened device whose volume may need rotation work.
+struct Work<'t> {
+    target: &'t Target,
+    volume: VolumeId,
+    opened: Opened,
+    /// Step 1's result (`None`: not run, or failed).
+    enrolled: Option<Enrolled>,
+    /// What was done, for the device's line.
+    done: Vec<String>,
+    /// A failure, for the device's line.
+    failed: Option<String>,
+}
+
+/// Whether the device needs rotation work: a pending key was released, or
+/// its tokens record a keyslot for a version no longer released, hold
+/// stale entries, or do not record the keyslot that opened it.
+fn needs_rotation(t: &Target, volume: &VolumeId, keys: &[&UnwrappedKey], opened: Opened) -> bool {
+    if pending_key(keys).is_some() {
+        return true;
+    }
+    let toks: Vec<&BrokerToken> = t
+        .tokens
+        .iter()
+        .filter(|(_, tok)| &tok.volume == volume)
+        .map(|(_, tok)| tok)
+        .collect();
+    let released = |v: u32| keys.iter().any(|k| k.version == v);
+    let recorded = toks
+        .iter()
+        .any(|tok| tok.version_of(opened.keyslot) == Some(opened.version));
+    !recorded
+        || toks
+            .iter()
+            .any(|tok| !tok.stale.is_empty() || tok.slots.iter().any(|e| !released(e.key_version)))
+}
+
+/// The three rotation steps over all opened devices: enroll on every device
+/// of a volume, confirm once per volume (only when every device of it
+/// enrolled), then clean up each device. Failures become warning lines.
+fn rotate_opened<'a>(
+    opened: &[(&Target, Unlocked)],
+    keys: &[(usize, UnwrappedKey)],
+    confirmers: &mut [Option<Box<dyn Confirmer + 'a>>],
+    hook: &mut Hook<'_>,
+    report: &mut UnlockReport,
+) {
+    let volume_keys = |v: &VolumeId| -> Vec<&UnwrappedKey> {
+        keys.iter()
+            .map(|(_, k)| k)
+            .filter(|k| &k.volume == v)
+            .collect()
+    };
+    let mut works: Vec<Work<'_>> = Vec::new();
+    for (t, u) in opened {
+        let (Some(keyslot), Some(version)) = (u.keyslot, u.key_version) else {
+            continue;
+        };
+        let Ok(volume) = VolumeId::new(u.volume.as_str()) else {
+            continue;
+        };
+        let opened = Opened { keyslot, version };
+        if needs_rotation(t, &volume, &volume_keys(&volume), opened) {
+            works.push(Work {
+                target: t,
+                volume,
+                opened,
+                enrolled: None,
+                done: Vec::new(),
+                failed: None,
+            });
+        }
+    }
+
+    // 1. Enroll.
+    for w in works.iter_mut() {
+        match enroll(
+            &w.target.device,
+            &w.volume,
+            &volume_keys(&w.volume),
+            w.opened,
+            hook,
+        ) {
+            Ok(e) => {
+                if let (true, Some(p)) = (e.added, e.pending) {
+                    w.done.push(format!(
+                        "added keyslot {} for pending key version {}",
+                        p.keyslot, p.key_version
+                    ));
+                }
+                let recorded: Vec<String> = e
+                    .recorded
+                    .iter()
+                    .filter(|r| !(e.added && Some(**r) == e.pending))
+                    .map(|r| format!("keyslot {} (key version {})", r.keyslot, r.key_version))
+                    .collect();
+                if !recorded.is_empty() {
+                    w.done
+                        .push(format!("recorded {} in the token", recorded.join(", ")));
+                }
+                w.enrolled = Some(e);
+            }
+            Err(RotationError::Stopped(p)) => {
+                report.stopped = Some(p);
+                return;
+            }
+            Err(e) => w.failed = Some(format!("key rotation: {e}")),
+        }
+    }
+
+    // 2. Confirm, once per volume with a pending key.
+    let mut confirmed: BTreeMap<VolumeId, u32> = BTreeMap::new();
+    let mut volumes: Vec<VolumeId> = works.iter().map(|w| w.volume.clone()).collect();
+    volumes.sort();
+    volumes.dedup();
+    for v in volumes {
+        let vkeys = volume_keys(&v);
+        let Some(p) = pending_key(&vkeys) else {
+            continue;
+        };
+        let mine = || works.iter().filter(|w| w.volume == v);
+        let result = if mine().any(|w| w.enrolled.is_none()) {
+            Err("enrolling it failed on a device of this volume".to_owned())
+        } else {
+            let gi = keys
+                .iter()
+                .find(|(_, k)| k.volume == v && k.version == p.version)
+                .map(|(gi, _)| *gi);
+            match gi
+                .and_then(|gi| confirmers.get_mut(gi))
+                .and_then(Option::as_mut)
+            {
+                Some(c) => c.confirm(p),
+                None => Err("no broker session to confirm it in".to_owned()),
+            }
+        };
+        match result {
+            Ok(current) => {
+                confirmed.insert(v.clone(), current);
+                for w in works.iter_mut().filter(|w| w.volume == v) {
+                    w.done
+                        .push(format!("broker confirmed key version {current}"));
+                }
+                if !hook(CrashPoint::AfterConfirm) {
+                    report.stopped = Some(CrashPoint::AfterConfirm);
+                    return;
+                }
+            }
+            Err(why) => {
+                for w in works
+                    .iter_mut()
+                    .filter(|w| w.volume == v && w.failed.is_none())
+                {
+                    let slot = w
+                        .enrolled
+                        .as_ref()
+                        .and_then(|e| e.pending)
+                        .map(|p| format!(" is in keyslot {}", p.keyslot))
+                        .unwrap_or_default();
+                    w.failed = Some(format!(
+                        "pending key version {}{slot} but was not confirmed: {why}; both keyslots kept, the next unlock tries again",
+                        p.version
+                    ));
                 }
             }
         }
     }
-    if attempts.is_empty() {
+
+    // 3. Clean up: versions the broker no longer releases.
+    for w in works.iter_mut() {
+        let Some(e) = &w.enrolled else { continue };
+        let vkeys = volume_keys(&w.volume);
+        let released: Vec<&UnwrappedKey> = match confirmed.get(&w.volume) {
+            Some(c) => vkeys.into_iter().filter(|k| k.version == *c).collect(),
+            None => vkeys,
+        };
+        match cleanup(&w.target.device, &w.volume, &released, &e.verified, hook) {
+            Ok(c) => {
+                if !c.removed.is_empty() {
+                    let slots: Vec<String> = c
+                        .removed
+                        .iter()
+                        .map(|r| format!("keyslot {} (key version {})", r.keyslot, r.key_version))
+                        .collect();
+                    w.done.push(format!("removed {}", slots.join(", ")));
+                } else if !c.tokens_rewritten.is_empty() || !c.tokens_removed.is_empty() {
+                    w.done
+                        .push("dropped removed keyslots from the token".to_owned());
+                }
+            }
+            Err(RotationError::Stopped(p)) => {
+                report.stopped = Some(p);
+                return;
+            }
+            Err(e) => {
+                if w.failed.is_none() {
+                    w.failed = Some(format!("key rotation: {e}"));
+                }
+            }
+        }
+    }
+
+    for w in works {
+        let device = w.target.device.clone();
+        let volume = w.volume.to_string();
+        if let Some(f) = w.failed {
+            let mut message = w.done.join("; ");
+            if !message.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(&f);
+            report.rotation.push(RotationNote {
+                volume,
+                device,
+                ok: false,
+                message,
+            });
+        } else if !w.done.is_empty() {
+            report.rotation.push(RotationNote {
+                volume,
+                device,
+                ok: true,
+                message: w.done.join("; "),
+            });
+        }
+    }
+}
+
+/// Tries the released keys on the target. `Err(None)`: no key was
+/// released for it; `Err(Some(reason))`: keys were tried and failed.
+fn open_target(t: &Target, keys: &[&UnwrappedKey], mode: Mode) -> Result<Unlocked, Option<String>> {
+    // Per volume of its tokens: current keys (newest first), then pending.
+    let mut volumes: Vec<&VolumeId> = Vec::new();
+    for (_, tok) in &t.tokens {
+        if !volumes.contains(&&tok.volume) {
+            volumes.push(&tok.volume);
+        }
+    }
+    let mut order: Vec<(&VolumeId, &UnwrappedKey)> = Vec::new();
+    for v in volumes {
+        let mut ks: Vec<&UnwrappedKey> = keys.iter().copied().filter(|k| &k.volume == v).collect();
+        ks.sort_by_key(|k| (k.state != KeyState::Current, std::cmp::Reverse(k.version)));
+        order.extend(ks.into_iter().map(|k| (v, k)));
+    }
+    if order.is_empty() {
         return Err(None);
     }
     let mut dev = Device::open(&t.device).map_err(|e| Some(e.to_string()))?;
     let mut tried = Vec::new();
-    for (tok, k) in attempts {
-        for &slot in &tok.keyslots {
+    for (volume, k) in order {
+        let mut slots: Vec<u32> = Vec::new();
+        for (_, tok) in t.tokens.iter().filter(|(_, tok)| &tok.volume == volume) {
+            for s in tok.slots_for(k.version) {
+                if !slots.contains(&s) {
+                    slots.push(s);
+                }
+            }
+        }
+        // The recorded keyslots, then any keyslot.
+        for slot in slots.into_iter().map(Some).chain(std::iter::once(None)) {
             let r = match mode {
-                Mode::Activate => dev.activate(&t.name, Some(slot), &k.key, t.flags),
-                Mode::CheckOnly => dev.check_passphrase(Some(slot), &k.key),
+                Mode::Activate => dev.activate(&t.name, slot, &k.key, t.flags),
+                Mode::CheckOnly | Mode::Rotate => dev.check_passphrase(slot, &k.key),
             };
             match r {
-                Ok(_) => {
+                Ok(s) => {
                     return Ok(Unlocked {
                         device: t.device.clone(),
                         name: t.name.clone(),
-                        volume: tok.volume.to_string(),
-                        keyslot: Some(slot),
+                        volume: volume.to_string(),
+                        keyslot: Some(s),
                         key_version: Some(k.version),
                     })
                 }
@@ -564,14 +928,17 @@ fn open_target(t: &Target, keys: &[UnwrappedKey], mode: Mode) -> Result<Unlocked
                         KeyState::Pending => "pending",
                         _ => "current",
                     };
-                    tried.push(format!("v{} ({state}) on keyslot {slot}", k.version));
+                    tried.push(match slot {
+                        Some(s) => format!("v{} ({state}) on keyslot {s}", k.version),
+                        None => format!("v{} ({state}) on any keyslot", k.version),
+                    });
                 }
                 Err(e) => return Err(Some(e.to_string())),
             }
         }
     }
     Err(Some(format!(
-        "no released key opens a bound keyslot (tried {}); rebind with `guest-unlock bind`",
+        "no released key opens a keyslot (tried {}); rebind with `guest-unlock bind`",
         tried.join(", ")
     )))
 }
@@ -624,6 +991,22 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
     }
 
     #[test]
+    fn devices_by_path_or_crypttab_name() {
+        let (entries, _) = parse_crypttab("root_crypt UUID=aaaa-1 none luks\n");
+        let resolve = |s: &DeviceSpec| match s {
+            DeviceSpec::Uuid(u) if u == "aaaa-1" => Some(PathBuf::from("/dev/vda2")),
+            _ => None,
+        };
+        let dev = |s: &str| device_for(std::ffi::OsStr::new(s), &entries, &resolve);
+        assert_eq!(dev("/dev/vdb"), Ok(PathBuf::from("/dev/vdb")));
+        assert_eq!(dev("root_crypt"), Ok(PathBuf::from("/dev/vda2")));
+        assert!(dev("other").unwrap_err().contains("neither a device path"));
+        let (missing, _) = parse_crypttab("data UUID=bbbb none luks\n");
+        let e = device_for(std::ffi::OsStr::new("data"), &missing, &resolve).unwrap_err();
+        assert!(e.contains("its device was not found"), "{e}");
+    }
+
+    #[test]
     fn crypttab_matching() {
         let (entries, _) =
             parse_crypttab("byuuid UUID=AAAA-1\nbypath /dev/disk/x\nbypart PARTUUID=p1\n");
@@ -654,13 +1037,15 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
                 .map(|(i, (vol, brokers, pin, ver))| {
                     (
                         i as u32,
-                        BrokerToken {
-                            keyslots: vec![i as u32 + 1],
-                            brokers: brokers.iter().map(|b| b.parse().unwrap()).collect(),
-                            volume: VolumeId::new(*vol).unwrap(),
-                            key_version: *ver,
-                            spki_pins: vec![pin.parse().unwrap()],
-                        },
+                        BrokerToken::new(
+                            vec![crate::token::SlotVersion {
+                                keyslot: i as u32 + 1,
+                                key_version: *ver,
+                            }],
+                            brokers.iter().map(|b| b.parse().unwrap()).collect(),
+                            VolumeId::new(*vol).unwrap(),
+                            vec![pin.parse().unwrap()],
+                        ),
                     )
                 })
                 .collect(),
@@ -693,6 +1078,53 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
         assert_eq!(vols, [vec!["root", "data"], vec!["logs"], vec!["other"]]);
         assert_eq!(groups[1].brokers[0].host(), "b");
         assert!(group_targets(&[]).is_empty());
+    }
+
+    #[test]
+    fn more_volumes_than_one_attest_may_name_are_split() {
+        let ab: &[&str] = &["https://a:1"];
+        let n = 2 * MAX_VOLUMES + 6;
+        let names: Vec<String> = (0..n).map(|i| format!("vol{i:03}")).collect();
+        let mut targets: Vec<Target> = names
+            .iter()
+            .enumerate()
+            .map(|(i, v)| target(&format!("/dev/x{i}"), "u", &[(v.as_str(), ab, PIN_A, 1)]))
+            .collect();
+        // A second device of an already seen volume adds nothing; another
+        // pin set is grouped apart.
+        targets.push(target("/dev/again", "u", &[("vol000", ab, PIN_A, 2)]));
+        targets.push(target("/dev/other", "u", &[("other", ab, PIN_B, 1)]));
+        let groups = group_targets(&targets);
+        let sizes: Vec<usize> = groups.iter().map(|g| g.volumes.len()).collect();
+        assert_eq!(sizes, [MAX_VOLUMES, MAX_VOLUMES, 6, 1], "{sizes:?}");
+        // Every volume once, in first-seen order, and each group is a valid request.
+        let flat: Vec<&str> = groups[..3]
+            .iter()
+            .flat_map(|g| g.volumes.iter().map(VolumeId::as_str))
+            .collect();
+        assert_eq!(flat, names.iter().map(String::as_str).collect::<Vec<_>>());
+        for g in &groups {
+            assert!(VolumeIds::new(g.volumes.clone()).is_ok());
+        }
+        assert!(groups[..3].iter().all(|g| g.pins == groups[0].pins));
+        assert_eq!(groups[3].volumes[0].as_str(), "other");
+
+        // unlock_targets attests once per group, with every volume asked for.
+        let mut asked: Vec<usize> = Vec::new();
+        let report = unlock_targets(&targets, Mode::CheckOnly, &mut |_, ids| {
+            asked.push(ids.as_slice().len());
+            Err(UnlockError::Unreachable {
+                timeout: std::time::Duration::from_secs(1),
+                attempts: 1,
+                last_errors: vec!["unreachable".into()],
+            })
+        });
+        assert_eq!(asked, sizes);
+        assert_eq!(report.locked.len(), targets.len());
+        assert!(report
+            .locked
+            .iter()
+            .all(|l| l.reason.starts_with("no broker answered")));
     }
 
     #[test]
@@ -737,7 +1169,7 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
         let report = unlock_targets(&targets, Mode::CheckOnly, &mut |g, ids| {
             calls += 1;
             if g.pins[0].to_string() == PIN_A {
-                Ok(FetchOutcome {
+                Ok(Fetched::from(FetchOutcome {
                     broker: "https://a:1".parse().unwrap(),
                     keys: Vec::new(),
                     denied: ids
@@ -749,7 +1181,7 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
                         .collect(),
                     decision_id: String::new(),
                     refusal: None,
-                })
+                }))
             } else {
                 Err(UnlockError::Unreachable {
                     timeout: std::time::Duration::from_secs(1),

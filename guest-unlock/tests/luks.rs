@@ -3,7 +3,9 @@
 //! platform). Activation needs device-mapper, which the host lacks: the
 //! keyslots are checked with libcryptsetup's "check only" activation (no
 //! name), and `unlock --dry-run` does the same; real activation runs in the
-//! VM harness.
+//! VM harness. `rotation_with_the_real_broker` runs a key rotation against
+//! the broker, in process and as a process killed at each crash point
+//! (the state machine in detail: `tests/rotation.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -169,8 +171,9 @@ fn bind_list_unlock_unbind() {
     assert_eq!(tokens.len(), 1);
     assert_eq!(
         tokens[0].1,
-        json!({"type":"sev-keybroker","keyslots":["1"],"version":1,
-               "brokers":[b.brokers[0]],"volume":"root","key_version":1,
+        json!({"type":"sev-keybroker","keyslots":["1"],"version":2,
+               "brokers":[b.brokers[0]],"volume":"root",
+               "slots":[{"keyslot":1,"key_version":1}],
                "spki_pins":[env.dir.pin]})
     );
     // The broker's key opens keyslot 1 (and only it); the passphrase still opens 0.
@@ -214,6 +217,22 @@ fn bind_list_unlock_unbind() {
             EXIT_GRANTED
         )
     });
+    // `rotate` with nothing under rotation checks the keys and changes
+    // nothing, by path or by crypttab name.
+    let crypttab = env.work.path().join("crypttab");
+    std::fs::write(&crypttab, format!("root_crypt {d} none luks\n")).unwrap();
+    let ct = crypttab.to_str().unwrap();
+    untouched(&dev, "rotate with nothing to do", || {
+        assert_eq!(env.run(&["rotate", "--config", conf, d]), EXIT_GRANTED);
+        assert_eq!(
+            env.run(&["rotate", "--config", conf, "--crypttab", ct, "root_crypt"]),
+            EXIT_GRANTED
+        );
+    });
+    assert_eq!(
+        env.run(&["rotate", "--config", conf, "--crypttab", ct, "no_such_name"]),
+        EXIT_FAILED
+    );
     // A device without a token stays locked (exit 1), the others are checked.
     let plain = env.luks_image("plain.img");
     assert_eq!(
@@ -330,8 +349,34 @@ fn malformed_tokens_are_refused_untouched() {
         t.as_object_mut().unwrap().remove(k);
         t
     };
+    let v2 = json!({"type":"sev-keybroker","keyslots":["1"],"version":2,
+        "brokers":["https://127.0.0.1:1"],"volume":"root",
+        "slots":[{"keyslot":1,"key_version":1}],
+        "spki_pins":[env.dir.pin]});
+    let with2 = |k: &str, v: serde_json::Value| {
+        let mut t = v2.clone();
+        t[k] = v;
+        t
+    };
     let cases = [
-        ("version", with("version", json!(2))),
+        ("version", with("version", json!(3))),
+        // A version-1 token claiming version 2 lacks `slots`, has `key_version`.
+        ("(token)", with("version", json!(2))),
+        ("(token)", with2("key_version", json!(1))),
+        ("slots", with2("slots", json!([]))),
+        (
+            "slots",
+            with2("slots", json!([{"keyslot":0,"key_version":1}])),
+        ),
+        (
+            "slots",
+            with2("slots", json!([{"keyslot":1,"key_version":0}])),
+        ),
+        (
+            "slots",
+            with2("slots", json!([{"keyslot":1,"key_version":1,"x":1}])),
+        ),
+        ("slots", with2("slots", json!({"1":1}))),
         ("version", without("version")),
         ("version", with("version", json!("1"))),
         ("volume", without("volume")),
@@ -421,4 +466,110 @@ fn a_failed_token_write_restores_the_header() {
     });
     let mut dv = Device::open(&dev).unwrap();
     assert_eq!(dv.active_keyslots(), [0]);
+}
+
+/// Key rotation against the real broker (issue #5): the broker's
+/// `rotate_volume` adds a pending version; `guest-unlock rotate` enrolls it,
+/// confirms it with its proof in the same session, and removes the old
+/// keyslot. Then, for each crash point, the binary is killed there
+/// (`KEYBROKER_CRASH_AT`) and the next `rotate` finishes the rotation.
+#[test]
+fn rotation_with_the_real_broker() {
+    use broker::store::KeyState;
+    use guest_unlock::rotation::CrashPoint;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let env = env();
+    let dev = env.luks_image("rotating.img");
+    let good = env.key_file(PASSPHRASE);
+    assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_GRANTED);
+    let cfg = env.dir.config().unwrap();
+    let store = broker::assemble::store(&cfg).unwrap();
+    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let versions = || {
+        store
+            .key_versions("root")
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.version, k.state))
+            .collect::<Vec<_>>()
+    };
+    let key_of = |v: u32| -> Vec<u8> {
+        let k = store
+            .key_versions("root")
+            .unwrap()
+            .into_iter()
+            .find(|k| k.version == v)
+            .unwrap();
+        keyring
+            .unseal("root", v, &k.sealed)
+            .unwrap()
+            .expose_secret()
+            .to_vec()
+    };
+    let current = || {
+        versions()
+            .into_iter()
+            .find(|(_, s)| *s == KeyState::Current)
+            .unwrap()
+            .0
+    };
+    let opens = |key: &[u8]| match Device::open(&dev).unwrap().check_passphrase(None, key) {
+        Ok(s) => Some(s),
+        Err(LuksError::WrongPassphrase { .. }) => None,
+        Err(e) => panic!("{e}"),
+    };
+    // Only version `v` is bound, in one keyslot beside the passphrase's.
+    let assert_only = |v: u32| {
+        let b = luks::list(&dev).unwrap();
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(b[0].slots.len(), 1, "{b:?}");
+        let s = b[0].slots[0];
+        assert_eq!(s.key_version, v);
+        assert_eq!(opens(&key_of(v)), Some(s.keyslot));
+        assert_eq!(opens(PASSPHRASE), Some(0));
+        let mut active = Device::open(&dev).unwrap().active_keyslots();
+        active.sort_unstable();
+        assert_eq!(active, [0, s.keyslot]);
+        assert_eq!(current(), v);
+    };
+    let conf = env.config.to_str().unwrap();
+    let d = dev.to_str().unwrap();
+    assert_only(1);
+
+    // In process: the whole rotation in one run.
+    let v = broker::lifecycle::rotate_volume(store.as_ref(), &keyring, "root").unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(env.run(&["rotate", "--config", conf, d]), EXIT_GRANTED);
+    assert_only(2);
+    assert!(versions().contains(&(1, KeyState::Retired)));
+    untouched(&dev, "rotate with the rotation done", || {
+        assert_eq!(env.run(&["rotate", "--config", conf, d]), EXIT_GRANTED)
+    });
+
+    // The binary, killed after each step, then run again.
+    for point in CrashPoint::ALL {
+        let v = broker::lifecycle::rotate_volume(store.as_ref(), &keyring, "root").unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_guest-unlock"))
+            .args(["rotate", "--config", conf, d])
+            .env("KEYBROKER_CRASH_AT", point.name())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(9), "{point:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "guest-unlock: crash point {} reached",
+                point.name()
+            )),
+            "{stderr}"
+        );
+        assert!(opens(&key_of(current())).is_some(), "{point:?}");
+        assert_eq!(
+            env.run(&["rotate", "--config", conf, d]),
+            EXIT_GRANTED,
+            "{point:?}"
+        );
+        assert_only(v);
+    }
 }

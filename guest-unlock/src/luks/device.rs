@@ -201,6 +201,16 @@ impl Device {
             .collect()
     }
 
+    /// Whether keyslot `slot` stretches its passphrase with PBKDF2 (as every
+    /// keyslot guest-unlock adds does), so that trying a key on it is cheap;
+    /// `false` for argon2 keyslots and on any error.
+    pub fn keyslot_is_pbkdf2(&mut self, slot: u32) -> bool {
+        matches!(
+            self.cd.keyslot_handle().get_pbkdf(slot),
+            Ok(p) if p.type_ == CryptKdf::Pbkdf2
+        )
+    }
+
     fn set_pbkdf(&mut self, pbkdf: Pbkdf) -> Result<(), LuksError> {
         let path = self.path.clone();
         let params = match pbkdf {

@@ -9,11 +9,12 @@
 //!
 //! # Binding
 //!
-//! A binding is one keyslot whose passphrase is one version of a broker
-//! volume key (64 random bytes, stretched with PBKDF2 at the minimum
-//! iteration count) plus one `sev-keybroker` token ([`crate::token`]) that
-//! names the keyslot, the brokers, their pins, the volume and the key
-//! version. The device's own volume key never changes.
+//! A binding is one keyslot per released version of a broker volume key
+//! (64 random bytes, stretched with PBKDF2 at the minimum iteration count)
+//! plus one `sev-keybroker` token ([`crate::token`]) that records each
+//! keyslot with its key version, the brokers, their pins and the volume.
+//! During a key rotation ([`crate::rotation`]) the token records two
+//! keyslots, one per version. The device's own volume key never changes.
 //!
 //! [`bind`] attests first (through the caller's `fetch`), and only then
 //! touches the header: it saves the header (or, with `format`, the first
@@ -38,7 +39,7 @@ pub use device::{
 
 use crate::config::{BrokerUrl, SpkiPin};
 use crate::flow::{UnlockError, UnwrappedKey};
-use crate::token::{is_broker_token, BrokerToken, TokenError};
+use crate::token::{is_broker_token, BrokerToken, SlotVersion, TokenError};
 
 /// Why a bind, list or unbind failed. Messages name the device; none holds
 /// key or passphrase bytes.
@@ -143,11 +144,14 @@ pub struct Binding {
     pub device: PathBuf,
     /// The LUKS2 token id.
     pub token: u32,
-    /// The keyslots it names (bind writes one).
+    /// The keyslots it names (one per key version; two while a key
+    /// rotation is under way).
     pub keyslots: Vec<u32>,
+    /// Each keyslot with its key version.
+    pub slots: Vec<SlotVersion>,
     /// The volume.
     pub volume: String,
-    /// The key version.
+    /// The highest key version it records.
     pub key_version: u32,
     /// Broker URLs.
     pub brokers: Vec<String>,
@@ -160,16 +164,19 @@ impl Binding {
         Binding {
             device: device.to_owned(),
             token,
-            keyslots: t.keyslots.clone(),
+            keyslots: t.keyslots(),
+            slots: t.slots.clone(),
             volume: t.volume.to_string(),
-            key_version: t.key_version,
+            key_version: t.versions().last().copied().unwrap_or(0),
             brokers: t.brokers.iter().map(ToString::to_string).collect(),
             spki_pins: t.spki_pins.iter().map(ToString::to_string).collect(),
         }
     }
 
     /// The `bind` arguments that recreate this binding, with a comment:
-    /// `bind DEVICE --broker URL[,URL] --volume NAME --pin PIN...  # keyslot 1, key version 1`.
+    /// `bind DEVICE --broker URL[,URL] --volume NAME --pin PIN...  # keyslot 1, key version 1, token 0`;
+    /// while a rotation is under way the comment names every keyslot:
+    /// `# keyslot 1 v1, keyslot 2 v2 (rotation under way), token 0`.
     pub fn bind_line(&self) -> String {
         let mut s = format!(
             "bind {} --broker {} --volume {}",
@@ -180,14 +187,33 @@ impl Binding {
         for p in &self.spki_pins {
             let _ = write!(s, " --pin {p}");
         }
-        let slots: Vec<String> = self.keyslots.iter().map(u32::to_string).collect();
-        let _ = write!(
-            s,
-            "  # keyslot {}, key version {}, token {}",
-            slots.join(","),
-            self.key_version,
-            self.token
-        );
+        match self.slots.as_slice() {
+            [one] => {
+                let _ = write!(
+                    s,
+                    "  # keyslot {}, key version {}, token {}",
+                    one.keyslot, one.key_version, self.token
+                );
+            }
+            many => {
+                let slots: Vec<String> = many
+                    .iter()
+                    .map(|e| format!("keyslot {} v{}", e.keyslot, e.key_version))
+                    .collect();
+                let rotating = many.iter().any(|e| e.key_version != many[0].key_version);
+                let _ = write!(
+                    s,
+                    "  # {}{}, token {}",
+                    slots.join(", "),
+                    if rotating {
+                        " (rotation under way)"
+                    } else {
+                        ""
+                    },
+                    self.token
+                );
+            }
+        }
         s
     }
 }
@@ -287,9 +313,10 @@ pub fn bind(req: BindRequest<'_>, fetch: Box<FetchKeys<'_>>) -> Result<Vec<Bindi
     for k in keys.iter().filter(|k| k.volume == req.volume) {
         match bound
             .iter()
-            .find(|(_, t)| t.volume == req.volume && t.key_version == k.version)
+            .filter(|(_, t)| t.volume == req.volume)
+            .find_map(|(_, t)| t.slots_for(k.version).first().copied())
         {
-            Some((_, t)) => already = Some((k.version, t.keyslots[0])),
+            Some(slot) => already = Some((k.version, slot)),
             None => new_keys.push(k),
         }
     }
@@ -371,28 +398,27 @@ pub fn bind(req: BindRequest<'_>, fetch: Box<FetchKeys<'_>>) -> Result<Vec<Bindi
     }
 }
 
-fn token_for(req: &BindRequest<'_>, keyslot: u32, key_version: u32) -> BrokerToken {
-    BrokerToken {
-        keyslots: vec![keyslot],
-        brokers: req.brokers.clone(),
-        volume: req.volume.clone(),
-        key_version,
-        spki_pins: req.pins.clone(),
-    }
-}
-
-/// Adds keyslots and tokens, then proves each keyslot opens with its key.
+/// Adds one token naming the new keyslots (one per released version),
+/// then proves each keyslot opens with its key.
 fn add_bindings(
     dev: &mut Device,
     req: &BindRequest<'_>,
     slots: &[(u32, &UnwrappedKey)],
 ) -> Result<Vec<Binding>, BindError> {
-    let mut out = Vec::new();
-    for (slot, key) in slots {
-        let token = token_for(req, *slot, key.version);
-        let id = dev.set_token(None, &token.to_json())?;
-        out.push(Binding::new(req.device, id, &token));
-    }
+    let token = BrokerToken::new(
+        slots
+            .iter()
+            .map(|(slot, key)| SlotVersion {
+                keyslot: *slot,
+                key_version: key.version,
+            })
+            .collect(),
+        req.brokers.clone(),
+        req.volume.clone(),
+        req.pins.clone(),
+    );
+    let id = dev.set_token(None, &token.to_json())?;
+    let out = vec![Binding::new(req.device, id, &token)];
     for (slot, key) in slots {
         dev.check_passphrase(Some(*slot), &key.key)?;
     }
@@ -473,7 +499,7 @@ pub fn unbind(device: &Path, slot: u32, force: bool) -> Result<Unbound, BindErro
     }
     let tokens: Vec<(u32, BrokerToken)> = read_tokens(&mut dev)?
         .into_iter()
-        .filter(|(_, t)| t.keyslots.contains(&slot))
+        .filter(|(_, t)| t.version_of(slot).is_some())
         .collect();
     if tokens.is_empty() {
         return Err(BindError::NotBound {
@@ -502,11 +528,11 @@ pub fn unbind(device: &Path, slot: u32, force: bool) -> Result<Unbound, BindErro
     let result = (|| -> Result<Unbound, BindError> {
         let mut ids = Vec::new();
         for (id, t) in &tokens {
-            if t.keyslots.len() == 1 {
+            if t.slots.len() == 1 {
                 dev.remove_token(*id)?;
             } else {
                 let mut rest = t.clone();
-                rest.keyslots.retain(|s| *s != slot);
+                rest.slots.retain(|s| s.keyslot != slot);
                 dev.set_token(Some(*id), &rest.to_json())?;
             }
             ids.push(*id);
@@ -551,6 +577,10 @@ mod tests {
             device: "/dev/vdb".into(),
             token: 0,
             keyslots: vec![1],
+            slots: vec![SlotVersion {
+                keyslot: 1,
+                key_version: 2,
+            }],
             volume: "data".into(),
             key_version: 2,
             brokers: vec!["https://a:1".into(), "https://b:2".into()],
@@ -559,6 +589,20 @@ mod tests {
         assert_eq!(
             b.bind_line(),
             "bind /dev/vdb --broker https://a:1,https://b:2 --volume data --pin sha256:aa --pin sha256:bb  # keyslot 1, key version 2, token 0"
+        );
+        // While a rotation is under way, every keyslot with its version.
+        let mut r = b.clone();
+        r.keyslots = vec![1, 2];
+        r.slots.push(SlotVersion {
+            keyslot: 2,
+            key_version: 3,
+        });
+        r.key_version = 3;
+        assert!(
+            r.bind_line()
+                .ends_with("  # keyslot 1 v2, keyslot 2 v3 (rotation under way), token 0"),
+            "{}",
+            r.bind_line()
         );
     }
 }
