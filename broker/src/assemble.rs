@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::config::{Config, StoreConfig};
-use crate::keys::MasterKey;
+use crate::keys::Keyring;
 use crate::release::Broker;
 use crate::store::{SqliteStore, Store};
 use crate::verify::{TrustStore, Verifier};
@@ -40,14 +40,45 @@ pub fn trust(config: &Config) -> anyhow::Result<TrustStore> {
     Ok(trust)
 }
 
+/// The keyring: the master key file and, if a master key rotation is under
+/// way, `<master_key>.next`.
+pub fn keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let ring = Keyring::load(&config.master_key)
+        .with_context(|| format!("cannot load the master key {}", config.master_key.display()))?;
+    if let Some(next) = ring.next_id() {
+        tracing::warn!(
+            current = %ring.current_id(),
+            next = %next,
+            "a master key rotation is under way (the .next key file exists); both keys are loaded; run the master key rotation again to finish it"
+        );
+    }
+    Ok(ring)
+}
+
+/// The verifier: `trust`, the offline `certs_dir`, the certificate cache
+/// and, only when `[attestation.kds] enabled = true`, AMD KDS.
+pub fn verifier(config: &Config, trust: TrustStore) -> anyhow::Result<Verifier> {
+    use crate::certsource::{CacheSource, CertCache, KdsSource};
+    let cache = Arc::new(CertCache::new(config.cert_cache.clone()));
+    let mut v = Verifier::new(trust.clone(), config.certs_dir.clone())
+        .with_source(Arc::new(CacheSource::new(cache.clone(), &trust)));
+    if let Some(kds) = &config.kds {
+        tracing::info!(url = %kds.url, cache = %config.cert_cache.display(), "AMD KDS is an online certificate source");
+        let source = KdsSource::new(kds.clone(), cache, trust)
+            .with_context(|| format!("invalid [attestation.kds] url {}", kds.url))?;
+        v = v.with_source(Arc::new(source));
+    }
+    Ok(v)
+}
+
 /// The whole key-release service.
 pub fn broker(config: &Config) -> anyhow::Result<Broker> {
-    let master = MasterKey::load(&config.master_key)
-        .with_context(|| format!("cannot load the master key {}", config.master_key.display()))?;
-    let verifier = Verifier::new(trust(config)?, config.certs_dir.clone());
-    Ok(Broker::new(
+    crate::lifecycle::failpoint::init();
+    let keyring = keyring(config)?;
+    let verifier = verifier(config, trust(config)?)?;
+    Ok(Broker::with_keyring(
         store(config)?,
-        master,
+        Arc::new(keyring),
         verifier,
         config.nonce_ttl,
     ))

@@ -1,8 +1,10 @@
 //! The broker's configuration file (`broker.toml`), parsed without I/O and
 //! then resolved against the directory that holds it.
 //!
-//! Secure by default: the guest port is TLS only, administration has no
-//! network listener here, and a simulated SEV-SNP platform is trusted only
+//! Secure by default: the guest port is TLS only, administration is on a
+//! Unix socket (0600, peer uids checked) unless `[admin] tcp_listen` adds a
+//! mutual-TLS listener (refused without `client_ca`), never on the guest
+//! port, and a simulated SEV-SNP platform is trusted only
 //! when `[attestation.simulated]` names its root certificate.
 
 use std::net::SocketAddr;
@@ -18,6 +20,9 @@ use crate::verify::Generation;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Default lifetime of a challenge nonce.
 pub const DEFAULT_NONCE_TTL_SECS: u32 = 60;
+/// Default time a retired key version is kept before `purge_retired` may
+/// destroy it (old snapshots and backups may still need it).
+pub const DEFAULT_RETIRED_RETENTION_DAYS: u32 = 30;
 
 /// The file as written (relative paths, optional fields).
 #[derive(Debug, Deserialize)]
@@ -28,6 +33,16 @@ struct RawConfig {
     keys: RawKeys,
     #[serde(default)]
     attestation: RawAttestation,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,13 +68,37 @@ enum RawStore {
 #[serde(deny_unknown_fields)]
 struct RawKeys {
     master_key: PathBuf,
+    retired_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAttestation {
     certs_dir: Option<PathBuf>,
+    cert_cache: Option<PathBuf>,
+    kds: Option<RawKds>,
     simulated: Option<RawSimulated>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKds {
+    enabled: Option<bool>,
+    url: Option<String>,
+    timeout_secs: Option<u64>,
+    min_interval_ms: Option<u64>,
+    max_backoff_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+    allowed_uids: Option<Vec<u32>>,
+    tcp_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,10 +131,51 @@ pub struct Config {
     pub store: StoreConfig,
     /// Master key file (mode 0600, never in the database).
     pub master_key: PathBuf,
+    /// How long a retired key version is kept before it may be purged.
+    pub retired_retention: Duration,
     /// Offline certificate directory (VCEK/VLEK, ASK, ASVK, ARK, CRL).
     pub certs_dir: Option<PathBuf>,
+    /// The certificate cache (`broker certs import`, AMD KDS), laid out by
+    /// generation, hwID and TCB; default `cert-cache` beside the config.
+    pub cert_cache: PathBuf,
+    /// AMD KDS as an online certificate source; `None` (the default) when
+    /// `[attestation.kds] enabled` is not `true`.
+    pub kds: Option<crate::certsource::KdsSettings>,
     /// A simulated SEV-SNP platform root, trusted only when named here.
     pub simulated: Option<SimulatedRoot>,
+    /// The admin listeners (`[admin]`).
+    pub admin: AdminConfig,
+    /// Where Prometheus metrics are served (`[metrics] listen`); off when
+    /// `None`, the default.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Default path of the admin socket.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/keybroker/admin.sock";
+
+/// The admin plane: a Unix socket checked by peer credentials, and
+/// optionally a TCP listener with mutual TLS. Never the guest port.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The Unix socket (created mode 0600, parent directory 0700).
+    pub socket: PathBuf,
+    /// Peer uids admitted on the socket; `None`: root and the broker's own uid.
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Optional TCP listener with mutual TLS.
+    pub tcp: Option<AdminTcp>,
+}
+
+/// The optional mutual-TLS admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminTcp {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the listener.
+    pub tls_cert: PathBuf,
+    /// PEM private key of the listener (mode 0600).
+    pub tls_key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to.
+    pub client_ca: PathBuf,
 }
 
 /// Which store backs the broker.
@@ -195,7 +275,44 @@ impl Config {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let retention_days = raw
+            .keys
+            .retired_retention_days
+            .unwrap_or(DEFAULT_RETIRED_RETENTION_DAYS);
+        if !(1..=36_500).contains(&retention_days) {
+            return Err(value_err(
+                "keys.retired_retention_days",
+                "must be between 1 and 36500 days; a retired key may still open old snapshots and backups",
+            ));
+        }
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let kds = resolve_kds(raw.attestation.kds.unwrap_or_default())
+            .map_err(|(field, m)| value_err(field, m))?;
+        let admin =
+            resolve_admin(raw.admin, &resolve).map_err(|(field, m)| value_err(field, &m))?;
+        if let Some(tcp) = &admin.tcp {
+            let same_port = tcp.listen.port() == raw.server.listen.port() && tcp.listen.port() != 0;
+            let same_ip = tcp.listen.ip() == raw.server.listen.ip()
+                || tcp.listen.ip().is_unspecified()
+                || raw.server.listen.ip().is_unspecified();
+            if same_port && same_ip {
+                return Err(value_err(
+                    "admin.tcp_listen",
+                    "must not be the guest port (server.listen): administration is never served \
+                     to guests; choose another port",
+                ));
+            }
+        }
+        if let Some(m) = raw.metrics.listen {
+            let guest = raw.server.listen;
+            let admin_port = admin.tcp.as_ref().map(|t| t.listen.port());
+            if m.port() != 0 && (m.port() == guest.port() || Some(m.port()) == admin_port) {
+                return Err(value_err(
+                    "metrics.listen",
+                    "must be a port of its own, not the guest or admin port; choose another port",
+                ));
+            }
+        }
         Ok(Config {
             listen: raw.server.listen,
             tls_cert: resolve(raw.server.tls_cert),
@@ -211,17 +328,133 @@ impl Config {
                 },
             },
             master_key: resolve(raw.keys.master_key),
+            retired_retention: Duration::from_secs(u64::from(retention_days) * 86_400),
             certs_dir: raw.attestation.certs_dir.map(resolve),
+            cert_cache: resolve(
+                raw.attestation
+                    .cert_cache
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CERT_CACHE)),
+            ),
+            kds,
             simulated: raw.attestation.simulated.map(|s| SimulatedRoot {
                 ark: resolve(s.ark),
                 generation: s.generation,
             }),
+            admin,
+            metrics_listen: raw.metrics.listen,
         })
     }
 }
 
-/// The config file `broker init` writes.
+/// Default certificate cache directory, relative to the config file.
+pub const DEFAULT_CERT_CACHE: &str = "cert-cache";
+
+/// Resolves `[attestation.kds]`: `None` unless `enabled = true`.
+fn resolve_kds(
+    raw: RawKds,
+) -> Result<Option<crate::certsource::KdsSettings>, (&'static str, &'static str)> {
+    use crate::certsource::kds;
+    let timeout = raw.timeout_secs.unwrap_or(kds::DEFAULT_TIMEOUT.as_secs());
+    if !(1..=60).contains(&timeout) {
+        return Err((
+            "attestation.kds.timeout_secs",
+            "must be between 1 and 60 seconds; a fetch runs inside a guest's request",
+        ));
+    }
+    let interval = raw
+        .min_interval_ms
+        .unwrap_or(kds::DEFAULT_MIN_INTERVAL.as_millis() as u64);
+    if interval > 60_000 {
+        return Err((
+            "attestation.kds.min_interval_ms",
+            "must be at most 60000 ms",
+        ));
+    }
+    let backoff = raw
+        .max_backoff_secs
+        .unwrap_or(kds::DEFAULT_MAX_BACKOFF.as_secs());
+    if !(1..=86_400).contains(&backoff) {
+        return Err((
+            "attestation.kds.max_backoff_secs",
+            "must be between 1 and 86400 seconds",
+        ));
+    }
+    let url = raw.url.unwrap_or_else(|| kds::DEFAULT_KDS_URL.to_owned());
+    if crate::certsource::http::Url::parse(&url).is_err() {
+        return Err((
+            "attestation.kds.url",
+            "must be http(s)://host[:port][/path] without user info, query or fragment",
+        ));
+    }
+    if raw.enabled != Some(true) {
+        return Ok(None);
+    }
+    Ok(Some(crate::certsource::KdsSettings {
+        url,
+        timeout: Duration::from_secs(timeout),
+        min_interval: Duration::from_millis(interval),
+        max_backoff: Duration::from_secs(backoff),
+    }))
+}
+
+/// Resolves `[admin]`; refuses a TCP listener without client authentication.
+fn resolve_admin(
+    raw: RawAdmin,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AdminConfig, (&'static str, String)> {
+    let tcp = match (raw.tcp_listen, raw.tls_cert, raw.tls_key, raw.client_ca) {
+        (None, None, None, None) => None,
+        (None, ..) => {
+            return Err((
+                "admin.tcp_listen",
+                "tls_cert, tls_key and client_ca apply only to a TCP admin listener; add \
+                 tcp_listen = \"ADDR:PORT\" or remove them"
+                    .into(),
+            ))
+        }
+        (Some(_), _, _, None) => {
+            return Err((
+                "admin.client_ca",
+                "tcp_listen is set without client_ca: the broker refuses to serve \
+                 administration without client authentication; add client_ca = \"FILE\" (the \
+                 PEM CA that signs admin client certificates) with tls_cert and tls_key, or \
+                 remove tcp_listen and use the Unix socket"
+                    .into(),
+            ))
+        }
+        (Some(_), None, _, Some(_)) | (Some(_), _, None, Some(_)) => {
+            return Err((
+                "admin.tls_cert",
+                "tcp_listen needs tls_cert and tls_key (the listener's certificate and key) \
+                 beside client_ca"
+                    .into(),
+            ))
+        }
+        (Some(listen), Some(cert), Some(key), Some(ca)) => Some(AdminTcp {
+            listen,
+            tls_cert: resolve(cert),
+            tls_key: resolve(key),
+            client_ca: resolve(ca),
+        }),
+    };
+    Ok(AdminConfig {
+        socket: resolve(
+            raw.socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+        ),
+        allowed_uids: raw.allowed_uids,
+        tcp,
+    })
+}
+
+/// The config file `broker init` writes, with the default admin socket.
 pub fn default_config_text(listen: SocketAddr) -> String {
+    config_text(listen, Path::new(DEFAULT_ADMIN_SOCKET))
+}
+
+/// The config file `broker init` writes, with `admin_socket` in `[admin]`.
+pub fn config_text(listen: SocketAddr, admin_socket: &Path) -> String {
+    let admin_socket = toml_string(&admin_socket.display().to_string());
     format!(
         r#"# keybroker configuration, written by `broker init`.
 # Paths are relative to this file.
@@ -241,17 +474,68 @@ path = "broker.db"
 [keys]
 # 32 random bytes, mode 0600. Back it up offline: without it no key can be unsealed.
 master_key = "master.key"
+# Retired key versions (replaced by a rotation) are kept this long for old
+# snapshots and backups, then `purge_retired` may destroy them.
+retired_retention_days = {DEFAULT_RETIRED_RETENTION_DAYS}
 
 [attestation]
 # Offline AMD certificates (vcek.der/vlek.der, ask.pem, asvk.pem, ark.pem, crl.der).
 # certs_dir = "certs"
+# The certificate cache, keyed by generation, hwID and TCB: filled by
+# `broker certs import` and, when enabled, by AMD KDS.
+# cert_cache = "{DEFAULT_CERT_CACHE}"
+
+# AMD KDS as an online certificate source: OFF by default, so that the broker
+# makes no outbound connection unless told to. When on, a guest whose VCEK is
+# held nowhere waits for one fetch (at most timeout_secs).
+# [attestation.kds]
+# enabled = true
+# url = "https://kdsintf.amd.com"
+# timeout_secs = 5
+# min_interval_ms = 100
+# max_backoff_secs = 300
 
 # A simulated SEV-SNP platform is trusted ONLY when named here (tests, demos).
 # [attestation.simulated]
 # ark = "sim/ark.pem"
 # generation = "milan"
+
+[admin]
+# Administration (the `broker volume/policy/audit/...` commands) is served
+# only here, never on the guest port: a Unix socket, created mode 0600,
+# admitting only the peer uids below (default: root and the broker's uid).
+socket = {admin_socket}
+# allowed_uids = [0]
+# Optional TCP listener for remote administration, mutual TLS only; the
+# broker refuses to start with tcp_listen but no client_ca.
+# tcp_listen = "127.0.0.1:9443"
+# tls_cert = "admin/cert.pem"
+# tls_key = "admin/key.pem"
+# client_ca = "admin/client-ca.pem"
+
+[metrics]
+# Prometheus text (GET /metrics) on a listener of its own: decisions by
+# verdict and reason code, release latency, certificate cache, store errors.
+# No secrets and no volume names; off unless an address is given. Keep it on
+# loopback or a monitoring network: it has no authentication.
+# listen = "127.0.0.1:9464"
 "#
     )
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -268,11 +552,39 @@ mod tests {
         assert_eq!(cfg.tls_key, Path::new("/etc/kb/tls/key.pem"));
         assert_eq!(cfg.master_key, Path::new("/etc/kb/master.key"));
         assert_eq!(cfg.nonce_ttl, Duration::from_secs(60));
+        assert_eq!(cfg.retired_retention, Duration::from_secs(30 * 86_400));
         assert!(
             cfg.simulated.is_none(),
             "simulated platform must be off by default"
         );
         assert!(cfg.certs_dir.is_none());
+        assert!(cfg.kds.is_none(), "AMD KDS must be off by default");
+        assert_eq!(cfg.cert_cache, Path::new("/etc/kb/cert-cache"));
+    }
+
+    #[test]
+    fn metrics_listener_is_off_by_default_and_never_shares_a_port() {
+        let text = default_config_text("127.0.0.1:8443".parse().unwrap());
+        assert!(parse(&text).unwrap().metrics_listen.is_none());
+        let on = text.replace(
+            "# listen = \"127.0.0.1:9464\"",
+            "listen = \"127.0.0.1:9464\"",
+        );
+        assert_eq!(
+            parse(&on).unwrap().metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let clash = text.replace(
+            "# listen = \"127.0.0.1:9464\"",
+            "listen = \"127.0.0.1:8443\"",
+        );
+        let err = parse(&clash).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.listen") && err.contains("port of its own"),
+            "{err}"
+        );
+        let bad = text.replace("# listen = \"127.0.0.1:9464\"", "listen = \"nowhere\"");
+        assert!(parse(&bad).is_err());
     }
 
     #[test]
@@ -297,6 +609,20 @@ mod tests {
     }
 
     #[test]
+    fn retired_retention_is_read_and_bounded() {
+        let base = default_config_text("127.0.0.1:1".parse().unwrap());
+        let cfg = parse(&base.replace("retired_retention_days = 30", "retired_retention_days = 7"))
+            .unwrap();
+        assert_eq!(cfg.retired_retention, Duration::from_secs(7 * 86_400));
+        let cfg = parse(&base.replace("retired_retention_days = 30\n", "")).unwrap();
+        assert_eq!(cfg.retired_retention, Duration::from_secs(30 * 86_400));
+        let err = parse(&base.replace("retired_retention_days = 30", "retired_retention_days = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys.retired_retention_days"), "{err}");
+    }
+
+    #[test]
     fn malformed_toml_and_bad_addresses_are_refused() {
         assert!(matches!(parse("[server"), Err(ConfigError::Parse { .. })));
         let base = default_config_text("127.0.0.1:1".parse().unwrap());
@@ -308,6 +634,62 @@ mod tests {
             parse(&base.replace("kind = \"sqlite\"", "kind = \"oracle\"")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn admin_defaults_to_the_run_socket_and_no_tcp() {
+        let cfg = parse(&default_config_text("127.0.0.1:1".parse().unwrap())).unwrap();
+        assert_eq!(cfg.admin.socket, Path::new(DEFAULT_ADMIN_SOCKET));
+        assert!(cfg.admin.allowed_uids.is_none());
+        assert!(cfg.admin.tcp.is_none());
+        let text = config_text(
+            "127.0.0.1:1".parse().unwrap(),
+            Path::new("/tmp/a \"b\".sock"),
+        );
+        assert_eq!(
+            parse(&text).unwrap().admin.socket,
+            Path::new("/tmp/a \"b\".sock")
+        );
+    }
+
+    #[test]
+    fn admin_tcp_listener_needs_client_authentication() {
+        let base = default_config_text("127.0.0.1:1".parse().unwrap());
+        let tcp = |lines: &str| base.replace("# tcp_listen = \"127.0.0.1:9443\"", lines);
+        let err = parse(&tcp(
+            "tcp_listen = \"127.0.0.1:9443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("admin.client_ca")
+                && err.contains("refuses to serve administration without client authentication")
+                && err.contains("add client_ca"),
+            "{err}"
+        );
+        let err = parse(&tcp(
+            "tcp_listen = \"127.0.0.1:9443\"\nclient_ca = \"ca.pem\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs tls_cert and tls_key"), "{err}");
+        let err = parse(&tcp("client_ca = \"ca.pem\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.tcp_listen"), "{err}");
+        let cfg = parse(&tcp(
+            "tcp_listen = \"127.0.0.1:9443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"\nallowed_uids = [0, 1000]",
+        ))
+        .unwrap();
+        let t = cfg.admin.tcp.unwrap();
+        assert_eq!(t.client_ca, Path::new("/etc/kb/ca.pem"));
+        let err = parse(&tcp(
+            "tcp_listen = \"0.0.0.0:1\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must not be the guest port"), "{err}");
+        assert_eq!(cfg.admin.allowed_uids, Some(vec![0, 1000]));
     }
 
     #[test]
@@ -323,5 +705,32 @@ mod tests {
         assert_eq!(sim.ark, Path::new("/etc/kb/sim/ark.pem"));
         let no_gen = with_sim.replace("generation = \"milan\"", "");
         assert!(parse(&no_gen).is_err());
+    }
+
+    #[test]
+    fn kds_is_off_unless_enabled_and_checked() {
+        let base = default_config_text("127.0.0.1:1".parse().unwrap());
+        let on = base.replace(
+            "# [attestation.kds]\n# enabled = true",
+            "[attestation.kds]\nenabled = true",
+        );
+        let cfg = parse(&on).unwrap();
+        let kds = cfg.kds.unwrap();
+        assert_eq!(kds.url, "https://kdsintf.amd.com");
+        assert_eq!(kds.timeout, Duration::from_secs(5));
+        let off = base.replace(
+            "# [attestation.kds]\n# enabled = true",
+            "[attestation.kds]\nenabled = false\ntimeout_secs = 2",
+        );
+        assert!(parse(&off).unwrap().kds.is_none());
+        for (bad, field) in [
+            ("timeout_secs = 0", "attestation.kds.timeout_secs"),
+            ("max_backoff_secs = 0", "attestation.kds.max_backoff_secs"),
+            ("url = \"ftp://x\"", "attestation.kds.url"),
+        ] {
+            let text = on.replace("enabled = true", &format!("enabled = true\n{bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 }

@@ -7,8 +7,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod admin;
 pub mod assemble;
 pub mod audit;
+pub mod certsource;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -16,8 +18,10 @@ pub mod grpc;
 pub mod hardening;
 pub mod inventory;
 pub mod keys;
+pub mod lifecycle;
 pub mod logging;
 pub mod measure;
+pub mod metrics;
 pub mod policy;
 pub mod release;
 pub mod store;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     match broker::cli::run(cli) {
         Ok(broker::cli::Outcome::Success) => ExitCode::SUCCESS,
         Ok(broker::cli::Outcome::Refused) => ExitCode::from(1),
+        Ok(broker::cli::Outcome::Usage) => ExitCode::from(2),
         Err(e) => {
             eprintln!("broker: error: {e:#}");
             ExitCode::from(1)

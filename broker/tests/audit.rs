@@ -21,7 +21,7 @@ use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 use keybroker_proto::{report_data, GuestKeyPair, VolumeIds};
 use serde_json::Value;
 use util::{
-    assert_snapshot, expected_field, init, run_in, stage_real_set, tempdir, Run, REAL_SETS,
+    assert_snapshot, expected_field, init, run_in, stage_real_set, tempdir, Run, Server, REAL_SETS,
 };
 
 const GUEST_A: &str = "127.0.0.1:40001";
@@ -32,6 +32,8 @@ const GUEST_B: &str = "127.0.0.1:40002";
 /// policy `strict` (a TCB and firmware floor above the platform's) and
 /// volumes `root` (policy `sim`) and `other` (policy `strict`).
 struct Setup {
+    /// `broker serve` on `kb` (dropped, so stopped, before the directory goes).
+    _server: Server,
     tmp: tempfile::TempDir,
     sim: SimPlatform,
 }
@@ -49,6 +51,7 @@ impl Setup {
             sim.generation().name().to_lowercase()
         ));
         std::fs::write(kb.join("config.toml"), config).unwrap();
+        let server = Server::start(d, "kb/config.toml");
         let m = hex::encode(SimGuest::default().measurement);
         std::fs::write(d.join("sim.toml"), sim_policy(&m, "", 0)).unwrap();
         std::fs::write(
@@ -64,7 +67,11 @@ impl Setup {
         ] {
             run_in(d, &[args, &CFG[..]].concat()).expect_code(0);
         }
-        Setup { tmp, sim }
+        Setup {
+            _server: server,
+            tmp,
+            sim,
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -86,6 +93,10 @@ impl Setup {
 }
 
 const CFG: [&str; 2] = ["--config", "kb/config.toml"];
+
+/// Audit entries of the setup's admin calls (2 policies, 2 volumes), before
+/// any decision.
+const ADMIN: usize = 4;
 
 /// A policy for the simulated platform's generations, each TCB component
 /// at least `floor`.
@@ -210,7 +221,21 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
     all.expect_code(0);
     let all = json(&all);
     let entries = all.as_array().unwrap();
-    assert_eq!(entries.len(), 9, "{all:#}");
+    assert_eq!(entries.len(), ADMIN + 9, "{all:#}");
+    // First the setup's admin calls, each naming its caller.
+    let actions: Vec<&str> = entries[..ADMIN]
+        .iter()
+        .map(|e| e["details"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["policy.set", "policy.set", "volume.add", "volume.add"]
+    );
+    assert!(entries[..ADMIN].iter().all(|e| e["kind"] == "admin"
+        && e["verdict"] == "allow"
+        && e["client"].as_str().unwrap().starts_with("uid=")));
+    assert_eq!(entries[2]["volumes"], serde_json::json!(["root"]));
+    let entries = &entries[ADMIN..];
     let kinds: Vec<&str> = entries
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
@@ -230,7 +255,7 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         ]
     );
     let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids, (1..=9).collect::<Vec<_>>());
+    assert_eq!(ids, (5..=13).collect::<Vec<_>>());
 
     // A challenge: allowed, volumes and client, nothing else of note.
     let c = &entries[0];
@@ -299,9 +324,15 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
     let text = s.run(&[&["audit"][..], &CFG].concat());
     text.expect_code(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
-    assert_eq!(lines.len(), 9, "{}", text.stdout);
+    assert_eq!(lines.len(), ADMIN + 9, "{}", text.stdout);
+    assert!(
+        lines[0].contains(" admin allow volumes=- reasons=- measurement=- chip=- client=uid="),
+        "{}",
+        lines[0]
+    );
+    let lines = &lines[ADMIN..];
     let chip16 = &hex::encode(s.sim.chip_id())[..16];
-    assert!(lines[1].starts_with("2 "), "{}", lines[1]);
+    assert!(lines[1].starts_with("6 "), "{}", lines[1]);
     for part in [
         " attest allow volumes=root reasons=- ",
         &format!("measurement={measurement} chip={chip16} client={GUEST_A}"),
@@ -322,16 +353,17 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         json(&r).as_array().unwrap().len()
     };
     assert_eq!(count(&["--verdict", "deny"]), 3);
-    assert_eq!(count(&["--verdict", "allow"]), 6);
+    assert_eq!(count(&["--verdict", "allow"]), ADMIN + 6);
     assert_eq!(count(&["--verdict", "error"]), 0);
     assert_eq!(count(&["--kind", "challenge"]), 4);
     assert_eq!(count(&["--kind", "attest", "--verdict", "deny"]), 3);
-    assert_eq!(count(&["--volume", "other"]), 2);
+    assert_eq!(count(&["--volume", "other"]), 1 + 2);
+    assert_eq!(count(&["--kind", "admin"]), ADMIN);
     assert_eq!(count(&["--volume", "nothing"]), 0);
-    assert_eq!(count(&["--since", "1h"]), 9);
+    assert_eq!(count(&["--since", "1h"]), ADMIN + 9);
     assert_eq!(count(&["--since", "2999-01-01T00:00:00Z"]), 0);
     assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"]), 0);
-    assert_eq!(count(&["--until", "2999-01-01T00:00:00+02:00"]), 9);
+    assert_eq!(count(&["--until", "2999-01-01T00:00:00+02:00"]), ADMIN + 9);
     assert_eq!(
         count(&["--since", "2000-01-01T00:00:00Z", "--until", "1w"]),
         0
@@ -344,7 +376,7 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, [8, 9], "--limit keeps the most recent, oldest first");
+    assert_eq!(ids, [12, 13], "--limit keeps the most recent, oldest first");
     let none = s.run(&[&["audit", "--volume", "nothing"][..], &CFG].concat());
     none.expect_code(0);
     assert_eq!(none.stdout, "");
@@ -387,18 +419,16 @@ fn audit_refuses_bad_input_with_what_to_do() {
     bad_kind.expect_code(2);
     assert!(bad_kind
         .stderr
-        .contains("[possible values: challenge, attest]"));
-    let no_config = s.run(&["audit", "verify"]);
-    no_config.expect_code(2);
-    assert!(
-        no_config.stderr.contains("--config <FILE>"),
-        "{}",
-        no_config.stderr
-    );
+        .contains("[possible values: challenge, attest, admin]"));
 
-    // A config whose database does not exist: nothing is created.
+    // A config whose broker is not running: the commands say so, and never
+    // open (or create) its database themselves.
     std::fs::create_dir(s.dir().join("empty")).unwrap();
     let text = std::fs::read_to_string(s.kb().join("config.toml")).unwrap();
+    let text = text.replace(
+        &s.kb().join("admin.sock").display().to_string(),
+        &s.dir().join("empty/admin.sock").display().to_string(),
+    );
     std::fs::write(s.dir().join("empty/config.toml"), text).unwrap();
     for args in [
         &["audit", "--config", "empty/config.toml"][..],
@@ -408,10 +438,10 @@ fn audit_refuses_bad_input_with_what_to_do() {
         let r = s.run(args);
         r.expect_code(1);
         assert!(
-            r.stderr.starts_with("broker: error: the store ")
-                && r.stderr
-                    .contains("empty/broker.db named by empty/config.toml does not exist")
-                && r.stderr.contains("check --config"),
+            r.stderr
+                .starts_with("broker: error: cannot connect to the admin socket ")
+                && r.stderr.contains("empty/admin.sock")
+                && r.stderr.contains("the broker is not running"),
             "{args:?}: {}",
             r.stderr
         );
@@ -438,7 +468,17 @@ fn audit_refuses_bad_input_with_what_to_do() {
 fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
     let dst = s.dir().join(name);
     std::fs::create_dir(&dst).unwrap();
-    for f in ["config.toml", "broker.db", "broker.db-wal"] {
+    std::fs::create_dir(dst.join("tls")).unwrap();
+    std::fs::create_dir(dst.join("sim")).unwrap();
+    for f in [
+        "config.toml",
+        "broker.db",
+        "broker.db-wal",
+        "master.key",
+        "tls/key.pem",
+        "tls/cert.pem",
+        "sim/ark.pem",
+    ] {
         if s.kb().join(f).exists() {
             std::fs::copy(s.kb().join(f), dst.join(f)).unwrap();
         }
@@ -448,6 +488,14 @@ fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
         .unwrap();
     conn.execute_batch(sql).unwrap();
     drop(conn);
+    // A broker of its own serves the copy, on its own socket.
+    let cfg = dst.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &s.kb().join("admin.sock").display().to_string(),
+        &dst.join("admin.sock").display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let _server = Server::start(s.dir(), &format!("{name}/config.toml"));
     s.run(&[
         "audit",
         "verify",
@@ -462,48 +510,48 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
     decisions(&s);
     let ok = s.run(&[&["audit", "verify"][..], &CFG].concat());
     ok.expect_code(0);
-    assert_eq!(ok.stdout, "audit chain ok: 9 entries\n");
+    assert_eq!(ok.stdout, "audit chain ok: 13 entries\n");
     assert_eq!(ok.stderr, "");
 
     let cases: [(&str, &str, &str); 7] = [
         ("untouched", "SELECT 1;", ""),
         (
             "deny-to-allow",
-            "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 4;",
-            "audit chain BROKEN at entry 4: its content does not match its hash (the entry was changed)\n",
+            "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 8;",
+            "audit chain BROKEN at entry 8: its content does not match its hash (the entry was changed)\n",
         ),
         (
             "details",
-            "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 6;",
-            "audit chain BROKEN at entry 6: its content does not match its hash (the entry was changed)\n",
+            "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 10;",
+            "audit chain BROKEN at entry 10: its content does not match its hash (the entry was changed)\n",
         ),
         (
             "client",
-            "UPDATE audit SET client_addr = '10.0.0.1:1' WHERE id = 1;",
-            "audit chain BROKEN at entry 1: its content does not match its hash (the entry was changed)\n",
+            "UPDATE audit SET client_addr = '10.0.0.1:1' WHERE id = 5;",
+            "audit chain BROKEN at entry 5: its content does not match its hash (the entry was changed)\n",
         ),
         (
             "delete",
-            "DELETE FROM audit WHERE id = 3;",
-            "audit chain BROKEN at entry 3: entries 3..3 are missing (removed); next present entry is 4\n",
+            "DELETE FROM audit WHERE id = 7;",
+            "audit chain BROKEN at entry 7: entries 7..7 are missing (removed); next present entry is 8\n",
         ),
         (
             "swap",
-            "UPDATE audit SET id = -1 WHERE id = 5; UPDATE audit SET id = 5 WHERE id = 6; \
-             UPDATE audit SET id = 6 WHERE id = -1;",
-            "audit chain BROKEN at entry 5: its link to the previous entry does not match (an earlier entry was changed, removed or reordered)\n",
+            "UPDATE audit SET id = -1 WHERE id = 9; UPDATE audit SET id = 9 WHERE id = 10; \
+             UPDATE audit SET id = 10 WHERE id = -1;",
+            "audit chain BROKEN at entry 9: its link to the previous entry does not match (an earlier entry was changed, removed or reordered)\n",
         ),
         (
             "delete-last",
-            "DELETE FROM audit WHERE id = 9;",
-            "audit chain BROKEN at entry 9: the chain head records 9 entries but 8 are present (entries at the end were removed or the head was changed)\n",
+            "DELETE FROM audit WHERE id = 13;",
+            "audit chain BROKEN at entry 13: the chain head records 13 entries but 12 are present (entries at the end were removed or the head was changed)\n",
         ),
     ];
     for (name, sql, want) in cases {
         let r = tampered(&s, name, sql);
         if want.is_empty() {
             r.expect_code(0);
-            assert_eq!(r.stdout, "audit chain ok: 9 entries\n", "{name}");
+            assert_eq!(r.stdout, "audit chain ok: 13 entries\n", "{name}");
         } else {
             r.expect_code(1);
             assert_eq!(r.stdout, want, "{name}");
@@ -518,21 +566,21 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
     let r = tampered(
         &s,
         "swap-contents",
-        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE id IN (7, 8);
-         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 8),
-             verdict = (SELECT verdict FROM t WHERE id = 8),
-             details_json = (SELECT details_json FROM t WHERE id = 8),
-             prev_hash = (SELECT prev_hash FROM t WHERE id = 8),
-             hash = (SELECT hash FROM t WHERE id = 8) WHERE id = 7;
-         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 7),
-             verdict = (SELECT verdict FROM t WHERE id = 7),
-             details_json = (SELECT details_json FROM t WHERE id = 7),
-             prev_hash = (SELECT prev_hash FROM t WHERE id = 7),
-             hash = (SELECT hash FROM t WHERE id = 7) WHERE id = 8;",
+        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE id IN (11, 12);
+         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 12),
+             verdict = (SELECT verdict FROM t WHERE id = 12),
+             details_json = (SELECT details_json FROM t WHERE id = 12),
+             prev_hash = (SELECT prev_hash FROM t WHERE id = 12),
+             hash = (SELECT hash FROM t WHERE id = 12) WHERE id = 11;
+         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 11),
+             verdict = (SELECT verdict FROM t WHERE id = 11),
+             details_json = (SELECT details_json FROM t WHERE id = 11),
+             prev_hash = (SELECT prev_hash FROM t WHERE id = 11),
+             hash = (SELECT hash FROM t WHERE id = 11) WHERE id = 12;",
     );
     r.expect_code(1);
     assert!(
-        r.stdout.starts_with("audit chain BROKEN at entry 7: "),
+        r.stdout.starts_with("audit chain BROKEN at entry 11: "),
         "{}",
         r.stdout
     );
@@ -607,7 +655,7 @@ fn audit_entries_never_hold_the_released_key() {
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();
-    assert_eq!(entries.len(), 9);
+    assert_eq!(entries.len(), ADMIN + 9);
     for e in &entries {
         assert_no_key(
             &format!("audit entry {}", e.id),
@@ -643,7 +691,7 @@ fn audit_entries_never_hold_the_released_key() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), ADMIN + 9);
     for (text, prev, hash) in rows {
         assert_no_key("an audit row", &key, text.as_bytes());
         assert_no_key("an audit row's hashes", &key, &[prev, hash].concat());
@@ -776,10 +824,11 @@ microcode = 255
 
 /// A broker directory (no simulated platform) with volume `data` under
 /// the failing policy.
-fn explain_setup() -> tempfile::TempDir {
+fn explain_setup() -> ExplainDir {
     let tmp = tempdir();
     let d = tmp.path();
     init(d, "kb", "127.0.0.1:0");
+    let server = Server::start(d, "kb/config.toml");
     std::fs::write(d.join("failing.toml"), FAILING_POLICY).unwrap();
     run_in(
         d,
@@ -791,7 +840,22 @@ fn explain_setup() -> tempfile::TempDir {
         &[&["volume", "add", "data", "--policy", "failing"][..], &CFG].concat(),
     )
     .expect_code(0);
-    tmp
+    ExplainDir {
+        _server: server,
+        tmp,
+    }
+}
+
+/// The directory of [`explain_setup`] and its running broker.
+struct ExplainDir {
+    _server: Server,
+    tmp: tempfile::TempDir,
+}
+
+impl ExplainDir {
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
 }
 
 /// `broker explain` for volume `data` of the report staged in `dir/sub`.

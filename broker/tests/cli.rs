@@ -10,8 +10,8 @@ mod util;
 use std::path::Path;
 
 use util::{
-    assert_snapshot, expected_field, fixture, init, longest_hex_run, mode, run_in, run_with,
-    stage_real_set, tempdir, Run, REAL_SETS,
+    assert_snapshot, expected_field, fixture, init, init_and_serve, longest_hex_run, mode, run_in,
+    run_with, stage_real_set, tempdir, Run, Server, REAL_SETS,
 };
 
 /// A time inside every VCEK's validity (the Genoa VCEK starts 2025-08-07).
@@ -29,6 +29,10 @@ fn at_for(set: &str) -> &'static str {
 
 /// A policy admitting exactly the debug-allowing Milan report's measurement
 /// and TCB, with `allow_debug` as given: one change between accept and refuse.
+fn gosev_measurement() -> String {
+    expected_field("gosevguest-milan-v2-debug", "measurement")
+}
+
 fn gosev_policy(allow_debug: bool) -> String {
     format!(
         r#"version = 1
@@ -503,13 +507,10 @@ fn init_creates_a_broker_directory() {
     let (certs, _key) = broker::tls::load(&d.join("tls/cert.pem"), &d.join("tls/key.pem")).unwrap();
     assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap(), pin);
 
-    // The config it wrote is usable as is.
-    let r2 = run_in(
-        tmp.path(),
-        &["volume", "list", "--config", "kb/config.toml"],
-    );
-    r2.expect_code(0);
-    assert_eq!(r2.stdout, "");
+    // The config it wrote is usable as is, with the admin socket asked for.
+    let cfg = broker::config::Config::load(&d.join("config.toml")).unwrap();
+    assert_eq!(cfg.admin.socket, d.join("admin.sock"));
+    assert!(cfg.admin.tcp.is_none() && cfg.admin.allowed_uids.is_none());
 
     let shown = r.transcript().replace(hex, "[PIN]");
     assert_snapshot("init", &shown);
@@ -589,7 +590,7 @@ fn redact_created_at(text: &str) -> String {
 fn policy_and_volume_happy_path() {
     let tmp = tempdir();
     let d = tmp.path();
-    init(d, "kb", "127.0.0.1:8443");
+    let _server = init_and_serve(d, "kb");
     let policy = gosev_policy(false);
     write(d, "prod.toml", &policy);
     let mut transcript = String::new();
@@ -630,7 +631,8 @@ fn policy_and_volume_happy_path() {
     let r = step(&["volume", "list"]);
     assert_eq!(
         r.stdout,
-        "data\tpolicy=prod\tenabled\tdata disk\nroot.v2_x-1\tpolicy=prod\tenabled\t\n"
+        "data\tpolicy=prod\tenabled\trotation=none\tdata disk\n\
+         root.v2_x-1\tpolicy=prod\tenabled\trotation=none\t\n"
     );
     let r = step(&["volume", "list", "--json"]);
     let v = json(&r);
@@ -639,8 +641,19 @@ fn policy_and_volume_happy_path() {
     assert_eq!(v[0]["policy"], "prod");
     assert_eq!(v[0]["enabled"], true);
     assert_eq!(v[0]["description"], "data disk");
+    assert_eq!(
+        v[0]["rotation"],
+        serde_json::json!({
+            "current_version": 1, "pending_version": null, "retired_versions": 0,
+            "state": "no rotation (current v1)",
+        })
+    );
     let r = step(&["volume", "show", "data"]);
     assert_eq!(r.stdout_line("key version 1:"), "key version 1: current");
+    assert_eq!(
+        r.stdout_line("rotation:"),
+        "rotation:    no rotation (current v1)"
+    );
     assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
     let r = step(&["volume", "show", "data", "--json"]);
     let v = json(&r);
@@ -648,13 +661,22 @@ fn policy_and_volume_happy_path() {
     assert_eq!(v["key_versions"].as_array().unwrap().len(), 1);
     assert_eq!(v["key_versions"][0]["version"], 1);
     assert_eq!(v["key_versions"][0]["state"], "current");
+    assert_eq!(v["key_versions"][0]["retired_at"], serde_json::Value::Null);
+    assert_eq!(v["rotation"]["state"], "no rotation (current v1)");
     assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
     // Only these fields: nothing that could hold key material.
     let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["description", "enabled", "key_versions", "name", "policy"]
+        [
+            "description",
+            "enabled",
+            "key_versions",
+            "name",
+            "policy",
+            "rotation"
+        ]
     );
     let mut kv: Vec<_> = v["key_versions"][0]
         .as_object()
@@ -663,7 +685,7 @@ fn policy_and_volume_happy_path() {
         .cloned()
         .collect();
     kv.sort();
-    assert_eq!(kv, ["created_at", "state", "version"]);
+    assert_eq!(kv, ["created_at", "retired_at", "state", "version"]);
 
     assert_snapshot("admin_happy_path", &transcript);
 }
@@ -672,7 +694,7 @@ fn policy_and_volume_happy_path() {
 fn policy_and_volume_refusals() {
     let tmp = tempdir();
     let d = tmp.path();
-    init(d, "kb", "127.0.0.1:8443");
+    let _server = init_and_serve(d, "kb");
     write(d, "prod.toml", &gosev_policy(false));
     admin(d, &["policy", "set", "prod", "prod.toml"]).expect_code(0);
     admin(d, &["volume", "add", "data", "--policy", "prod"]).expect_code(0);
@@ -729,13 +751,77 @@ fn policy_and_volume_refusals() {
     let r = refused(&["policy", "set", "bad", "unknown.toml"]);
     assert!(r.stderr.contains("line 3"), "{}", r.stderr);
     assert!(r.stderr.contains("allow_debugging"), "{}", r.stderr);
+    // Unknown volumes and policies.
+    for args in [
+        &["volume", "disable", "nope"][..],
+        &["volume", "enable", "nope"],
+        &["volume", "delete", "nope", "--yes"],
+    ] {
+        let r = refused(args);
+        assert!(
+            r.stderr.contains("no volume named \"nope\""),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let m = "ab".repeat(48);
+    let r = refused(&["policy", "allow-measurement", "nope", &m]);
+    assert!(
+        r.stderr.contains("no policy named \"nope\""),
+        "{}",
+        r.stderr
+    );
+    // Wrong hex: not hex, wrong length.
+    let r = refused(&["policy", "allow-measurement", "prod", "zz"]);
+    assert!(
+        r.stderr.contains("is not a launch measurement"),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["policy", "revoke-measurement", "prod", "abcd"]);
+    assert!(
+        r.stderr.contains("2 bytes (4 hex characters)") && r.stderr.contains("48-byte"),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["policy", "block-chip", "prod", &"11".repeat(48)]);
+    assert!(
+        r.stderr.contains("is not a chip id") && r.stderr.contains("64-byte chip id"),
+        "{}",
+        r.stderr
+    );
+    let r = refused(&["policy", "unblock-chip", "prod", "x"]);
+    assert!(r.stderr.contains("is not a chip id"), "{}", r.stderr);
+    // The only measurement cannot be revoked.
+    let only = gosev_measurement();
+    let r = refused(&["policy", "revoke-measurement", "prod", &only]);
+    assert!(
+        r.stderr
+            .contains("cannot revoke the only allowed measurement"),
+        "{}",
+        r.stderr
+    );
+    // An enabled volume cannot be deleted.
+    let r = refused(&["volume", "delete", "data", "--yes"]);
+    assert!(
+        r.stderr
+            .contains("disable it first with `broker volume disable data`"),
+        "{}",
+        r.stderr
+    );
     assert_snapshot("admin_refusals", &transcript);
+
+    // Without --yes, delete is a usage error and asks for it.
+    let r = admin(d, &["volume", "delete", "data"]);
+    r.expect_code(2);
+    assert_eq!(r.stdout, "");
+    assert!(r.stderr.contains("Re-run with --yes"), "{}", r.stderr);
 
     // Nothing above changed the store: one policy, one volume at version 1.
     let r = admin(d, &["policy", "list"]);
     assert_eq!(r.stdout, "prod\trevision=1\n");
     let r = admin(d, &["volume", "list"]);
-    assert_eq!(r.stdout, "data\tpolicy=prod\tenabled\t\n");
+    assert_eq!(r.stdout, "data\tpolicy=prod\tenabled\trotation=none\t\n");
     let r = admin(d, &["volume", "show", "data"]);
     let versions: Vec<_> = r
         .stdout
@@ -746,30 +832,73 @@ fn policy_and_volume_refusals() {
 }
 
 #[test]
-fn admin_commands_need_a_config_that_exists() {
+fn admin_commands_need_a_running_broker() {
     let tmp = tempdir();
     let d = tmp.path();
-    init(d, "kb", "127.0.0.1:8443");
+    init(d, "kb", "127.0.0.1:0");
 
-    // No --config (and no KEYBROKER_CONFIG): a usage error naming the flag.
+    // No server on the config's socket: exit 1, saying what to do.
     for args in [
         &["volume", "list"][..],
         &["volume", "show", "data"],
         &["volume", "add", "data", "--policy", "prod"],
+        &["volume", "disable", "data"],
+        &["volume", "delete", "data", "--yes"],
         &["policy", "list"],
-        &["policy", "set", "prod", "prod.toml"],
+        &["policy", "show", "prod"],
+        &["policy", "allow-measurement", "prod", "00"],
+        &["audit"],
+        &["audit", "verify"],
+        &["platforms"],
+        &["volume", "rotate", "data"],
+        &["volume", "cancel-rotation", "data"],
+        &["volume", "purge-retired"],
+        &[
+            "volume",
+            "purge-retired",
+            "data",
+            "--older-than-days",
+            "7",
+            "--json",
+        ],
+        &["rotate-master"],
+        &["rotate-master", "--batch", "10"],
+        &["status"],
+        &["status", "--json"],
     ] {
-        let r = run_in(d, args);
-        r.expect_code(2);
+        let r = run_in(d, &[args, &["--config", "kb/config.toml"][..]].concat());
+        r.expect_code(1);
         assert_eq!(r.stdout, "", "{args:?}");
-        assert!(
-            r.stderr.contains("--config <FILE>"),
-            "{args:?}: {}",
-            r.stderr
+        let sock = d.join("kb/admin.sock");
+        assert_eq!(
+            r.stderr,
+            format!(
+                "broker: error: cannot connect to the admin socket {}: No such file or directory \
+                 (os error 2); the broker is not running, or its socket is elsewhere: start \
+                 `broker serve`, or point --socket (or KEYBROKER_ADMIN_SOCKET, or the [admin] \
+                 socket of --config) at it\n",
+                sock.display()
+            ),
+            "{args:?}"
         );
+    }
+    // --socket names the socket directly.
+    let r = run_in(d, &["volume", "list", "--socket", "no/such.sock"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr
+            .contains("cannot connect to the admin socket no/such.sock: "),
+        "{}",
+        r.stderr
+    );
+    // Without --socket or --config: the default socket.
+    if !Path::new("/run/keybroker/admin.sock").exists() {
+        let r = run_in(d, &["policy", "list"]);
+        r.expect_code(1);
         assert!(
-            r.stderr.contains("Usage: broker "),
-            "{args:?}: {}",
+            r.stderr.contains("/run/keybroker/admin.sock")
+                && r.stderr.contains("the broker is not running"),
+            "{}",
             r.stderr
         );
     }
@@ -790,7 +919,9 @@ fn admin_commands_need_a_config_that_exists() {
         "nothing created for a bad path"
     );
 
-    // KEYBROKER_CONFIG stands in for --config.
+    // With the broker running: KEYBROKER_CONFIG and KEYBROKER_ADMIN_SOCKET
+    // stand in for --config and --socket.
+    let _server = Server::start(d, "kb/config.toml");
     let r = run_with(
         util::broker_cmd()
             .current_dir(d)
@@ -798,4 +929,542 @@ fn admin_commands_need_a_config_that_exists() {
         &["policy", "list"],
     );
     r.expect_code(0);
+    let r = run_with(
+        util::broker_cmd()
+            .current_dir(d)
+            .env("KEYBROKER_ADMIN_SOCKET", "kb/admin.sock"),
+        &["volume", "list"],
+    );
+    r.expect_code(0);
+}
+
+#[test]
+fn volume_lifecycle_policy_edits_and_diff() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let _server = init_and_serve(d, "kb");
+    let m1 = gosev_measurement();
+    let m2 = "cd".repeat(48);
+    let chip = "11".repeat(64);
+    let text = format!(
+        "# production images\nversion = 1\nmeasurements = [\n    \"{m1}\", # image 2025-06\n]\nallow_debug = false\n\n[min_tcb.milan]\nbootloader = 2\ntee = 0\nsnp = 5\nmicrocode = 68\n"
+    );
+    write(d, "prod.toml", &text);
+    let ok = |args: &[&str]| -> Run {
+        let r = admin(d, args);
+        r.expect_code(0);
+        r
+    };
+    ok(&["policy", "set", "prod", "prod.toml"]);
+    ok(&["volume", "add", "data", "--policy", "prod"]);
+
+    // diff: same text, exit 0 and no output.
+    let r = ok(&["policy", "diff", "prod", "prod.toml"]);
+    assert_eq!(r.stdout, "");
+
+    // allow-measurement keeps comments and layout; a second time is a no-op.
+    let r = ok(&["policy", "allow-measurement", "prod", &m2.to_uppercase()]);
+    assert_eq!(
+        r.stdout,
+        format!("policy prod: measurement {m2} allowed (revision 2)\n")
+    );
+    assert_eq!(r.stderr, "");
+    let r = ok(&["policy", "allow-measurement", "prod", &m2]);
+    assert_eq!(
+        r.stdout,
+        format!("policy prod: measurement {m2} was already allowed; unchanged (revision 2)\n")
+    );
+    let r = ok(&["policy", "show", "prod"]);
+    assert_eq!(
+        r.stdout,
+        text.replace(
+            " # image 2025-06\n",
+            &format!(" # image 2025-06\n    \"{}\",\n", m2.to_lowercase())
+        )
+    );
+    // diff against the file: exit 1 with a unified diff.
+    let r = admin(d, &["policy", "diff", "prod", "prod.toml"]);
+    r.expect_code(1);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "--- prod (revision 2)\n+++ prod.toml\n@@ -2,7 +2,6 @@\n version = 1\n measurements = [\n     \"{m1}\", # image 2025-06\n-    \"{m2}\",\n ]\n allow_debug = false\n \n"
+        )
+    );
+    let r = admin(d, &["policy", "diff", "nope", "prod.toml"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("no policy named \"nope\""),
+        "{}",
+        r.stderr
+    );
+
+    // revoke the first one: its line (and comment) goes.
+    ok(&["policy", "revoke-measurement", "prod", &m1]);
+    let r = ok(&["policy", "show", "prod"]);
+    assert!(!r.stdout.contains(&m1) && r.stdout.contains("# production images"));
+    assert!(r.stdout.contains(&m2), "{}", r.stdout);
+
+    // block-chip / unblock-chip.
+    let r = ok(&["policy", "block-chip", "prod", &chip]);
+    assert_eq!(
+        r.stdout,
+        format!("policy prod: chip {chip} blocked (revision 4)\n")
+    );
+    let r = ok(&["policy", "show", "prod"]);
+    assert!(
+        r.stdout
+            .contains(&format!("blocked_chip_ids = [\"{chip}\"]\n")),
+        "{}",
+        r.stdout
+    );
+    ok(&["policy", "unblock-chip", "prod", &chip]);
+    let r = ok(&["policy", "list", "--json"]);
+    assert_eq!(
+        json(&r),
+        serde_json::json!([{"name": "prod", "revision": 5}])
+    );
+
+    // disable, enable, disable, delete.
+    let r = ok(&["volume", "disable", "data"]);
+    assert_eq!(
+        r.stdout,
+        "volume data disabled: no guest receives its key from now on\n"
+    );
+    let r = ok(&["volume", "disable", "data"]);
+    assert_eq!(r.stdout, "volume data was already disabled\n");
+    let r = ok(&["volume", "list"]);
+    assert_eq!(r.stdout, "data\tpolicy=prod\tdisabled\trotation=none\t\n");
+    ok(&["volume", "enable", "data"]);
+    ok(&["volume", "disable", "data"]);
+    let r = ok(&["volume", "delete", "data", "--yes"]);
+    assert_eq!(r.stdout, "deleted volume data and all its key versions\n");
+    let r = ok(&["volume", "list", "--json"]);
+    assert_eq!(json(&r), serde_json::json!([]));
+
+    // Every change is in the audit log, with its caller; the chain holds.
+    let r = ok(&["audit", "--kind", "admin", "--json"]);
+    let v = json(&r);
+    let actions: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["details"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "policy.set",
+            "volume.add",
+            "policy.allow_measurement",
+            "policy.allow_measurement",
+            "policy.revoke_measurement",
+            "policy.block_chip",
+            "policy.unblock_chip",
+            "volume.disable",
+            "volume.disable",
+            "volume.enable",
+            "volume.disable",
+            "volume.delete",
+        ]
+    );
+    let me = rustix::process::geteuid().as_raw();
+    for e in v.as_array().unwrap() {
+        assert_eq!(e["verdict"], "allow");
+        assert!(
+            e["client"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("uid={me},pid=")),
+            "{e}"
+        );
+    }
+    assert_eq!(v[1]["volumes"], serde_json::json!(["data"]));
+    let r = ok(&["audit", "verify"]);
+    assert_eq!(r.stdout, "audit chain ok: 12 entries\n");
+}
+
+// ---------------------------------------------------------------- key lifecycle
+
+#[test]
+fn volume_rotation_cancel_and_purge() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let _server = init_and_serve(d, "kb");
+    write(d, "prod.toml", &gosev_policy(false));
+    admin(d, &["policy", "set", "prod", "prod.toml"]).expect_code(0);
+    admin(d, &["volume", "add", "data", "--policy", "prod"]).expect_code(0);
+    admin(d, &["volume", "add", "logs", "--policy", "prod"]).expect_code(0);
+    let mut transcript = String::new();
+    let mut run = |args: &[&str], code: i32| -> Run {
+        let r = admin(d, args);
+        r.expect_code(code);
+        if code == 0 {
+            assert_eq!(r.stderr, "", "{args:?}");
+        } else {
+            assert_eq!(r.stdout, "", "{args:?}");
+        }
+        transcript.push_str(&redact_created_at(&r.transcript()));
+        transcript.push('\n');
+        r
+    };
+
+    // rotate: a pending version, and what happens next.
+    let r = run(&["volume", "rotate", "data"], 0);
+    assert_eq!(
+        r.stdout.lines().next().unwrap(),
+        "volume data: key version 2 is pending (current v1)"
+    );
+    for want in [
+        "v2 becomes current once the guest proves it enrolled it",
+        "next unlock",
+        "`guest-unlock rotate`",
+        "`broker volume cancel-rotation data`",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} in {}", r.stdout);
+    }
+    // show and list say it is pending.
+    let r = run(&["volume", "show", "data"], 0);
+    assert_eq!(
+        r.stdout_line("rotation:"),
+        "rotation:    pending v2 awaiting the guest's proof (current v1)"
+    );
+    let versions: Vec<_> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("key version"))
+        .collect();
+    assert_eq!(
+        versions,
+        ["key version 1: current", "key version 2: pending"]
+    );
+    let r = run(&["volume", "show", "data", "--json"], 0);
+    let v = json(&r);
+    assert_eq!(v["rotation"]["pending_version"], 2);
+    assert_eq!(v["rotation"]["current_version"], 1);
+    assert_eq!(v["key_versions"][1]["state"], "pending");
+    assert_eq!(v["key_versions"][1]["retired_at"], serde_json::Value::Null);
+    assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
+    let r = run(&["volume", "list"], 0);
+    assert_eq!(
+        r.stdout,
+        "data\tpolicy=prod\tenabled\trotation=pending-v2\t\n\
+         logs\tpolicy=prod\tenabled\trotation=none\t\n"
+    );
+    let r = run(&["volume", "list", "--json"], 0);
+    let v = json(&r);
+    assert_eq!(v[0]["rotation"]["pending_version"], 2);
+    assert_eq!(v[1]["rotation"]["pending_version"], serde_json::Value::Null);
+
+    // A second rotation is refused, saying what to do.
+    let r = run(&["volume", "rotate", "data"], 1);
+    assert_eq!(
+        r.stderr,
+        "broker: volume \"data\" already has pending key version 2 awaiting the guest's proof; \
+         it becomes current when the guest confirms it (at its next unlock, or `guest-unlock \
+         rotate` in the guest), or cancel that rotation first with `broker volume \
+         cancel-rotation data` (safe: the guest keeps opening the volume with the current key)\n"
+    );
+    // status lists it (JSON: its text holds a time).
+    let st = json(&admin(d, &["status", "--json"]));
+    assert_eq!(st["pending_rotations"][0]["volume"], "data");
+    assert_eq!(st["pending_rotations"][0]["pending_version"], 2);
+    assert_eq!(st["pending_rotations"][0]["current_version"], 1);
+    assert_eq!(st["pending_rotations"].as_array().unwrap().len(), 1);
+
+    // cancel; then nothing to cancel.
+    let r = run(&["volume", "cancel-rotation", "data"], 0);
+    assert_eq!(
+        r.stdout,
+        "volume data: rotation cancelled; pending key version 2 deleted (the current version \
+         is unchanged; 2 is never reused)\n"
+    );
+    let r = run(&["volume", "cancel-rotation", "data"], 1);
+    assert_eq!(
+        r.stderr,
+        "broker: volume \"data\" has no pending key version; there is no rotation to cancel \
+         (`broker volume show data` shows its key versions)\n"
+    );
+    let r = run(&["volume", "show", "data"], 0);
+    assert_eq!(
+        r.stdout_line("rotation:"),
+        "rotation:    no rotation (current v1)"
+    );
+    // Unknown volumes.
+    for args in [
+        &["volume", "rotate", "nope"][..],
+        &["volume", "cancel-rotation", "nope"],
+        &["volume", "purge-retired", "nope"],
+    ] {
+        let r = run(args, 1);
+        assert_eq!(
+            r.stderr,
+            "broker: no volume named \"nope\"; `broker volume list` shows the enrolled ones\n",
+            "{args:?}"
+        );
+    }
+
+    // purge-retired with nothing retired.
+    let r = run(&["volume", "purge-retired"], 0);
+    assert_eq!(
+        r.stdout,
+        "no retired key version retired more than 30 days ago; nothing purged\n"
+    );
+    let r = run(
+        &["volume", "purge-retired", "data", "--older-than-days", "0"],
+        0,
+    );
+    assert_eq!(
+        r.stdout,
+        "no retired key version of volume data retired more than 0 days ago; nothing purged\n"
+    );
+    let r = run(&["volume", "purge-retired", "--json"], 0);
+    assert_eq!(
+        json(&r),
+        serde_json::json!({"older_than_days": 30, "purged": []})
+    );
+    // The cancelled number is not handed out again.
+    let r = run(&["volume", "rotate", "data"], 0);
+    assert_eq!(
+        r.stdout.lines().next().unwrap(),
+        "volume data: key version 3 is pending (current v1)"
+    );
+    assert_snapshot("volume_rotation", &transcript);
+
+    // Bad input is a usage error (exit 2).
+    let r = admin(d, &["volume", "purge-retired", "--older-than-days", "soon"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr
+            .contains("invalid value 'soon' for '--older-than-days <N>'"),
+        "{}",
+        r.stderr
+    );
+    let r = admin(d, &["volume", "rotate"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("<NAME>"), "{}", r.stderr);
+
+    // Every call above that changes something is audited, refusals too.
+    let r = admin(d, &["audit", "--kind", "admin", "--json"]);
+    let v = json(&r);
+    let actions: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["details"]["action"].as_str().unwrap(),
+                e["verdict"].as_str().unwrap(),
+            )
+        })
+        .filter(|(a, _)| !a.starts_with("policy.") && *a != "volume.add")
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("volume.rotate", "allow"),
+            ("volume.rotate", "deny"),
+            ("volume.cancel_rotation", "allow"),
+            ("volume.cancel_rotation", "deny"),
+            ("volume.rotate", "deny"),
+            ("volume.cancel_rotation", "deny"),
+            ("volume.purge_retired", "deny"),
+            ("volume.purge_retired", "allow"),
+            ("volume.purge_retired", "allow"),
+            ("volume.purge_retired", "allow"),
+            ("volume.rotate", "allow"),
+        ]
+    );
+}
+
+#[test]
+fn rotate_master_and_status() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let _server = init_and_serve(d, "kb");
+    write(d, "prod.toml", &gosev_policy(false));
+    admin(d, &["policy", "set", "prod", "prod.toml"]).expect_code(0);
+    for v in ["a", "b", "c"] {
+        admin(d, &["volume", "add", v, "--policy", "prod"]).expect_code(0);
+    }
+    admin(d, &["volume", "rotate", "b"]).expect_code(0);
+
+    let before = json(admin(d, &["status", "--json"]).expect_code(0));
+    let old = before["master_key_id"].as_str().unwrap().to_owned();
+    assert_eq!(before["master_key_generation"], 1);
+    assert_eq!(before["master_rotation_under_way"], false);
+    assert_eq!(
+        before["master_keys"],
+        serde_json::json!([{"id": old, "role": "current", "records": 4, "retired": 0}])
+    );
+
+    // Batches of 3 for 4 records (3 volumes, one with a pending version):
+    // progress on stderr, one line on stdout.
+    let r = admin(d, &["rotate-master", "--batch", "3"]);
+    r.expect_code(0);
+    let progress: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(progress.len(), 2, "{}", r.stderr);
+    assert!(
+        progress[0].starts_with("re-sealed 3/4 key versions (batch 1: 3 in "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        progress[1].starts_with("re-sealed 4/4 key versions (batch 2: 1 in "),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    let prefix = format!("master key rotated: {old} -> ");
+    assert!(r.stdout.starts_with(&prefix), "{}", r.stdout);
+    let new = r.stdout[prefix.len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    assert!(
+        r.stdout
+            .contains(", 4 key versions re-sealed in 2 batches ("),
+        "{}",
+        r.stdout
+    );
+    let retired = d.join(format!("kb/master.key.retired-{old}"));
+    assert!(
+        r.stdout.contains(&format!(
+            "kb/master.key.retired-{old} until you remove it (once no database backup"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(mode(&retired), 0o600);
+    assert!(!d.join("kb/master.key.next").exists());
+
+    // Status: every record under the new key, no rotation under way.
+    let st = json(admin(d, &["status", "--json"]).expect_code(0));
+    assert_eq!(st["master_key_id"], new.as_str());
+    assert_eq!(st["master_key_generation"], 2);
+    assert_eq!(st["master_rotation_under_way"], false);
+    assert_eq!(st["next_master_key_id"], serde_json::Value::Null);
+    assert_eq!(
+        st["master_keys"],
+        serde_json::json!([{"id": new, "role": "current", "records": 4, "retired": 0}])
+    );
+    assert_eq!(st["pending_rotations"][0]["volume"], "b");
+    assert_eq!(st["retired_versions"], serde_json::json!([]));
+    assert_eq!(st["retired_retention_days"], 30);
+    let listeners = st["listeners"].as_array().unwrap();
+    assert!(
+        listeners.iter().any(|l| l["kind"] == "admin-unix"
+            && l["address"].as_str().unwrap().ends_with("kb/admin.sock")),
+        "{listeners:?}"
+    );
+    let r = admin(d, &["status"]);
+    r.expect_code(0);
+    assert_eq!(r.stderr, "");
+    assert_eq!(
+        r.stdout_line("master key:"),
+        format!("master key:      {new} (generation 2)")
+    );
+    assert_eq!(
+        r.stdout_line("master rotation:"),
+        "master rotation: none under way"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("\n  {new}  current: 4 records (0 retired)\n")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("\n  b  v2 since "), "{}", r.stdout);
+    assert_eq!(
+        r.stdout_line("retired key versions:"),
+        "retired key versions: none (kept 30 days before `broker volume purge-retired` destroys them)"
+    );
+    assert!(r.stdout.contains("\n  admin-unix  "), "{}", r.stdout);
+    assert!(longest_hex_run(&r.stdout) < 128, "{}", r.stdout);
+
+    // The volumes are still served (their keys unseal under the new key:
+    // the broker re-reads nothing, it holds both keys).
+    let r = admin(d, &["volume", "show", "b"]);
+    r.expect_code(0);
+    assert_eq!(
+        r.stdout_line("rotation:"),
+        "rotation:    pending v2 awaiting the guest's proof (current v1)"
+    );
+
+    // Bad input: --batch 0 or not a number is a usage error.
+    let r = admin(d, &["rotate-master", "--batch", "0"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains(
+            "invalid value '0' for '--batch <N>': must be at least 1 (key versions re-sealed \
+             per transaction)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = admin(d, &["rotate-master", "--batch", "many"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("e.g. 500"), "{}", r.stderr);
+
+    // A second rotation right after: a new key again, generation 3.
+    let r = admin(d, &["rotate-master"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout
+            .starts_with(&format!("master key rotated: {new} -> ")),
+        "{}",
+        r.stdout
+    );
+    let st = json(admin(d, &["status", "--json"]).expect_code(0));
+    assert_eq!(st["master_key_generation"], 3);
+    let r = admin(d, &["audit", "--kind", "admin", "--json"]);
+    let n = json(&r)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["action"] == "master.rotate" && e["verdict"] == "allow")
+        .count();
+    assert_eq!(n, 2);
+}
+
+/// `broker serve` hands the admin plane its config: the retention of
+/// `[keys] retired_retention_days` and the listeners, the guest port as bound.
+#[test]
+fn status_reports_the_configured_retention_and_listeners() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    init(d, "kb", "127.0.0.1:0");
+    let cfg = d.join("kb/config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("retired_retention_days = 30\n"), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "retired_retention_days = 30\n",
+            "retired_retention_days = 7\n",
+        ),
+    )
+    .unwrap();
+    let server = Server::start(d, "kb/config.toml");
+    let st = json(admin(d, &["status", "--json"]).expect_code(0));
+    assert_eq!(st["retired_retention_days"], 7);
+    let listeners = st["listeners"].as_array().unwrap();
+    assert!(
+        listeners.contains(&serde_json::json!({"kind": "guest", "address": server.guest_addr})),
+        "{listeners:?}"
+    );
+    let r = admin(d, &["volume", "purge-retired", "--json"]);
+    assert_eq!(
+        json(r.expect_code(0)),
+        serde_json::json!({"older_than_days": 7, "purged": []})
+    );
+    let r = admin(d, &["status"]);
+    assert!(
+        r.stdout
+            .contains(&format!("\n  guest       {}\n", server.guest_addr)),
+        "{}",
+        r.stdout
+    );
 }

@@ -135,16 +135,6 @@ fn logs_and_database_never_hold_key_material() {
     )
     .unwrap();
     let cfg = ["--config", "kb/config.toml"];
-    run_in(
-        d,
-        &[&["policy", "set", "sim", "sim.toml"][..], &cfg].concat(),
-    )
-    .expect_code(0);
-    run_in(
-        d,
-        &[&["volume", "add", "root", "--policy", "sim"][..], &cfg].concat(),
-    )
-    .expect_code(0);
 
     // `broker serve`, tracing everything.
     let mut child = broker_cmd()
@@ -184,6 +174,18 @@ fn logs_and_database_never_hold_key_material() {
         }
     };
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // Enrollment goes through the running broker's admin socket.
+    run_in(
+        d,
+        &[&["policy", "set", "sim", "sim.toml"][..], &cfg].concat(),
+    )
+    .expect_code(0);
+    run_in(
+        d,
+        &[&["volume", "add", "root", "--policy", "sim"][..], &cfg].concat(),
+    )
+    .expect_code(0);
 
     // One full release from a simulated guest, in this process.
     let guest_cfg = guest_unlock::config::resolve(guest_unlock::config::RawConfig {

@@ -4,6 +4,8 @@
 //! on byte for byte, and nothing else (no storage, no policy):
 //!
 //! - [`pb`]: the generated protobuf messages and gRPC client/server stubs;
+//! - [`admin_pb`]: the broker's admin API (`keybroker.admin.v1`), shared by
+//!   `broker serve` and the `broker` CLI only;
 //! - [`protocol_version`] / [`check_version`]: the version carried in every
 //!   message and the rule for refusing a peer;
 //! - typed identifiers ([`VolumeId`], [`VolumeIds`], [`Nonce`],
@@ -29,6 +31,17 @@
 #[allow(clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod pb {
     tonic::include_proto!("keybroker.v1");
+}
+
+/// Generated messages and gRPC stubs for `keybroker.admin.v1`, the
+/// broker's administration API (served only on its admin listeners, never
+/// on the guest port; not part of the guest contract).
+///
+/// See `proto/keybroker/admin/v1/admin.proto`.
+#[allow(missing_docs)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod admin_pb {
+    tonic::include_proto!("keybroker.admin.v1");
 }
 
 mod denial;

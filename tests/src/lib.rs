@@ -12,6 +12,8 @@ use broker::config::Config;
 use broker::keys::{self, MasterKey, VolumeKey};
 use broker::store::NewVolume;
 use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
+use keybroker_proto::admin_pb::{self, admin_client::AdminClient};
+use tonic::transport::Channel;
 
 /// A policy that admits exactly `measurement` on the simulated platform's
 /// generation (minimum TCB at the platform's own values).
@@ -85,10 +87,11 @@ impl BrokerDir {
         write_mode(&root.join("tls/key.pem"), tls.key_pem.as_bytes(), 0o600)?;
         write_mode(&root.join("tls/cert.pem"), tls.cert_pem.as_bytes(), 0o644)?;
         let sim = SimPlatform::generate(&root.join("sim"), &SimParams::default())?;
-        let mut text = broker::config::default_config_text("127.0.0.1:0".parse()?).replace(
-            "nonce_ttl_secs = 60",
-            &format!("nonce_ttl_secs = {}", opts.nonce_ttl_secs),
-        );
+        let mut text =
+            broker::config::config_text("127.0.0.1:0".parse()?, &root.join("admin.sock")).replace(
+                "nonce_ttl_secs = 60",
+                &format!("nonce_ttl_secs = {}", opts.nonce_ttl_secs),
+            );
         if opts.trust_simulated {
             text.push_str(&format!(
                 "\n[attestation.simulated]\nark = \"sim/ark.pem\"\ngeneration = \"{}\"\n",
@@ -110,7 +113,13 @@ impl BrokerDir {
         Ok(Config::load(&self.config_path)?)
     }
 
-    /// Sets policy `name` from TOML text.
+    /// The admin socket a [`RunningBroker`] of this directory serves.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// Sets policy `name` from TOML text, directly in the store (before or
+    /// beside a running broker; [`RunningBroker::admin`] goes through the API).
     pub fn set_policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
         broker::policy::Policy::from_toml(text).context("test policy is invalid")?;
         let store = broker::assemble::store(&self.config()?)?;
@@ -149,12 +158,17 @@ fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A broker serving on loopback inside this process.
+/// A broker serving on loopback inside this process: the guest port and,
+/// beside it, the admin API on [`BrokerDir::admin_socket`].
 pub struct RunningBroker {
     /// Bound address.
     pub addr: SocketAddr,
+    /// The admin socket.
+    pub admin_socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    admin_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl RunningBroker {
@@ -162,10 +176,28 @@ impl RunningBroker {
     pub async fn start(dir: &BrokerDir) -> anyhow::Result<RunningBroker> {
         let cfg = dir.config()?;
         let service = Arc::new(broker::assemble::broker(&cfg)?);
+        let admin = Arc::new(
+            broker::admin::Admin::new(service.store().clone(), service.keyring().clone())
+                .with_settings(broker::admin::AdminSettings::from_config(&cfg)),
+        );
+        let socket = broker::admin::listen::bind_socket(&cfg.admin.socket)?;
+        let (admin_tx, admin_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(broker::admin::listen::serve_unix(
+            socket,
+            admin.clone(),
+            cfg.admin
+                .allowed_uids
+                .clone()
+                .unwrap_or_else(broker::admin::listen::default_allowed_uids),
+            async move {
+                let _ = admin_rx.await;
+            },
+        ));
         let (certs, key) = broker::tls::load(&cfg.tls_cert, &cfg.tls_key)?;
         let tls = broker::grpc::tls_server_config(certs, key)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        admin.set_listener("guest", addr.to_string());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(broker::grpc::serve(
             listener,
@@ -183,9 +215,46 @@ impl RunningBroker {
         ));
         Ok(RunningBroker {
             addr,
+            admin_socket: cfg.admin.socket.clone(),
             stop: Some(tx),
+            admin_stop: Some(admin_tx),
             task: Some(task),
+            admin_task: Some(admin_task),
         })
+    }
+
+    /// A client of this broker's admin API (over its Unix socket).
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let target = broker::admin::client::Target::Socket(self.admin_socket.clone());
+        Ok(broker::admin::client::connect(&target).await?)
+    }
+
+    /// `broker policy set NAME` through the admin API; returns the revision.
+    pub async fn admin_set_policy(&self, name: &str, text: &str) -> anyhow::Result<i64> {
+        let r = self
+            .admin()
+            .await?
+            .policy_set(admin_pb::PolicySetRequest {
+                name: name.into(),
+                text: text.into(),
+            })
+            .await?;
+        Ok(r.into_inner().revision)
+    }
+
+    /// `broker volume add NAME --policy POLICY` through the admin API (the
+    /// broker generates the key; tests that need its bytes use
+    /// [`BrokerDir::add_volume`]).
+    pub async fn admin_add_volume(&self, name: &str, policy: &str) -> anyhow::Result<()> {
+        self.admin()
+            .await?
+            .volume_add(admin_pb::VolumeAddRequest {
+                name: name.into(),
+                policy: policy.into(),
+                description: String::new(),
+            })
+            .await?;
+        Ok(())
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -198,7 +267,13 @@ impl RunningBroker {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        if let Some(tx) = self.admin_stop.take() {
+            let _ = tx.send(());
+        }
         if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        if let Some(t) = self.admin_task.take() {
             t.await??;
         }
         Ok(())
@@ -208,6 +283,9 @@ impl RunningBroker {
 impl Drop for RunningBroker {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.admin_stop.take() {
             let _ = tx.send(());
         }
     }

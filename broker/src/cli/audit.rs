@@ -1,19 +1,16 @@
 //! `broker audit` (list decisions, filtered) and `broker audit verify`
-//! (recompute the hash chain). Both only read the store named in the
-//! config; entries never hold key material, so their output is safe to
-//! archive or paste into a ticket.
+//! (recompute the hash chain), through the broker's admin API. Entries
+//! never hold key material, so their output is safe to archive or paste
+//! into a ticket.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
+use keybroker_proto::admin_pb as pb;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::admin_client::AdminConn;
 use super::Outcome;
-use crate::config::{Config, StoreConfig};
-use crate::store::{AuditEntry, AuditFilter, Store, StoreError};
 
 /// `broker audit ...`: list entries (the default) or verify the chain.
 #[derive(Debug, Args)]
@@ -34,22 +31,16 @@ pub enum AuditCommand {
     /// 1 naming the first entry that was changed, removed or reordered.
     Verify {
         #[command(flatten)]
-        config: super::ConfigArg,
+        conn: AdminConn,
     },
 }
 
 /// Filters of `broker audit`. Every given filter must match.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The broker's config file (written by `broker init`).
-    #[arg(
-        long,
-        short = 'c',
-        env = "KEYBROKER_CONFIG",
-        value_name = "FILE",
-        required = true
-    )]
-    pub config: Option<PathBuf>,
+    /// Where the broker's admin API is.
+    #[command(flatten)]
+    pub conn: AdminConn,
     /// Only entries naming this volume.
     #[arg(long, value_name = "NAME")]
     pub volume: Option<String>,
@@ -92,6 +83,8 @@ pub enum KindArg {
     Challenge,
     /// Evidence and key release.
     Attest,
+    /// Administration through the admin API (volumes, policies).
+    Admin,
 }
 
 /// A time bound as written: absolute, or an age resolved against "now"
@@ -139,77 +132,47 @@ pub fn parse_time_arg(s: &str) -> Result<TimeArg, String> {
         .ok_or_else(|| format!("{s:?} is too far back: {hint}"))
 }
 
-/// Loads the config and opens its store, refusing to create a database
-/// that does not exist: these commands only read, and a mistyped path
-/// would otherwise show an empty log.
-pub(crate) fn open_existing_store(
-    config: &Path,
-) -> anyhow::Result<(Config, std::sync::Arc<dyn Store>)> {
-    let cfg = Config::load(config)?;
-    let StoreConfig::Sqlite { path } = &cfg.store;
-    if !path.exists() {
-        anyhow::bail!(
-            "the store {} named by {} does not exist, so nothing was recorded there; check \
-             --config (the database appears with the first `broker policy set`, `volume add` \
-             or `serve`)",
-            path.display(),
-            config.display()
-        );
-    }
-    let store = crate::assemble::store(&cfg)?;
-    Ok((cfg, store))
-}
-
 /// Runs `broker audit`.
 pub fn run(args: AuditArgs) -> anyhow::Result<Outcome> {
     match args.command {
-        Some(AuditCommand::Verify { config }) => verify(&config.config),
+        Some(AuditCommand::Verify { conn }) => verify(&conn),
         None => list(args.list),
     }
 }
 
-fn verify(config: &Path) -> anyhow::Result<Outcome> {
-    let (_, store) = open_existing_store(config)?;
-    match store.verify_audit_chain() {
-        Ok(n) => {
-            println!("audit chain ok: {n} entries");
-            Ok(Outcome::Success)
-        }
-        Err(StoreError::AuditChain(e)) => {
-            println!("audit chain BROKEN at entry {}: {}", e.at_id, e.what);
-            eprintln!(
-                "broker: the audit log was modified outside the broker; keep a copy of the \
-                 database for investigation and compare it with your backups"
-            );
-            Ok(Outcome::Refused)
-        }
-        Err(e) => Err(e).context("cannot verify the audit chain"),
+fn verify(conn: &AdminConn) -> anyhow::Result<Outcome> {
+    let s = conn.connect()?;
+    let Some(r) = s.run(s.client().audit_verify(pb::AuditVerifyRequest {}))? else {
+        return Ok(Outcome::Refused);
+    };
+    if r.intact {
+        println!("audit chain ok: {} entries", r.entries);
+        Ok(Outcome::Success)
+    } else {
+        println!("audit chain BROKEN at entry {}: {}", r.broken_at_id, r.what);
+        eprintln!(
+            "broker: the audit log was modified outside the broker; keep a copy of the \
+             database for investigation and compare it with your backups"
+        );
+        Ok(Outcome::Refused)
     }
 }
 
 fn list(args: ListArgs) -> anyhow::Result<Outcome> {
-    let config = args
-        .config
-        .as_deref()
-        .context("--config FILE is required")?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let filter = AuditFilter {
+    let req = pb::AuditQueryRequest {
         volume: args.volume.clone(),
         since_unix: args.since.map(|t| t.resolve(now)),
         until_unix: args.until.map(|t| t.resolve(now)),
         verdict: args.verdict.map(|v| verdict_str(v).to_owned()),
         kind: args.kind.map(|k| kind_str(k).to_owned()),
-        after_id: None,
-        limit: None,
+        limit: args.limit.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     };
-    let (_, store) = open_existing_store(config)?;
-    let mut entries = store
-        .audit_entries(&filter)
-        .context("cannot read the audit log")?;
-    if let Some(n) = args.limit {
-        let skip = entries.len().saturating_sub(n);
-        entries.drain(..skip);
-    }
+    let s = args.conn.connect()?;
+    let Some(r) = s.run(s.client().audit_query(req))? else {
+        return Ok(Outcome::Refused);
+    };
+    let entries = r.entries;
     if args.json {
         let v: Vec<Value> = entries.iter().map(entry_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -236,6 +199,7 @@ fn kind_str(k: KindArg) -> &'static str {
     match k {
         KindArg::Challenge => "challenge",
         KindArg::Attest => "attest",
+        KindArg::Admin => "admin",
     }
 }
 
@@ -247,14 +211,13 @@ pub(crate) fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn details(e: &AuditEntry) -> Value {
-    serde_json::from_str(&e.event.details_json)
-        .unwrap_or_else(|_| Value::String(e.event.details_json.clone()))
+fn details(e: &pb::AuditEntry) -> Value {
+    serde_json::from_str(&e.details_json).unwrap_or_else(|_| Value::String(e.details_json.clone()))
 }
 
 /// One line: id, time, kind, verdict, volumes, reason codes, measurement,
 /// chip id (first 8 bytes), client. `-` marks an absent value.
-fn entry_line(e: &AuditEntry) -> String {
+fn entry_line(e: &pb::AuditEntry) -> String {
     let d = details(e);
     let field = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
     let list = |l: &[String]| {
@@ -269,31 +232,31 @@ fn entry_line(e: &AuditEntry) -> String {
     format!(
         "{} {} {} {} volumes={} reasons={} measurement={} chip={} client={}",
         e.id,
-        rfc3339(e.event.at_unix),
-        e.event.kind,
-        e.event.verdict,
-        list(&e.event.volumes),
-        list(&e.event.reason_codes),
+        rfc3339(e.at_unix),
+        e.kind,
+        e.verdict,
+        list(&e.volumes),
+        list(&e.reason_codes),
         field("measurement"),
         chip,
-        e.event.client_addr.as_deref().unwrap_or("-"),
+        e.client.as_deref().unwrap_or("-"),
     )
 }
 
 /// Every field of an entry, details parsed as JSON.
-fn entry_json(e: &AuditEntry) -> Value {
+fn entry_json(e: &pb::AuditEntry) -> Value {
     json!({
-        "id": e.id.0,
-        "time": rfc3339(e.event.at_unix),
-        "at_unix": e.event.at_unix,
-        "kind": e.event.kind,
-        "verdict": e.event.verdict,
-        "volumes": e.event.volumes,
-        "reason_codes": e.event.reason_codes,
+        "id": e.id,
+        "time": rfc3339(e.at_unix),
+        "at_unix": e.at_unix,
+        "kind": e.kind,
+        "verdict": e.verdict,
+        "volumes": e.volumes,
+        "reason_codes": e.reason_codes,
         "details": details(e),
-        "client": e.event.client_addr,
-        "prev_hash": hex::encode(e.prev_hash),
-        "hash": hex::encode(e.hash),
+        "client": e.client,
+        "prev_hash": hex::encode(&e.prev_hash),
+        "hash": hex::encode(&e.hash),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `broker explain`: which checks a given report would fail for a volume,
-//! offline, against the volume's state and policy in the store and the
-//! trust anchors of the config. Evidence first (the verifier stops at the
+//! against the volume's state and policy (fetched through the admin API)
+//! and the trust anchors of `--config` (AMD's alone without it); the
+//! report is verified here, not by the broker. Evidence first (the verifier stops at the
 //! first failing evidence check, as a release does), then the volume's
 //! state, then every failing policy check with expected and actual values.
 //! Exit 0 when the volume would be released, 1 when not.
@@ -17,8 +18,11 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::audit::open_existing_store;
-use super::{ConfigArg, Outcome};
+use keybroker_proto::admin_pb as pb;
+
+use super::admin_client::AdminConn;
+use super::Outcome;
+use crate::config::Config;
 use crate::error::{RefusalCause, VolumeRefusal};
 use crate::policy::Policy;
 use crate::verify::{SignerKind, Verifier};
@@ -42,8 +46,10 @@ pub struct ExplainArgs {
     /// The volume whose policy and state to check against.
     #[arg(long, value_name = "NAME")]
     volume: String,
+    /// Where the broker's admin API is; `--config` also gives the trust
+    /// anchors (a simulated root) and `certs_dir`.
     #[command(flatten)]
-    config: ConfigArg,
+    conn: AdminConn,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -73,8 +79,12 @@ struct Failure {
 /// Runs `broker explain`.
 pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
-    let (cfg, store) = open_existing_store(&args.config.config)?;
-    let trust = crate::assemble::trust(&cfg)?;
+    let cfg = args.conn.config.as_deref().map(Config::load).transpose()?;
+    let trust = match &cfg {
+        Some(cfg) => crate::assemble::trust(cfg)?,
+        None => crate::verify::TrustStore::amd(),
+    };
+    let certs_dir = cfg.as_ref().and_then(|c| c.certs_dir.clone());
     let bytes = std::fs::read(&args.report)
         .with_context(|| format!("cannot read report {}", args.report.display()))?;
     let table = match &args.cert_table {
@@ -82,17 +92,18 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot read certificate table {}", t.display()))?,
         None => Vec::new(),
     };
-    let Some(view) = store.release_view(&args.volume)? else {
-        eprintln!(
-            "broker: no volume named {:?}; `broker volume list` shows the enrolled ones",
-            args.volume
-        );
+    let s = args.conn.connect()?;
+    let req = pb::GetVolumePolicyRequest {
+        name: args.volume.clone(),
+    };
+    let Some(view) = s.run(s.client().get_volume_policy(req))? else {
         return Ok(Outcome::Refused);
     };
+    let volume = view.volume.unwrap_or_default();
 
     let mut failures = Vec::new();
     // 1. Evidence, as a release verifies it.
-    let verifier = Verifier::new(trust, cfg.certs_dir.clone());
+    let verifier = Verifier::new(trust, certs_dir);
     let result = verifier.verify(&bytes, &table, args.certs.as_deref(), at);
     let (claims, verified, simulated) = match &result {
         Ok(v) => (Some(v.claims().clone()), true, v.is_simulated()),
@@ -122,7 +133,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
         expected: expected.into(),
         actual,
     };
-    if !view.volume.enabled {
+    if !volume.enabled {
         failures.push(volume_failure(
             RefusalCause::Disabled,
             "volume.enabled",
@@ -130,7 +141,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
             "disabled by an administrator".into(),
         ));
     }
-    if view.keys.is_empty() {
+    if view.releasable_keys.is_empty() {
         failures.push(volume_failure(
             RefusalCause::NoKey,
             "volume.keys",
@@ -140,7 +151,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     }
 
     // 3. Every policy check, on the claims (unverified ones if the evidence failed).
-    let policy_name = view.volume.policy.clone();
+    let policy_name = volume.policy.clone();
     let policy = match &view.policy {
         None => Err(format!("policy {policy_name:?} does not exist")),
         Some(p) => Policy::from_toml(&p.text)
@@ -174,7 +185,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
         let out = json!({
             "volume": args.volume,
             "policy": policy_name,
-            "enabled": view.volume.enabled,
+            "enabled": volume.enabled,
             "report": args.report.display().to_string(),
             "at": at.format(&Rfc3339).unwrap_or_default(),
             "authentic": verified,
@@ -188,14 +199,14 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         let key_versions: Vec<String> = view
-            .keys
+            .releasable_keys
             .iter()
             .map(|k| format!("{} {}", k.version, k.state))
             .collect();
         println!(
             "volume:    {} (policy {policy_name}, {}, key versions: {})",
             args.volume,
-            if view.volume.enabled {
+            if volume.enabled {
                 "enabled"
             } else {
                 "disabled"

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use crate::config::default_config_text;
+use crate::config::config_text;
 use crate::keys::MasterKey;
 use crate::tls;
 
@@ -26,12 +26,23 @@ pub struct InitArgs {
     /// DNS names and IP addresses for the TLS certificate (repeatable).
     #[arg(long = "san", value_name = "NAME", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
     pub sans: Vec<String>,
+    /// The admin socket written into the config's `[admin]` section
+    /// (relative paths are taken from the current directory).
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 }
 
 /// Creates config.toml, master.key (0600), tls/key.pem (0600), tls/cert.pem
 /// and prints the certificate's SPKI pin for guests.
 pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     let dir = &args.dir;
+    let admin_socket = if args.admin_socket.is_absolute() {
+        args.admin_socket.clone()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(&args.admin_socket)
+    };
     if dir.exists()
         && fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -63,11 +74,15 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     )?;
     write_new(
         &dir.join("config.toml"),
-        default_config_text(args.listen).as_bytes(),
+        config_text(args.listen, &admin_socket).as_bytes(),
         0o644,
     )?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", dir.join("config.toml").display());
+    println!(
+        "admin:    {} (created by `broker serve`)",
+        args.admin_socket.display()
+    );
     println!("spki pin: {}", generated.spki_pin);
     eprintln!(
         "broker: back up {} offline: without it no enrolled key can be recovered",

@@ -5,7 +5,9 @@
 //! Exit codes: 0 success, 1 refused / not found / failed, 2 usage error.
 
 mod admin;
+pub mod admin_client;
 mod audit;
+mod certs;
 mod explain;
 mod init;
 mod measure;
@@ -50,7 +52,7 @@ pub enum Command {
     /// guest from its firmware and boot inputs (offline; prints the hex
     /// digest for a policy's `measurements`).
     Measure(measure::MeasureArgs),
-    /// The audit log: every Challenge and Attest decision, filtered
+    /// The audit log: every Challenge, Attest and admin decision, filtered
     /// (`--volume`, `--since`, `--verdict`, ...); `audit verify` checks that
     /// its hash chain is intact.
     Audit(audit::AuditArgs),
@@ -62,6 +64,16 @@ pub enum Command {
     /// state, every policy check, with expected and actual values).
     /// Exit 0 if the volume would be released, 1 if not.
     Explain(explain::ExplainArgs),
+    /// The certificate cache: `certs import` (verified against the pinned ARKs), `certs list`.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Re-seal every key version under a new master key, in batches
+    /// (progress on stderr); resumable: after an interruption, run it again.
+    /// Exit 0 when done, 1 if refused.
+    RotateMaster(admin::RotateMasterArgs),
+    /// The broker's keys at a glance: master key and generation, records per
+    /// master key, rotations under way, retired versions, listeners.
+    Status(admin::StatusArgs),
 }
 
 /// `--config FILE`, shared by the commands that need a broker directory.
@@ -79,6 +91,8 @@ pub enum Outcome {
     Success,
     /// Exit 1: a refusal, verification failure or missing object, already reported.
     Refused,
+    /// Exit 2: a usage error, already reported (e.g. `volume delete` without `--yes`).
+    Usage,
 }
 
 /// Runs a parsed command line.
@@ -93,6 +107,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Audit(a) => audit::run(a),
         Command::Platforms(a) => platforms::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Certs(c) => certs::run(c),
+        Command::RotateMaster(a) => admin::run_rotate_master(a),
+        Command::Status(a) => admin::run_status(a),
     }
 }
 

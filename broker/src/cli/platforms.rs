@@ -1,22 +1,21 @@
-//! `broker platforms`: the platform inventory of [`crate::inventory`]
-//! printed from the store's audit log and policies: every chip seen, its
-//! generation, TCB and SNP firmware, and whether it meets each policy.
+//! `broker platforms`: the platform inventory of [`crate::inventory`],
+//! computed by the broker from its audit log and policies and fetched
+//! through the admin API: every chip seen, its generation, TCB and SNP
+//! firmware, and whether it meets each policy.
 
-use anyhow::Context as _;
 use clap::Args;
+use keybroker_proto::admin_pb as pb;
+use serde_json::Value;
 
-use super::audit::{open_existing_store, rfc3339};
-use super::{ConfigArg, Outcome};
-use crate::inventory::{platforms, Platform};
-use crate::policy::Policy;
-use crate::store::AuditFilter;
-use crate::verify::Tcb;
+use super::admin_client::AdminConn;
+use super::audit::rfc3339;
+use super::Outcome;
 
 /// `broker platforms` arguments.
 #[derive(Debug, Args)]
 pub struct PlatformsArgs {
     #[command(flatten)]
-    config: ConfigArg,
+    conn: AdminConn,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -24,94 +23,138 @@ pub struct PlatformsArgs {
 
 /// Runs `broker platforms`.
 pub fn run(args: PlatformsArgs) -> anyhow::Result<Outcome> {
-    let (_, store) = open_existing_store(&args.config.config)?;
-    let filter = AuditFilter {
-        kind: Some("attest".into()),
-        ..AuditFilter::default()
+    let s = args.conn.connect()?;
+    let Some(r) = s.run(s.client().platforms(pb::PlatformsRequest {}))? else {
+        return Ok(Outcome::Refused);
     };
-    let entries = store
-        .audit_entries(&filter)
-        .context("cannot read the audit log")?;
-    let mut policies = Vec::new();
-    for stored in store.list_policies()? {
-        match Policy::from_toml(&stored.text) {
-            Ok(p) => policies.push((stored.name, p)),
-            Err(e) => eprintln!(
-                "broker: policy {:?} is invalid and was skipped ({e}); fix it with `broker policy set`",
-                stored.name
-            ),
-        }
+    for skipped in &r.skipped_policies {
+        eprintln!("broker: {skipped}");
     }
-    let found = platforms(&entries, &policies);
+    let found: Value = serde_json::from_str(&r.inventory_json)
+        .map_err(|e| anyhow::anyhow!("the broker sent an unreadable inventory: {e}"))?;
+    let list = found.as_array().cloned().unwrap_or_default();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {
-        for p in &found {
+        for p in &list {
             print_platform(p);
         }
-        if found.is_empty() {
+        if list.is_empty() {
             eprintln!("broker: no verified attestation in the audit log yet");
         }
     }
     Ok(Outcome::Success)
 }
 
-fn tcb_text(t: &Tcb) -> String {
-    let fmc = t.fmc.map(|v| format!("fmc={v} ")).unwrap_or_default();
-    format!(
-        "{fmc}bootloader={} tee={} snp={} microcode={}",
-        t.bootloader, t.tee, t.snp, t.microcode
-    )
+fn opt_text(v: &Value, f: impl Fn(&Value) -> String) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        f(v)
+    }
 }
 
-fn print_platform(p: &Platform) {
-    let or_dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+fn num(v: &Value, k: &str) -> String {
+    v.get(k).map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+fn firmware_text(f: &Value) -> String {
+    opt_text(f, |f| {
+        format!(
+            "{}.{}.{}",
+            num(f, "major"),
+            num(f, "minor"),
+            num(f, "build")
+        )
+    })
+}
+
+fn tcb_text(t: &Value) -> String {
+    opt_text(t, |t| {
+        let fmc = match t.get("fmc") {
+            Some(v) if !v.is_null() => format!("fmc={v} "),
+            _ => String::new(),
+        };
+        format!(
+            "{fmc}bootloader={} tee={} snp={} microcode={}",
+            num(t, "bootloader"),
+            num(t, "tee"),
+            num(t, "snp"),
+            num(t, "microcode")
+        )
+    })
+}
+
+fn str_or_dash(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned()
+}
+
+fn int(v: &Value, k: &str) -> i64 {
+    v.get(k).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn print_platform(p: &Value) {
+    let null = Value::Null;
     println!(
         "chip {}{}",
-        p.chip_id,
-        if p.masked {
+        str_or_dash(p, "chip_id"),
+        if p.get("masked").and_then(Value::as_bool) == Some(true) {
             " (masked: guests launched with MASK_CHIP_ID, several chips may share it)"
         } else {
             ""
         }
     );
-    println!(
-        "  generation:   {}",
-        or_dash(p.generation.map(|g| g.to_string()))
-    );
-    println!("  signer:       {}", or_dash(p.signer.clone()));
+    println!("  generation:   {}", str_or_dash(p, "generation"));
+    println!("  signer:       {}", str_or_dash(p, "signer"));
     println!(
         "  firmware:     {}",
-        or_dash(p.firmware.map(|f| f.to_string()))
+        firmware_text(p.get("firmware").unwrap_or(&null))
     );
     println!(
         "  reported_tcb: {}",
-        or_dash(p.reported_tcb.as_ref().map(tcb_text))
+        tcb_text(p.get("reported_tcb").unwrap_or(&null))
     );
+    let n = int(p, "attestations");
     println!(
         "  seen:         {} .. {} ({} attestation{})",
-        rfc3339(p.first_seen),
-        rfc3339(p.last_seen),
-        p.attestations,
-        if p.attestations == 1 { "" } else { "s" }
+        rfc3339(int(p, "first_seen")),
+        rfc3339(int(p, "last_seen")),
+        n,
+        if n == 1 { "" } else { "s" }
     );
-    if p.versions.len() > 1 {
+    let versions = p
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if versions.len() > 1 {
         println!("  history:");
-        for v in &p.versions {
+        for v in &versions {
             println!(
                 "    firmware {} tcb {}: {} .. {}",
-                or_dash(v.firmware.map(|f| f.to_string())),
-                or_dash(v.reported_tcb.as_ref().map(tcb_text)),
-                rfc3339(v.first_seen),
-                rfc3339(v.last_seen)
+                firmware_text(v.get("firmware").unwrap_or(&null)),
+                tcb_text(v.get("reported_tcb").unwrap_or(&null)),
+                rfc3339(int(v, "first_seen")),
+                rfc3339(int(v, "last_seen"))
             );
         }
     }
-    for f in &p.policies {
-        if f.meets {
-            println!("  policy {}: meets min_tcb and min_firmware", f.policy);
+    for f in p
+        .get("policies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = str_or_dash(&f, "policy");
+        if f.get("meets").and_then(Value::as_bool) == Some(true) {
+            println!("  policy {name}: meets min_tcb and min_firmware");
         } else {
-            println!("  policy {}: BELOW: {}", f.policy, f.shortfalls.join("; "));
+            let shortfalls: Vec<&str> = f
+                .get("shortfalls")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            println!("  policy {name}: BELOW: {}", shortfalls.join("; "));
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `broker serve`: the guest-facing service.
+//! `broker serve`: the guest-facing service and, beside it on its own
+//! listeners, the admin API (`crate::admin`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,45 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
     let pin = crate::tls::spki_pin(&certs[0])?;
     let tls = grpc::tls_server_config(certs, key)?;
     let shards = config.threads;
+    // The admin plane: its own listeners, never the guest port.
+    let admin = Arc::new(
+        crate::admin::Admin::new(broker.store().clone(), broker.keyring().clone())
+            .with_settings(crate::admin::AdminSettings::from_config(&config)),
+    );
+    let admin_socket = crate::admin::listen::bind_socket(&config.admin.socket)?;
+    let allowed_uids = config
+        .admin
+        .allowed_uids
+        .clone()
+        .unwrap_or_else(crate::admin::listen::default_allowed_uids);
+    let admin_tcp = match &config.admin.tcp {
+        Some(tcp) => {
+            let tls = crate::admin::listen::tls_server_config(tcp)?;
+            let l = std::net::TcpListener::bind(tcp.listen)
+                .with_context(|| format!("cannot listen on [admin] tcp_listen {}", tcp.listen))?;
+            l.set_nonblocking(true)?;
+            tracing::info!(addr = %l.local_addr()?, "admin API over mutual TLS");
+            println!("admin tls on {}", l.local_addr()?);
+            Some((l, tls))
+        }
+        None => None,
+    };
+    tracing::info!(socket = %config.admin.socket.display(), ?allowed_uids, "admin API on the Unix socket");
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on [metrics] listen {addr}"))?;
+            l.set_nonblocking(true)?;
+            tracing::info!(addr = %l.local_addr()?, "Prometheus metrics on GET /metrics");
+            println!("metrics on {}", l.local_addr()?);
+            admin.set_listener("metrics", l.local_addr()?.to_string());
+            Some(l)
+        }
+        None => None,
+    };
     let listeners = grpc::bind_shards(config.listen, shards)?;
     let addr = listeners[0].local_addr()?;
+    admin.set_listener("guest", addr.to_string());
     tracing::info!(addr = %addr, shards, spki_pin = %pin, "serving keybroker.v1 over TLS");
     // A line on stdout that scripts and tests can wait for.
     println!("listening on {addr}");
@@ -36,6 +74,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
         .name("control".into())
         .spawn({
             let broker = broker.clone();
+            let socket_path = config.admin.socket.clone();
             move || -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -43,10 +82,50 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     .context("starting the control runtime")?;
                 rt.block_on(async move {
                     let upkeep = crate::release::spawn_maintenance(broker, Duration::from_secs(1));
+                    let metrics =
+                        metrics.and_then(|l| match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => Some(tokio::spawn(crate::metrics::serve(l))),
+                            Err(e) => {
+                                tracing::error!("metrics listener: {e}");
+                                None
+                            }
+                        });
+                    let (admin_stop, admin_rx) = tokio::sync::watch::channel(false);
+                    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    };
+                    let mut admin_tasks = vec![tokio::spawn(crate::admin::listen::serve_unix(
+                        admin_socket,
+                        admin.clone(),
+                        allowed_uids,
+                        stopped(admin_rx.clone()),
+                    ))];
+                    if let Some((l, tls)) = admin_tcp {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => admin_tasks.push(tokio::spawn(
+                                crate::admin::listen::serve_tls(l, tls, admin, stopped(admin_rx)),
+                            )),
+                            Err(e) => tracing::error!("admin TLS listener: {e}"),
+                        }
+                    }
                     grpc::shutdown_signal().await;
                     tracing::info!("shutdown requested");
                     upkeep.abort();
+                    if let Some(m) = metrics {
+                        m.abort();
+                    }
+                    let _ = admin_stop.send(true);
                     let _ = stop_tx.send(true);
+                    // Admin connections get a short drain; an idle client
+                    // cannot hold the shutdown.
+                    for t in admin_tasks {
+                        match tokio::time::timeout(Duration::from_secs(5), t).await {
+                            Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+                            Err(_) => tracing::warn!("admin listener did not drain in 5 s"),
+                            _ => {}
+                        }
+                    }
+                    let _ = std::fs::remove_file(&socket_path);
                 });
                 Ok(())
             }

@@ -36,6 +36,7 @@ pub fn fixture(set: &str) -> PathBuf {
 pub fn broker_cmd() -> Command {
     let mut c = Command::new(BROKER);
     c.env_remove("KEYBROKER_CONFIG")
+        .env_remove("KEYBROKER_ADMIN_SOCKET")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     c
@@ -238,13 +239,101 @@ pub fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// `broker init --dir DIR --listen LISTEN`; returns the run and the printed pin.
+/// `broker init --dir DIR --listen LISTEN --admin-socket DIR/admin.sock`;
+/// returns the run and the printed pin.
 pub fn init(parent: &Path, dir: &str, listen: &str) -> (Run, String) {
-    let r = run_in(parent, &["init", "--dir", dir, "--listen", listen]);
+    let socket = format!("{dir}/admin.sock");
+    let r = run_in(
+        parent,
+        &[
+            "init",
+            "--dir",
+            dir,
+            "--listen",
+            listen,
+            "--admin-socket",
+            &socket,
+        ],
+    );
     r.expect_code(0);
     let pin = r
         .stdout_line("spki pin: ")
         .trim_start_matches("spki pin: ")
         .to_string();
     (r, pin)
+}
+
+/// A `broker serve` child process, killed (by its own pid) when dropped.
+pub struct Server {
+    child: std::process::Child,
+    log: PathBuf,
+    /// The guest port's address, as printed.
+    pub guest_addr: String,
+    /// The lines printed before it (e.g. `admin tls on ADDR`).
+    pub lines: Vec<String>,
+}
+
+impl Server {
+    /// Runs `broker serve --config CONFIG` in `cwd` and waits until it
+    /// prints its `listening on` line (the admin socket is bound by then).
+    pub fn start(cwd: &Path, config: &str) -> Server {
+        use std::io::BufRead as _;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = cwd.join(format!("serve-{n}.log"));
+        let mut child = broker_cmd()
+            .current_dir(cwd)
+            .args(["serve", "--config", config])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create serve log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BROKER} serve: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut before = Vec::new();
+        let guest_addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("listening on ") {
+                        break a.to_owned();
+                    }
+                    before.push(l);
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "broker serve --config {config} exited before listening:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            log,
+            guest_addr,
+            lines: before,
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `broker init` in `parent/dir` (guest port 0) and a server on it.
+pub fn init_and_serve(parent: &Path, dir: &str) -> Server {
+    init(parent, dir, "127.0.0.1:0");
+    Server::start(parent, &format!("{dir}/config.toml"))
 }

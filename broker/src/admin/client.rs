@@ -1,0 +1,219 @@
+//! Connecting to a broker's admin API: over its Unix socket, or over TCP
+//! with mutual TLS (the server verified against a CA, a client certificate
+//! presented). Used by the `broker` CLI; the calls themselves are the
+//! generated [`AdminClient`] methods.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use keybroker_proto::admin_pb::admin_client::AdminClient;
+use rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the admin API is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A Unix socket.
+    Socket(PathBuf),
+    /// `https://HOST:PORT` with mutual TLS.
+    Tls {
+        /// Host name or IP address (must be in the server certificate).
+        host: String,
+        /// Port.
+        port: u16,
+        /// PEM client certificate chain.
+        cert: PathBuf,
+        /// PEM client private key.
+        key: PathBuf,
+        /// PEM CA certificate(s) the server certificate must chain to.
+        ca: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "{}", p.display()),
+            Target::Tls { host, port, .. } => write!(f, "https://{host}:{port}"),
+        }
+    }
+}
+
+/// Why the admin API could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens on the socket (missing, refused).
+    #[error(
+        "cannot connect to the admin socket {path}: {cause}; the broker is not running, or its \
+         socket is elsewhere: start `broker serve`, or point --socket (or KEYBROKER_ADMIN_SOCKET, \
+         or the [admin] socket of --config) at it"
+    )]
+    NoSocket {
+        /// The socket path.
+        path: String,
+        /// What the system said.
+        cause: String,
+    },
+    /// The socket exists but we may not open it.
+    #[error(
+        "cannot open the admin socket {path}: permission denied; run the command as root or as \
+         the broker's user"
+    )]
+    SocketPermission {
+        /// The socket path.
+        path: String,
+    },
+    /// TLS setup or connection failed.
+    #[error("cannot connect to the admin API at {target}: {cause}")]
+    Tls {
+        /// The URL.
+        target: String,
+        /// What failed.
+        cause: String,
+    },
+}
+
+/// Walks an error's source chain into one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Parses `https://HOST:PORT`.
+pub fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let hint = "write it as https://HOST:PORT";
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?} is not an https URL; {hint}"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port; {hint}"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{url:?} has an invalid port; {hint}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host; {hint}"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn tls_client_config(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, String> {
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+    };
+    let ca_pem = read(ca, "--admin-ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+        let c = c.map_err(|e| format!("{} is not PEM: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("invalid CA certificate in {}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no CA certificate", ca.display()));
+    }
+    let cert_pem = read(cert, "--admin-cert")?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key_pem = zeroize::Zeroizing::new(read(key, "--admin-key")?);
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("{} is not PEM: {e}", key.display()))?
+        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("the client certificate and key do not match: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Connects to the admin API at `target`.
+pub async fn connect(target: &Target) -> Result<AdminClient<Channel>, ConnectError> {
+    match target {
+        Target::Socket(path) => {
+            let shown = path.display().to_string();
+            // Checked first so that the error names the socket, not tonic's internals.
+            if let Err(e) = tokio::net::UnixStream::connect(path).await {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        ConnectError::SocketPermission { path: shown }
+                    }
+                    _ => ConnectError::NoSocket {
+                        path: shown,
+                        cause: e.to_string(),
+                    },
+                });
+            }
+            let path = path.clone();
+            let connector = tower::service_fn(move |_uri: http::Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(s))
+                }
+            });
+            let channel = Endpoint::from_static("http://admin.socket")
+                .connect_timeout(Duration::from_secs(5))
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| ConnectError::NoSocket {
+                    path: shown,
+                    cause: chain(&e),
+                })?;
+            Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+        }
+        Target::Tls {
+            host,
+            port,
+            cert,
+            key,
+            ca,
+        } => {
+            let err = |cause: String| ConnectError::Tls {
+                target: target.to_string(),
+                cause,
+            };
+            let cfg = Arc::new(tls_client_config(cert, key, ca).map_err(err)?);
+            let server_name = ServerName::try_from(host.clone())
+                .map_err(|e| err(e.to_string()))?
+                .to_owned();
+            let (h, p) = (host.clone(), *port);
+            let connector = tower::service_fn(move |_uri: http::Uri| {
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone());
+                let (h, server_name) = (h.clone(), server_name.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect((h.as_str(), p)).await?;
+                    tcp.set_nodelay(true)?;
+                    let stream = tls.connect(server_name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            });
+            let channel = Endpoint::from_static("http://admin.tls")
+                .connect_timeout(Duration::from_secs(10))
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| err(chain(&e)))?;
+            Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+        }
+    }
+}
