@@ -712,6 +712,13 @@ fn rotate_opened<'a>(
         };
         let opened = Opened { keyslot, version };
         if needs_rotation(t, &volume, &volume_keys(&volume), opened) {
+            // Said before the rotation steps start: the device is usable
+            // whatever happens to them (the final report follows at the end).
+            eprintln!(
+                "guest-unlock: {} ({}) is open with keyslot {keyslot}, key version {version}; key rotation follows",
+                u.volume,
+                u.device.display()
+            );
             works.push(Work {
                 target: t,
                 volume,
