@@ -81,5 +81,6 @@ pub fn broker(config: &Config) -> anyhow::Result<Broker> {
         Arc::new(keyring),
         verifier,
         config.nonce_ttl,
-    ))
+    )
+    .with_rotation_session_ttl(config.rotation_session_ttl))
 }

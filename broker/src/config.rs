@@ -18,6 +18,9 @@ use crate::verify::Generation;
 /// Largest gRPC message accepted by default (a report plus a certificate
 /// table is about 5 KiB; 64 KiB leaves room for long volume lists).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default time a guest has to confirm a pending key after the Attest
+/// that released it.
+pub const DEFAULT_ROTATION_SESSION_TTL_SECS: u32 = 900;
 /// Default lifetime of a challenge nonce.
 pub const DEFAULT_NONCE_TTL_SECS: u32 = 60;
 /// Default time a retired key version is kept before `purge_retired` may
@@ -53,6 +56,7 @@ struct RawServer {
     tls_key: PathBuf,
     max_message_bytes: Option<usize>,
     nonce_ttl_secs: Option<u32>,
+    rotation_session_ttl_secs: Option<u32>,
     request_timeout_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     threads: Option<usize>,
@@ -121,6 +125,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Challenge nonce lifetime.
     pub nonce_ttl: Duration,
+    /// How long a guest may confirm a pending key after the Attest that
+    /// released it (`ConfirmRotation`).
+    pub rotation_session_ttl: Duration,
     /// Per-request deadline.
     pub request_timeout: Duration,
     /// TLS handshake deadline.
@@ -268,6 +275,17 @@ impl Config {
                 "must be between 1 and 600 seconds; a long-lived nonce weakens replay protection",
             ));
         }
+        let rotation_ttl = raw
+            .server
+            .rotation_session_ttl_secs
+            .unwrap_or(DEFAULT_ROTATION_SESSION_TTL_SECS);
+        if !(1..=86_400).contains(&rotation_ttl) {
+            return Err(value_err(
+                "server.rotation_session_ttl_secs",
+                "must be between 1 and 86400 seconds (a guest enrolling keys on many devices \
+                 confirms only after all of them, about 0.8 s per device)",
+            ));
+        }
         let threads = match raw.server.threads {
             Some(0) | Some(257..) => {
                 return Err(value_err("server.threads", "must be between 1 and 256"))
@@ -319,6 +337,7 @@ impl Config {
             tls_key: resolve(raw.server.tls_key),
             max_message_bytes,
             nonce_ttl: Duration::from_secs(ttl.into()),
+            rotation_session_ttl: Duration::from_secs(rotation_ttl.into()),
             request_timeout: Duration::from_secs(raw.server.request_timeout_secs.unwrap_or(10)),
             handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs.unwrap_or(5)),
             threads,
@@ -466,6 +485,9 @@ tls_cert = "tls/cert.pem"
 tls_key = "tls/key.pem"
 max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
 nonce_ttl_secs = {DEFAULT_NONCE_TTL_SECS}
+# How long a guest may confirm a rotated key (ConfirmRotation) after the
+# Attest that released it; a guest rotating many devices needs ~0.8 s each.
+rotation_session_ttl_secs = {DEFAULT_ROTATION_SESSION_TTL_SECS}
 
 [store]
 kind = "sqlite"
@@ -552,6 +574,13 @@ mod tests {
         assert_eq!(cfg.tls_key, Path::new("/etc/kb/tls/key.pem"));
         assert_eq!(cfg.master_key, Path::new("/etc/kb/master.key"));
         assert_eq!(cfg.nonce_ttl, Duration::from_secs(60));
+        assert_eq!(cfg.rotation_session_ttl, Duration::from_secs(900));
+        let short = default_config_text("127.0.0.1:8443".parse().unwrap()).replace(
+            "rotation_session_ttl_secs = 900",
+            "rotation_session_ttl_secs = 0",
+        );
+        let err = parse(&short).unwrap_err().to_string();
+        assert!(err.contains("server.rotation_session_ttl_secs"), "{err}");
         assert_eq!(cfg.retired_retention, Duration::from_secs(30 * 86_400));
         assert!(
             cfg.simulated.is_none(),

@@ -105,6 +105,7 @@ pub struct Broker {
     keyring: Arc<Keyring>,
     verifier: Verifier,
     nonce_ttl: Duration,
+    rotation_session_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
 }
 
@@ -137,8 +138,20 @@ impl Broker {
             keyring,
             verifier,
             nonce_ttl,
+            rotation_session_ttl: Duration::from_secs(
+                crate::config::DEFAULT_ROTATION_SESSION_TTL_SECS.into(),
+            ),
             policies: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long after an Attest that released a pending key the guest may
+    /// confirm it (default [`crate::config::DEFAULT_ROTATION_SESSION_TTL_SECS`]).
+    /// Longer than the nonce lifetime: a guest enrolling keys on many
+    /// devices (about 0.8 s each) confirms only after all of them.
+    pub fn with_rotation_session_ttl(mut self, ttl: Duration) -> Self {
+        self.rotation_session_ttl = ttl;
+        self
     }
 
     /// The store (for admin commands and tests).
@@ -287,7 +300,7 @@ impl Broker {
         // 6. Each volume's state and policy.
         let mut keys = Vec::new();
         let mut denied = Vec::new();
-        let session_expiry = now.unix_timestamp() + self.nonce_ttl.as_secs() as i64;
+        let session_expiry = now.unix_timestamp() + self.rotation_session_ttl.as_secs() as i64;
         for volume in input.volumes.iter() {
             match self.release_volume(&bound, volume, &expected, &input.guest_public_key)? {
                 Ok(mut released) => {

@@ -53,6 +53,8 @@ pub struct BrokerOptions {
     pub trust_simulated: bool,
     /// Nonce lifetime.
     pub nonce_ttl_secs: u32,
+    /// Rotation session lifetime (`ConfirmRotation` after an Attest).
+    pub rotation_session_ttl_secs: u32,
 }
 
 impl Default for BrokerOptions {
@@ -60,6 +62,7 @@ impl Default for BrokerOptions {
         BrokerOptions {
             trust_simulated: true,
             nonce_ttl_secs: 60,
+            rotation_session_ttl_secs: broker::config::DEFAULT_ROTATION_SESSION_TTL_SECS,
         }
     }
 }
@@ -88,10 +91,21 @@ impl BrokerDir {
         write_mode(&root.join("tls/cert.pem"), tls.cert_pem.as_bytes(), 0o644)?;
         let sim = SimPlatform::generate(&root.join("sim"), &SimParams::default())?;
         let mut text =
-            broker::config::config_text("127.0.0.1:0".parse()?, &root.join("admin.sock")).replace(
-                "nonce_ttl_secs = 60",
-                &format!("nonce_ttl_secs = {}", opts.nonce_ttl_secs),
-            );
+            broker::config::config_text("127.0.0.1:0".parse()?, &root.join("admin.sock"))
+                .replace(
+                    "\nnonce_ttl_secs = 60",
+                    &format!("\nnonce_ttl_secs = {}", opts.nonce_ttl_secs),
+                )
+                .replace(
+                    &format!(
+                        "rotation_session_ttl_secs = {}",
+                        broker::config::DEFAULT_ROTATION_SESSION_TTL_SECS
+                    ),
+                    &format!(
+                        "rotation_session_ttl_secs = {}",
+                        opts.rotation_session_ttl_secs
+                    ),
+                );
         if opts.trust_simulated {
             text.push_str(&format!(
                 "\n[attestation.simulated]\nark = \"sim/ark.pem\"\ngeneration = \"{}\"\n",

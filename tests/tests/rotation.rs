@@ -447,7 +447,7 @@ async fn wrong_proofs_are_refused_with_their_reason_and_promote_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_refused() {
     let e = env(BrokerOptions {
-        nonce_ttl_secs: 1,
+        rotation_session_ttl_secs: 1,
         ..Default::default()
     });
     e.dir.add_volume("root", "prod").unwrap();
