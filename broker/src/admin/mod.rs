@@ -330,6 +330,12 @@ pub struct Admin {
     settings: RwLock<AdminSettings>,
     /// Held while a master key rotation runs in this process.
     master_rotation: Mutex<()>,
+    /// Held across every policy write, so that an in-place edit (read,
+    /// change one list, write) cannot overwrite a concurrent edit or
+    /// `policy set` of the same broker and silently undo, say, a revoked
+    /// measurement. (Replicas sharing one database would need a
+    /// compare-and-set on the revision in the store instead.)
+    policy_write: Mutex<()>,
 }
 
 fn now_unix() -> i64 {
@@ -366,6 +372,7 @@ impl Admin {
             keyring,
             settings: RwLock::new(AdminSettings::default()),
             master_rotation: Mutex::new(()),
+            policy_write: Mutex::new(()),
         }
     }
 
@@ -500,11 +507,6 @@ impl Admin {
             serde_json::json!({"policy": policy, "description": description, "key_version": 1}),
             result,
         )
-    }
-
-    /// Every volume.
-    pub fn volume_list(&self) -> Result<Vec<VolumeRecord>, AdminError> {
-        Ok(self.store.list_volumes()?)
     }
 
     /// Every volume with its rotation state.
@@ -782,6 +784,7 @@ impl Admin {
         let result = (|| {
             crate::store::validate_name("policy name", name)?;
             Policy::from_toml(text).map_err(|e| AdminError::invalid(e.to_string()))?;
+            let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
             Ok(self.store.put_policy(name, text)?)
         })();
         let change = match &result {
@@ -819,7 +822,10 @@ impl Admin {
             (PolicyList::BlockedChips, true) => "policy.block_chip",
             (PolicyList::BlockedChips, false) => "policy.unblock_chip",
         };
-        let result = self.policy_edit_inner(name, list, add, value);
+        let result = {
+            let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
+            self.policy_edit_inner(name, list, add, value)
+        };
         let change = match &result {
             Ok(o) => serde_json::json!({
                 "policy": name, "list": list.key(), "value": value.trim().to_ascii_lowercase(),
