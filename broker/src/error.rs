@@ -114,8 +114,8 @@ pub enum RotationRejected {
     /// No Attest with this nonce released a pending key of this volume.
     #[error("no rotation session for this nonce and volume; confirm with the nonce of the Attest that released the pending key")]
     SessionUnknown,
-    /// The session outlived its lifetime (the nonce lifetime, from Attest).
-    #[error("rotation session expired; attest again and confirm within the nonce lifetime")]
+    /// The session outlived its lifetime (`rotation_session_ttl_secs`, from Attest).
+    #[error("rotation session expired; attest again and confirm within the rotation session lifetime (the broker's rotation_session_ttl_secs)")]
     SessionExpired,
     /// The session released another version than the one named.
     #[error("version {asked} is not the pending version {released} released in this session")]

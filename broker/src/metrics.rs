@@ -172,13 +172,18 @@ impl Metrics {
                 certs.kds_requests,
             ),
             (
+                "keybroker_kds_fetched_total",
+                "VEKs fetched from AMD KDS, verified and stored in the cache.",
+                certs.kds_fetched,
+            ),
+            (
                 "keybroker_kds_failures_total",
-                "AMD KDS requests that failed.",
+                "AMD KDS requests that failed or whose answer did not verify.",
                 certs.kds_failures,
             ),
             (
                 "keybroker_kds_backoff_refusals_total",
-                "Verifications refused at once while backing off from AMD KDS.",
+                "AMD KDS lookups refused at once (backing off after a failure or 429, or rate limit).",
                 certs.kds_backoff_refusals,
             ),
             (
@@ -294,6 +299,7 @@ mod tests {
         let certs = crate::certsource::CacheStats {
             hits: 2,
             misses: 1,
+            kds_fetched: 4,
             ..Default::default()
         };
         let text = m.render_with(&certs);
@@ -312,6 +318,7 @@ mod tests {
             "keybroker_release_duration_seconds_sum 0.0308",
             "keybroker_cert_cache_hits_total 2",
             "keybroker_cert_cache_misses_total 1",
+            "keybroker_kds_fetched_total 4",
             "keybroker_store_errors_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

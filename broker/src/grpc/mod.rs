@@ -138,6 +138,9 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         // Verification is CPU work of a few hundred microseconds; it runs on
         // the runtime's worker threads (one per core) without a blocking
         // pool hand-off, which would cost more than it saves at this size.
+        // Exception: with AMD KDS enabled (off by default) a verification
+        // may wait for one certificate or CRL fetch and holds this thread
+        // meanwhile (docs/operations.md, "AMD KDS").
         let release = self.broker.attest(input, client);
         crate::metrics::global().release_latency(started.elapsed());
         let release = release.map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
