@@ -605,6 +605,40 @@ fn a_keyslot_that_a_released_key_opens_is_never_removed() {
 }
 
 #[test]
+fn cleanup_removes_nothing_unless_a_released_key_was_checked_to_open() {
+    // The token records keyslot 1 as version 1; the broker now releases
+    // only version 2. Without a keyslot checked in this run to open with
+    // version 2, removing keyslot 1 could leave no broker key that opens
+    // the volume: cleanup must refuse and leave the header as it is.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = bound_image(dir.path(), "unanchored.img");
+    let k2 = guest_unlock::flow::UnwrappedKey {
+        volume: VolumeId::new("root").unwrap(),
+        version: 2,
+        state: KeyState::Current,
+        key: zeroize::Zeroizing::new(K2.to_vec()),
+    };
+    let before = std::fs::read(&dev).unwrap();
+    let err = guest_unlock::rotation::cleanup(
+        &dev,
+        &VolumeId::new("root").unwrap(),
+        &[&k2],
+        &[],
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, guest_unlock::rotation::RotationError::Unsafe(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("key version 2"), "{err}");
+    let mut active = Device::open(&dev).unwrap().active_keyslots();
+    active.sort_unstable();
+    assert_eq!(active, [0, 1]);
+    assert!(std::fs::read(&dev).unwrap() == before, "header changed");
+}
+
+#[test]
 fn dry_run_never_changes_the_header() {
     let dir = tempfile::tempdir().unwrap();
     let dev = bound_image(dir.path(), "dry.img");
