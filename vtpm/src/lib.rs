@@ -29,7 +29,7 @@
 //!   (`tests/fixtures/azure-snp-vtpm/`);
 //! - [`tpm`] marshals and parses TPM 2.0 structures and commands by hand,
 //!   and [`Tpm`] sends them over any `Read + Write` (`/dev/tpmrm0`, a
-//!   swtpm socket).
+//!   swtpm socket); [`guest`] fetches the evidence with them.
 //!
 //! # The binding
 //!
@@ -48,6 +48,7 @@
 
 pub mod error;
 pub mod evidence_file;
+pub mod guest;
 pub mod hcl;
 pub mod tpm;
 pub mod verify;
