@@ -1,5 +1,5 @@
 //! Volume, policy and key lifecycle administration through the broker's
-//! admin API (`keybroker.admin.v1`, see [`crate::admin`]): these commands
+//! admin API (`keybroker.admin.v1`, see [`broker::admin`]): these commands
 //! need a running `broker serve` and never open the store themselves. They
 //! never print key bytes.
 
@@ -11,7 +11,7 @@ use keybroker_proto::admin_pb as pb;
 
 use super::admin_client::{AdminConn, Session};
 use super::Outcome;
-use crate::policy::Policy;
+use broker::policy::Policy;
 
 /// `broker volume ...`
 #[derive(Debug, Subcommand)]
@@ -602,7 +602,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<Outcome> {
                 v.volume,
                 v.version,
                 rfc3339(v.retired_at),
-                crate::lifecycle::date(v.kept_until)
+                broker::lifecycle::date(v.kept_until)
             );
         }
     }

@@ -10,8 +10,8 @@ use clap::Args;
 use keybroker_proto::admin_pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use crate::admin::client::{self, Target};
-use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
+use broker::admin::client::{self, Target};
+use broker::config::{Config, DEFAULT_ADMIN_SOCKET};
 
 /// Where the broker's admin API is. The first of: `--admin-url` (mutual
 /// TLS), `--socket` / `KEYBROKER_ADMIN_SOCKET`, the `[admin] socket` of

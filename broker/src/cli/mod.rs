@@ -5,7 +5,7 @@
 //! Exit codes: 0 success, 1 refused / not found / failed, 2 usage error.
 
 mod admin;
-pub mod admin_client;
+mod admin_client;
 mod audit;
 mod certs;
 mod explain;
@@ -115,13 +115,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
 /// Decodes a report that did not verify, for display only: the values it
 /// claims, which nothing vouches for.
-fn unverified_claims(bytes: &[u8]) -> Option<crate::verify::ReportClaims> {
-    let d = crate::verify::decode_report(bytes).ok()?;
+fn unverified_claims(bytes: &[u8]) -> Option<broker::verify::ReportClaims> {
+    let d = broker::verify::decode_report(bytes).ok()?;
     // v2 reports name their generation only in the VEK; Milan and Genoa
     // share the TCB layout, so decoding as Milan shows the right numbers.
-    let generation = d.generation.unwrap_or(crate::verify::Generation::Milan);
+    let generation = d.generation.unwrap_or(broker::verify::Generation::Milan);
     Some(d.claims_for(
         generation,
-        d.signer.unwrap_or(crate::verify::SignerKind::Vcek),
+        d.signer.unwrap_or(broker::verify::SignerKind::Vcek),
     ))
 }
