@@ -9,7 +9,6 @@
 #![warn(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod admin;
-pub mod assemble;
 pub mod audit;
 pub mod certsource;
 pub mod config;
@@ -26,5 +25,6 @@ pub mod release;
 pub mod store;
 pub mod tls;
 pub mod verify;
+pub mod wiring;
 
 pub use error::Error;

@@ -357,7 +357,7 @@ impl Broker {
         }
         let policy = match self.policy(&view.volume.policy, view.policy) {
             Ok(p) => p,
-            Err(why) => return Ok(Err(RefusalCause::PolicyUnavailable(why))),
+            Err(cause) => return Ok(Err(cause)),
         };
         let verdict = policy.evaluate(bound.claims());
         if !verdict.is_allowed() {
@@ -553,10 +553,16 @@ impl Broker {
     }
 
     /// The parsed policy, cached by name and revision so a release does
-    /// not re-parse TOML.
-    fn policy(&self, name: &str, stored: Option<StoredPolicy>) -> Result<Arc<Policy>, String> {
+    /// not re-parse TOML; a missing or invalid one refuses the volume.
+    fn policy(
+        &self,
+        name: &str,
+        stored: Option<StoredPolicy>,
+    ) -> Result<Arc<Policy>, RefusalCause> {
         let Some(stored) = stored else {
-            return Err(format!("policy {name:?} does not exist"));
+            return Err(RefusalCause::PolicyUnavailable(format!(
+                "policy {name:?} does not exist"
+            )));
         };
         let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((rev, p)) = cache.get(name) {
@@ -570,7 +576,9 @@ impl Broker {
                 cache.insert(name.to_owned(), (stored.revision, p.clone()));
                 Ok(p)
             }
-            Err(e) => Err(format!("policy {name:?} is invalid: {e}")),
+            Err(e) => Err(RefusalCause::PolicyUnavailable(format!(
+                "policy {name:?} is invalid: {e}"
+            ))),
         }
     }
 

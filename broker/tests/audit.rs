@@ -88,7 +88,7 @@ impl Setup {
 
     fn service(&self) -> broker::release::Broker {
         let cfg = broker::config::Config::load(&self.kb().join("config.toml")).unwrap();
-        broker::assemble::broker(&cfg).unwrap()
+        broker::wiring::broker(&cfg).unwrap()
     }
 }
 
@@ -640,7 +640,7 @@ fn audit_entries_never_hold_the_released_key() {
     let key = decisions(&s);
     // The key the guest unwrapped is the enrolled one.
     let cfg = broker::config::Config::load(&s.kb().join("config.toml")).unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
     let master = broker::keys::MasterKey::load(&cfg.master_key).unwrap();
     let sealed = store.releasable_keys("root").unwrap();
     let enrolled = broker::keys::unseal(&master, "root", 1, &sealed[0].sealed).unwrap();

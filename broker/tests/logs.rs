@@ -273,7 +273,7 @@ fn logs_and_database_never_hold_key_material() {
 /// split across pages in the file).
 fn audit_rows_are_clean(config: &Path, key: &[u8], decision_id: &str) {
     let cfg = broker::config::Config::load(config).unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();

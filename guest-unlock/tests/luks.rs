@@ -484,8 +484,8 @@ fn rotation_with_the_real_broker() {
     let good = env.key_file(PASSPHRASE);
     assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_GRANTED);
     let cfg = env.dir.config().unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
-    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    let keyring = broker::wiring::keyring(&cfg).unwrap();
     let versions = || {
         store
             .key_versions("root")

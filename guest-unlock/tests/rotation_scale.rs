@@ -158,8 +158,8 @@ fn rotation_of_100_volumes() {
 
     // (a) Broker side: a pending version 2 for each volume.
     let cfg = dir.config().unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
-    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    let keyring = broker::wiring::keyring(&cfg).unwrap();
     let t = Instant::now();
     for n in &names {
         assert_eq!(

@@ -136,7 +136,7 @@ impl BrokerDir {
     /// beside a running broker; [`RunningBroker::admin`] goes through the API).
     pub fn set_policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
         broker::policy::Policy::from_toml(text).context("test policy is invalid")?;
-        let store = broker::assemble::store(&self.config()?)?;
+        let store = broker::wiring::store(&self.config()?)?;
         store.put_policy(name, text)?;
         Ok(())
     }
@@ -144,7 +144,7 @@ impl BrokerDir {
     /// Enrolls `volume` under `policy` and returns its key (for comparison in tests).
     pub fn add_volume(&self, volume: &str, policy: &str) -> anyhow::Result<Vec<u8>> {
         let cfg = self.config()?;
-        let store = broker::assemble::store(&cfg)?;
+        let store = broker::wiring::store(&cfg)?;
         let master = MasterKey::load(&cfg.master_key)?;
         let key = VolumeKey::generate();
         let sealed = keys::seal(&master, volume, 1, &key)?;
@@ -181,15 +181,15 @@ pub struct RunningBroker {
     pub admin_socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    admin_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), broker::grpc::ServeError>>>,
+    admin_task: Option<tokio::task::JoinHandle<Result<(), broker::admin::listen::ListenError>>>,
 }
 
 impl RunningBroker {
     /// Starts `broker serve` logic for `dir` on 127.0.0.1, port 0.
     pub async fn start(dir: &BrokerDir) -> anyhow::Result<RunningBroker> {
         let cfg = dir.config()?;
-        let service = Arc::new(broker::assemble::broker(&cfg)?);
+        let service = Arc::new(broker::wiring::broker(&cfg)?);
         let admin = Arc::new(
             broker::admin::Admin::new(service.store().clone(), service.keyring().clone())
                 .with_settings(broker::admin::AdminSettings::from_config(&cfg)),

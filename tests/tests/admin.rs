@@ -420,7 +420,7 @@ async fn key_rotation_through_the_admin_api() {
         .unwrap()
         .into_inner();
     assert_eq!(r.pending_version, 3, "the cancelled 2 is not reused");
-    let store = broker::assemble::store(&dir.config().unwrap()).unwrap();
+    let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
     store.promote_pending("root", 3).unwrap();
     let show = admin
         .volume_show(admin_pb::VolumeShowRequest {

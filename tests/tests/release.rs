@@ -81,7 +81,7 @@ async fn guest_failing_the_policy_gets_reasons_and_no_key() {
         );
     }
     // The audit log has expected versus actual values for the operator.
-    let store = broker::assemble::store(&dir.config().unwrap()).unwrap();
+    let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();
@@ -158,7 +158,7 @@ async fn broker_not_naming_the_simulated_root_refuses_simulated_evidence() {
 async fn disabled_volume_is_refused() {
     let (dir, broker) = setup(BrokerOptions::default()).await;
     dir.add_volume("root", "prod").unwrap();
-    broker::assemble::store(&dir.config().unwrap())
+    broker::wiring::store(&dir.config().unwrap())
         .unwrap()
         .set_volume_enabled("root", false)
         .unwrap();

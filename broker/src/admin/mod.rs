@@ -896,7 +896,7 @@ impl Admin {
             ListEdit::Remove(&hex)
         };
         let (text, reformatted) = edit::apply(&stored.text, list, edit, &policy)
-            .map_err(|e| AdminError::new(AdminErrorKind::FailedPrecondition, e))?;
+            .map_err(|e| AdminError::new(AdminErrorKind::FailedPrecondition, e.to_string()))?;
         // Validated again as a whole, exactly as `policy set` would.
         Policy::from_toml(&text).map_err(|e| {
             AdminError::new(

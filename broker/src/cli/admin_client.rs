@@ -46,7 +46,7 @@ impl AdminConn {
     /// Resolves the flags to a target (reads `--config` if needed).
     pub fn target(&self) -> anyhow::Result<Target> {
         if let Some(url) = &self.admin_url {
-            let (host, port) = client::parse_url(url).map_err(anyhow::Error::msg)?;
+            let (host, port) = client::parse_url(url)?;
             let need = |p: &Option<PathBuf>, flag: &str| {
                 p.clone()
                     .with_context(|| format!("--admin-url needs {flag}"))

@@ -88,7 +88,7 @@ fn resolve(args: &CacheArgs) -> anyhow::Result<(CertCache, TrustStore)> {
         None => None,
     };
     let trust = match &config {
-        Some(c) => broker::assemble::trust(c)?,
+        Some(c) => broker::wiring::trust(c)?,
         None => TrustStore::amd(),
     };
     let dir = match (&args.cache, &config) {
@@ -134,7 +134,7 @@ fn read_inputs(path: &Path) -> anyhow::Result<(Vec<Item>, Unreadable)> {
         match std::fs::read(&f) {
             Ok(data) => match items_from_file(&origin, &data) {
                 Ok(mut v) => items.append(&mut v),
-                Err(reason) => unreadable.push((origin, reason)),
+                Err(reason) => unreadable.push((origin, reason.to_string())),
             },
             Err(e) => unreadable.push((origin, format!("cannot read it: {e}"))),
         }

@@ -81,7 +81,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
     let cfg = args.conn.config.as_deref().map(Config::load).transpose()?;
     let trust = match &cfg {
-        Some(cfg) => broker::assemble::trust(cfg)?,
+        Some(cfg) => broker::wiring::trust(cfg)?,
         None => broker::verify::TrustStore::amd(),
     };
     let certs_dir = cfg.as_ref().and_then(|c| c.certs_dir.clone());

@@ -79,7 +79,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
         None => None,
     };
     let trust = match &config {
-        Some(c) => broker::assemble::trust(c)?,
+        Some(c) => broker::wiring::trust(c)?,
         None => TrustStore::amd(),
     };
     let bytes = std::fs::read(&report)

@@ -21,7 +21,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
         tracing::info!("memory not locked (needs root or an unlimited RLIMIT_MEMLOCK); keys may reach swap unless swap is encrypted or off");
     }
     let config = Config::load(&args.config)?;
-    let broker = Arc::new(broker::assemble::broker(&config)?);
+    let broker = Arc::new(broker::wiring::broker(&config)?);
     let (certs, key) = broker::tls::load(&config.tls_cert, &config.tls_key)?;
     let pin = broker::tls::spki_pin(&certs[0])?;
     let tls = grpc::tls_server_config(certs, key)?;
@@ -120,7 +120,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     // cannot hold the shutdown.
                     for t in admin_tasks {
                         match tokio::time::timeout(Duration::from_secs(5), t).await {
-                            Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+                            Ok(Ok(Err(e))) => tracing::warn!("{:#}", anyhow::Error::from(e)),
                             Err(_) => tracing::warn!("admin listener did not drain in 5 s"),
                             _ => {}
                         }
