@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::keys::{next_path, retired_path, MasterKey};
-use crate::store::{NewVolume, SqliteStore};
+use crate::store::{NewVolume, PolicyStore, ResealStore, SqliteStore, VolumeStore};
 
 fn store_with(names: &[&str], keyring: &Keyring) -> (SqliteStore, Vec<Vec<u8>>) {
     let store = SqliteStore::open_in_memory().unwrap();

@@ -5,8 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Barrier;
 
-use super::conformance::{self, sample_sealed, Tamper};
-use super::*;
+use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+use crate::store::conformance::{self, sample_sealed, Tamper};
+use crate::store::*;
 
 #[test]
 fn conformance_in_memory() {
@@ -145,7 +146,7 @@ fn file_is_0600_wal_and_persists() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(
         store.key_versions("root").unwrap()[0].sealed,
         sample_sealed(7)
@@ -162,7 +163,7 @@ fn file_is_0600_wal_and_persists() {
     let versions: i64 = c
         .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(versions, sqlite::SCHEMA_VERSION, "migrations applied once");
+    assert_eq!(versions, SCHEMA_VERSION, "migrations applied once");
 }
 
 #[test]
@@ -176,7 +177,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
             "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
         )
         .unwrap();
-        c.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
         c.execute_batch(
             "INSERT INTO schema_version VALUES (1, 0);
              INSERT INTO policies VALUES ('p', 1, 'version = 1', 0);
@@ -199,7 +200,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
         }
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let keys = store.key_versions("root").unwrap();
     assert_eq!(
         keys.iter()
@@ -217,7 +218,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
     drop(store);
     // Opening again applies nothing twice.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
 }
 
 #[test]
@@ -228,7 +229,7 @@ fn newer_schema_is_refused() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
-        [sqlite::SCHEMA_VERSION + 1],
+        [SCHEMA_VERSION + 1],
     )
     .unwrap();
     drop(c);
