@@ -15,6 +15,8 @@ use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 use keybroker_proto::admin_pb::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
+pub mod store_conformance;
+
 /// A policy that admits exactly `measurement` on the simulated platform's
 /// generation (minimum TCB at the platform's own values).
 pub fn policy_for(measurement: &[u8; 48], extra: &str) -> String {

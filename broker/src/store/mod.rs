@@ -1,6 +1,6 @@
-//! Storage: one interface ([`Store`]), one embedded implementation
-//! ([`SqliteStore`]), one conformance suite ([`conformance`]) that every
-//! implementation must pass.
+//! Storage: one interface ([`Store`]) and one embedded implementation
+//! ([`SqliteStore`]). Every implementation must pass the conformance suite
+//! of the test kit (`tests/src/store_conformance/`).
 //!
 //! The store holds single-use nonces, policies (as text: validation is the
 //! policy module's job), volumes with their sealed key versions, and the
@@ -30,7 +30,6 @@
 
 mod audit;
 mod audit_hash;
-pub mod conformance;
 mod nonce;
 mod policy;
 mod reseal;
@@ -131,7 +130,7 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), StoreError> {
 
 /// The storage interface: the union of its parts, which every
 /// implementation provides, plus upkeep. Implementations must pass the
-/// conformance suite ([`conformance::run_all`]).
+/// conformance suite (`keybroker_tests::store_conformance::run_all`).
 ///
 /// Code that needs one part only may take that part (`&dyn NonceStore`);
 /// the broker holds an `Arc<dyn Store>`.
