@@ -7,17 +7,18 @@
 
 use std::sync::Arc;
 
-use guest_unlock::evidence::{EvidenceProvider, SimProvider};
+use guest_unlock::evidence::EvidenceProvider;
 use guest_unlock::flow::fetch_keys;
 use keybroker_proto::admin_pb;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::sim::{SimPlatform, SimProvider};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
 
 fn provider(dir: &BrokerDir) -> Arc<dyn EvidenceProvider> {
     Arc::new(SimProvider::new(
-        guest_unlock::sim::SimPlatform::load(dir.sim.dir()).unwrap(),
+        SimPlatform::load(dir.sim.dir()).unwrap(),
         default_guest(),
     ))
 }

@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use guest_unlock::evidence::{EvidenceProvider, SimProvider};
+use guest_unlock::evidence::EvidenceProvider;
 use guest_unlock::flow::fetch_keys;
-use guest_unlock::sim::SimGuest;
 use keybroker_proto::{pb, VolumeIds};
+use keybroker_tests::sim::{SimGuest, SimPlatform, SimProvider};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
 
 fn sim_provider(dir: &BrokerDir, guest: SimGuest) -> Arc<dyn EvidenceProvider> {
     Arc::new(SimProvider::new(
-        guest_unlock::sim::SimPlatform::load(dir.sim.dir()).unwrap(),
+        SimPlatform::load(dir.sim.dir()).unwrap(),
         guest,
     ))
 }

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use broker::keys::{next_path, retired_path, Keyring, VolumeKey};
 use broker::lifecycle::{self, LifecycleError};
 use broker::store::{AuditFilter, KeyState, NewVolume, Store};
-use guest_unlock::sim::{SimGuest, SimPlatform};
 use keybroker_proto::pb::key_broker_client::KeyBrokerClient;
 use keybroker_proto::{
     denial_from_status, pb, protocol_version, report_data, rotation_proof, GuestKeyPair, Nonce,
     ReportData, VolumeId, VolumeIds,
 };
+use keybroker_tests::sim::{SimGuest, SimPlatform};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };

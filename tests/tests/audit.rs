@@ -10,19 +10,17 @@
 //! the library's `Broker` running Challenge and Attest in this process with
 //! reports the simulated platform signs; the guest unwraps its key.
 
-mod util;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use broker::release::{AttestInput, Release};
-use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 use keybroker_proto::{report_data, GuestKeyPair, VolumeIds};
+use keybroker_tests::exe::{init, run_in, tempdir, Run, Server};
+use keybroker_tests::fixtures::{expected_field, stage_real_set, REAL_SETS};
+use keybroker_tests::sim::{SimGuest, SimParams, SimPlatform};
+use keybroker_tests::snapshot::assert_snapshot;
 use serde_json::Value;
-use util::{
-    assert_snapshot, expected_field, init, run_in, stage_real_set, tempdir, Run, Server, REAL_SETS,
-};
 
 const GUEST_A: &str = "127.0.0.1:40001";
 const GUEST_B: &str = "127.0.0.1:40002";
