@@ -259,6 +259,7 @@ fn a_running_broker_picks_up_a_rotation_started_elsewhere() {
     assert_eq!(serving.current_id(), admin.current_id());
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn failpoint_is_inert_without_the_variable() {
     // The test process does not set KEYBROKER_CRASH_AT.
