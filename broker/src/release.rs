@@ -23,7 +23,8 @@ use crate::keys::{Keyring, MasterKey};
 use crate::lifecycle::failpoint;
 use crate::policy::Policy;
 use crate::store::{
-    KeyState, NonceOutcome, RotationSession, SessionLookup, Store, StoreError, StoredPolicy,
+    KeyState, NonceOutcome, RotationSessionLookup, RotationSessionRecord, Store, StoreError,
+    StoredPolicy,
 };
 use crate::verify::{BoundReport, Verifier};
 
@@ -307,7 +308,7 @@ impl Broker {
                     // A released pending key opens a rotation session: the
                     // guest's ConfirmRotation is checked against it.
                     for k in released.iter().filter(|k| k.state == KeyState::Pending) {
-                        self.store.record_rotation_session(&RotationSession {
+                        self.store.record_rotation_session(&RotationSessionRecord {
                             nonce: *input.nonce.as_bytes(),
                             volume: volume.as_str().to_owned(),
                             version: k.version,
@@ -469,11 +470,11 @@ impl Broker {
             .store
             .rotation_session(input.nonce.as_bytes(), volume, now)?
         {
-            SessionLookup::Live(s) => s,
-            SessionLookup::Expired => {
+            RotationSessionLookup::Live(s) => s,
+            RotationSessionLookup::Expired => {
                 return Err(Error::Rotation(RotationRejected::SessionExpired))
             }
-            SessionLookup::Unknown => {
+            RotationSessionLookup::Unknown => {
                 return Err(Error::Rotation(RotationRejected::SessionUnknown))
             }
         };

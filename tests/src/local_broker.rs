@@ -240,8 +240,8 @@ impl RunningBroker {
 
     /// A client of this broker's admin API (over its Unix socket).
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        let target = broker::admin::client::Target::Socket(self.admin_socket.clone());
-        Ok(broker::admin::client::connect(&target).await?)
+        let target = broker::admin::connect::Target::Socket(self.admin_socket.clone());
+        Ok(broker::admin::connect::connect(&target).await?)
     }
 
     /// `broker policy set NAME` through the admin API; returns the revision.

@@ -5,7 +5,7 @@
 //! `audit`), served as `keybroker.admin.v1` by a thin gRPC adapter
 //! ([`service`]) on admin-only listeners ([`listen`]: a Unix socket checked
 //! by peer credentials, optionally TCP with mutual TLS), and called by the
-//! `broker` CLI through [`client`].
+//! `broker` CLI through [`connect`].
 //!
 //! **Architecture Invariant:** the admin service is never added to the
 //! guest-facing server; nothing here is reachable on the guest port.
@@ -13,7 +13,7 @@
 //! `admin` naming the caller. No call returns key bytes.
 
 mod audit;
-pub mod client;
+pub mod connect;
 mod edit;
 mod error;
 mod keys;

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use keybroker_proto::admin_pb as pb;
 
-use super::admin_client::AdminConn;
+use super::admin_conn::AdminConn;
 use super::Outcome;
 use broker::config::Config;
 use broker::error::{RefusalCause, VolumeRefusal};

@@ -7,7 +7,7 @@ use clap::Args;
 use keybroker_proto::admin_pb as pb;
 use serde_json::Value;
 
-use super::admin_client::AdminConn;
+use super::admin_conn::AdminConn;
 use super::audit::rfc3339;
 use super::Outcome;
 

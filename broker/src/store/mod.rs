@@ -42,7 +42,7 @@ pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
 pub use nonce::{NonceOutcome, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
 pub use reseal::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion};
-pub use rotation::{RotationSession, RotationSessionStore, SessionLookup};
+pub use rotation::{RotationSessionLookup, RotationSessionRecord, RotationSessionStore};
 pub use sqlite::SqliteStore;
 pub use volume::{
     KeyState, KeyVersionRecord, NewVolume, PurgedVersion, ReleaseView, VolumeRecord, VolumeStore,

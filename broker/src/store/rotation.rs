@@ -3,10 +3,11 @@
 
 use super::StoreError;
 
-/// The session of an Attest that released a pending key version: what a
-/// `ConfirmRotation` naming this nonce and volume is checked against.
+/// The store's record of a rotation session: the Attest that released a
+/// pending key version, which a `ConfirmRotation` naming this nonce and
+/// volume is checked against.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RotationSession {
+pub struct RotationSessionRecord {
     /// The Attest's nonce (names the session).
     pub nonce: [u8; 32],
     /// The volume.
@@ -21,9 +22,9 @@ pub struct RotationSession {
 
 /// What looking a rotation session up found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionLookup {
+pub enum RotationSessionLookup {
     /// Known and unexpired.
-    Live(RotationSession),
+    Live(RotationSessionRecord),
     /// Known but past its expiry.
     Expired,
     /// Never recorded for this nonce and volume (or purged).
@@ -34,7 +35,7 @@ pub enum SessionLookup {
 pub trait RotationSessionStore {
     /// Records the session of an Attest that released a pending version.
     /// A second record for the same nonce and volume is `AlreadyExists`.
-    fn record_rotation_session(&self, session: &RotationSession) -> Result<(), StoreError>;
+    fn record_rotation_session(&self, session: &RotationSessionRecord) -> Result<(), StoreError>;
 
     /// The rotation session of `nonce` for `volume`, judged at `now_unix`.
     fn rotation_session(
@@ -42,7 +43,7 @@ pub trait RotationSessionStore {
         nonce: &[u8; 32],
         volume: &str,
         now_unix: i64,
-    ) -> Result<SessionLookup, StoreError>;
+    ) -> Result<RotationSessionLookup, StoreError>;
 
     /// Deletes rotation sessions expired at `now_unix`; returns how many.
     fn purge_rotation_sessions(&self, now_unix: i64) -> Result<u64, StoreError>;

@@ -1,13 +1,13 @@
 //! Rotation sessions: lookup by nonce and volume, expiry, purge.
 
-use broker::store::{RotationSession, SessionLookup, Store, StoreError};
+use broker::store::{RotationSessionLookup, RotationSessionRecord, Store, StoreError};
 
 use super::nonce;
 
 /// Sessions are found by nonce and volume while unexpired, then Expired,
 /// then gone after a purge.
 pub fn rotation_sessions_expire(store: &dyn Store) {
-    let s = RotationSession {
+    let s = RotationSessionRecord {
         nonce: nonce("session", 0),
         volume: "cf-sess".into(),
         version: 4,
@@ -19,7 +19,7 @@ pub fn rotation_sessions_expire(store: &dyn Store) {
         store.record_rotation_session(&s),
         Err(StoreError::AlreadyExists { .. })
     ));
-    let other_vol = RotationSession {
+    let other_vol = RotationSessionRecord {
         volume: "cf-sess-2".into(),
         version: 7,
         ..s.clone()
@@ -27,27 +27,27 @@ pub fn rotation_sessions_expire(store: &dyn Store) {
     store.record_rotation_session(&other_vol).unwrap();
     assert_eq!(
         store.rotation_session(&s.nonce, "cf-sess", 999).unwrap(),
-        SessionLookup::Live(s.clone())
+        RotationSessionLookup::Live(s.clone())
     );
     assert_eq!(
         store.rotation_session(&s.nonce, "cf-sess-2", 0).unwrap(),
-        SessionLookup::Live(other_vol)
+        RotationSessionLookup::Live(other_vol)
     );
     assert_eq!(
         store.rotation_session(&s.nonce, "cf-sess", 1_000).unwrap(),
-        SessionLookup::Expired
+        RotationSessionLookup::Expired
     );
     assert_eq!(
         store
             .rotation_session(&nonce("session", 1), "cf-sess", 0)
             .unwrap(),
-        SessionLookup::Unknown
+        RotationSessionLookup::Unknown
     );
     assert_eq!(
         store.rotation_session(&s.nonce, "cf-sess-3", 0).unwrap(),
-        SessionLookup::Unknown
+        RotationSessionLookup::Unknown
     );
-    let live = RotationSession {
+    let live = RotationSessionRecord {
         nonce: nonce("session", 2),
         expires_at: 50_000,
         ..s.clone()
@@ -56,12 +56,12 @@ pub fn rotation_sessions_expire(store: &dyn Store) {
     assert!(store.purge_rotation_sessions(1_000).unwrap() >= 2);
     assert_eq!(
         store.rotation_session(&s.nonce, "cf-sess", 0).unwrap(),
-        SessionLookup::Unknown
+        RotationSessionLookup::Unknown
     );
     assert_eq!(
         store
             .rotation_session(&live.nonce, "cf-sess", 1_000)
             .unwrap(),
-        SessionLookup::Live(live)
+        RotationSessionLookup::Live(live)
     );
 }

@@ -4,11 +4,13 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{backend, SqliteStore};
-use crate::store::{RotationSession, RotationSessionStore, SessionLookup, StoreError};
+use crate::store::{
+    RotationSessionLookup, RotationSessionRecord, RotationSessionStore, StoreError,
+};
 
 /// Records `session` on `conn` (a connection, or a transaction that also
 /// does other work).
-pub(super) fn record(conn: &Connection, session: &RotationSession) -> Result<(), StoreError> {
+pub(super) fn record(conn: &Connection, session: &RotationSessionRecord) -> Result<(), StoreError> {
     let n = conn
         .prepare_cached(
             "INSERT INTO rotation_sessions (nonce, volume, version, report_data, expires_at) \
@@ -34,7 +36,7 @@ pub(super) fn record(conn: &Connection, session: &RotationSession) -> Result<(),
 }
 
 impl RotationSessionStore for SqliteStore {
-    fn record_rotation_session(&self, session: &RotationSession) -> Result<(), StoreError> {
+    fn record_rotation_session(&self, session: &RotationSessionRecord) -> Result<(), StoreError> {
         record(&self.conn(), session)
     }
 
@@ -43,7 +45,7 @@ impl RotationSessionStore for SqliteStore {
         nonce: &[u8; 32],
         volume: &str,
         now_unix: i64,
-    ) -> Result<SessionLookup, StoreError> {
+    ) -> Result<RotationSessionLookup, StoreError> {
         let conn = self.conn();
         let row: Option<(i64, Vec<u8>, i64)> = conn
             .prepare_cached(
@@ -58,15 +60,15 @@ impl RotationSessionStore for SqliteStore {
             })
             .map_err(backend)?;
         let Some((version, rd, expires_at)) = row else {
-            return Ok(SessionLookup::Unknown);
+            return Ok(RotationSessionLookup::Unknown);
         };
         if now_unix >= expires_at {
-            return Ok(SessionLookup::Expired);
+            return Ok(RotationSessionLookup::Expired);
         }
         let corrupt = |what: &str| {
             StoreError::Corrupt(format!("rotation session of volume {volume:?}: {what}"))
         };
-        Ok(SessionLookup::Live(RotationSession {
+        Ok(RotationSessionLookup::Live(RotationSessionRecord {
             nonce: *nonce,
             volume: volume.to_owned(),
             version: u32::try_from(version).map_err(|_| corrupt("version out of range"))?,

@@ -1,7 +1,8 @@
 //! Connecting to a broker's admin API: over its Unix socket, or over TCP
 //! with mutual TLS (the server verified against a CA, a client certificate
-//! presented). Used by the `broker` CLI; the calls themselves are the
-//! generated [`AdminClient`] methods.
+//! presented). Used by the `broker` CLI (its connection flags are the
+//! binary's `cli/admin_conn.rs`) and the test kit; the calls themselves are
+//! the generated [`AdminClient`] methods.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
