@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::service::{AdminService, Auth};
 use super::Admin;
 use crate::config::AdminTcp;
+use crate::grpc::ServeError;
 use crate::tls::TlsError;
 
 /// Why an admin listener cannot be set up, or stopped serving. Each
@@ -120,25 +121,16 @@ pub enum ListenError {
     /// The client-certificate verifier cannot be built from `[admin] client_ca`.
     #[error("building the admin client-certificate verifier")]
     ClientVerifier(#[source] rustls::server::VerifierBuilderError),
-    /// The TLS configuration cannot be built.
-    #[error("{what}")]
-    Tls {
-        /// What was being set up.
-        what: &'static str,
-        /// Why.
-        source: rustls::Error,
-    },
-    /// The admin server failed.
-    #[error("{what}")]
-    Server {
-        /// "admin socket server failed", ...
-        what: &'static str,
-        /// Why.
-        source: tonic::transport::Error,
-    },
-    /// Another I/O error on the listener.
+    /// The TLS configuration cannot be built, the server failed, or
+    /// another I/O error on the listener (as for the guest port).
     #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Serve(#[from] ServeError),
+}
+
+impl From<std::io::Error> for ListenError {
+    fn from(e: std::io::Error) -> Self {
+        ListenError::Serve(e.into())
+    }
 }
 
 /// Root and the broker's own effective uid: who may administer by default.
@@ -240,7 +232,7 @@ fn read_certs(
 /// The rustls config of the TCP admin listener: TLS 1.3, a client
 /// certificate required and verified against `client_ca`.
 pub fn tls_server_config(tcp: &AdminTcp) -> Result<rustls::ServerConfig, ListenError> {
-    let tls = |what| move |source| ListenError::Tls { what, source };
+    let tls = |what| move |source| ServeError::Tls { what, source };
     let (certs, key) = crate::tls::load(&tcp.tls_cert, &tcp.tls_key)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&tcp.client_ca, "admin client CA")? {
@@ -292,9 +284,12 @@ pub async fn serve_unix(
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|source| ListenError::Server {
-            what: "admin socket server failed",
-            source,
+        .map_err(|source| {
+            ServeError::Server {
+                what: "admin socket server failed",
+                source,
+            }
+            .into()
         })
 }
 
@@ -342,9 +337,12 @@ pub async fn serve_tls(
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|source| ListenError::Server {
-            what: "admin TLS server failed",
-            source,
+        .map_err(|source| {
+            ServeError::Server {
+                what: "admin TLS server failed",
+                source,
+            }
+            .into()
         });
     accept_loop.abort();
     r
