@@ -6,7 +6,7 @@
 //! Cargo gives a test the path of an executable only in the executable's
 //! own package, so the kit finds them beside its own test binaries
 //! (`target/<profile>/`). `cargo test --workspace` builds them before any
-//! test runs; when one is missing or older than the workspace's sources
+//! test runs; when one is missing or older than a file it is built from
 //! (`cargo test -p keybroker-tests` alone, after an edit), it is built
 //! first with `cargo build -p <package> --bin <name>`, once per test
 //! process.
@@ -61,7 +61,7 @@ impl Exe {
             .and_then(Path::parent)
             .expect("test binaries run from target/<profile>/deps/");
         let exe = profile_dir.join(self.name());
-        if let Some(why) = Self::stale(&exe) {
+        if let Some(why) = self.stale(&exe) {
             self.build(profile_dir, &why);
         }
         assert!(
@@ -72,31 +72,40 @@ impl Exe {
         exe
     }
 
-    /// Why `exe` must be (re)built, if it must: it is missing, or a source
-    /// of a workspace crate it may link (any member but this kit), a
-    /// manifest or `Cargo.lock` is newer.
-    fn stale(exe: &Path) -> Option<String> {
+    /// Why `exe` must be (re)built, if it must: it is missing, or a file
+    /// it was built from is newer. Cargo lists those files (the sources of
+    /// the binary and of every workspace crate it links, build scripts,
+    /// `.proto` files) in `<exe>.d`; the lock file and the package's
+    /// manifest cover dependency and feature changes.
+    fn stale(self, exe: &Path) -> Option<String> {
         let Some(built) = mtime(exe) else {
             return Some("it is not built".into());
         };
+        let Ok(dep_info) = std::fs::read_to_string(exe.with_extension("d")) else {
+            return Some("cargo's list of its sources is missing".into());
+        };
         let root = workspace();
-        let mut inputs = vec![root.join("Cargo.toml"), root.join("Cargo.lock")];
-        let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for member in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let dir = member.path();
-            if dir.join("Cargo.toml").is_file() && dir != kit {
-                inputs.push(dir.join("Cargo.toml"));
-                inputs.extend(files_under(&dir).into_iter().filter(|p| {
-                    !p.strip_prefix(&dir)
-                        .is_ok_and(|rel| rel.starts_with("tests") || rel.starts_with("target"))
-                }));
+        let mut inputs = vec![
+            root.join("Cargo.lock"),
+            root.join("Cargo.toml"),
+            root.join(self.name()).join("Cargo.toml"),
+        ];
+        // `TARGET: SOURCE SOURCE ...`, spaces in paths escaped as `\ `.
+        let sources = dep_info.split_once(": ").map_or("", |(_, s)| s);
+        inputs.extend(
+            sources
+                .replace("\\ ", "\0")
+                .split_whitespace()
+                .map(|p| PathBuf::from(p.replace('\0', " "))),
+        );
+        for input in inputs {
+            match mtime(&input) {
+                Some(t) if t <= built => {}
+                Some(_) => return Some(format!("{} is newer", input.display())),
+                None => return Some(format!("{} is gone", input.display())),
             }
         }
-        let (t, newest) = inputs
-            .into_iter()
-            .filter_map(|p| Some((mtime(&p)?, p)))
-            .max()?;
-        (t > built).then(|| format!("{} is newer", newest.display()))
+        None
     }
 
     fn build(self, profile_dir: &Path, why: &str) {
@@ -141,23 +150,6 @@ fn workspace() -> PathBuf {
 
 fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// Every file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A `broker` command with no inherited config or log settings.
