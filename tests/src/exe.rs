@@ -73,16 +73,19 @@ impl Exe {
     }
 
     /// Why `exe` must be (re)built, if it must: it is missing, or a file
-    /// it was built from is newer. Cargo lists those files (the sources of
-    /// the binary and of every workspace crate it links, build scripts,
-    /// `.proto` files) in `<exe>.d`; the lock file and the package's
-    /// manifest cover dependency and feature changes.
+    /// it was built from changed since cargo last built or checked it.
+    /// Cargo lists those files (the sources of the binary and of every
+    /// workspace crate it links, build scripts, `.proto` files) in
+    /// `<exe>.d`, and rewrites that list each time it finds the binary up
+    /// to date, so the list's time is the one to compare with; the lock
+    /// file and the manifests cover dependency and feature changes.
     fn stale(self, exe: &Path) -> Option<String> {
-        let Some(built) = mtime(exe) else {
+        let dep_info_path = exe.with_extension("d");
+        let (Some(_), Some(built)) = (mtime(exe), mtime(&dep_info_path)) else {
             return Some("it is not built".into());
         };
-        let Ok(dep_info) = std::fs::read_to_string(exe.with_extension("d")) else {
-            return Some("cargo's list of its sources is missing".into());
+        let Ok(dep_info) = std::fs::read_to_string(&dep_info_path) else {
+            return Some("cargo's list of its sources is unreadable".into());
         };
         let root = workspace();
         let mut inputs = vec![
