@@ -2,16 +2,15 @@
 //!
 //! Modules by concern: [`grpc`] (the wire boundary), [`release`] (Challenge
 //! and Attest), [`verify`] (SEV-SNP evidence), [`policy`], [`keys`] (keys at
-//! rest), [`store`], [`audit`], plus configuration and the CLI.
+//! rest), [`store`], [`audit`], plus configuration. The command line lives
+//! in the `broker` binary (`src/main.rs` and its `cli` modules), not here.
 //! See `docs/architecture.md` for the code map and invariants.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod admin;
-pub mod assemble;
 pub mod audit;
 pub mod certsource;
-pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -19,7 +18,6 @@ pub mod hardening;
 pub mod inventory;
 pub mod keys;
 pub mod lifecycle;
-pub mod logging;
 pub mod measure;
 pub mod metrics;
 pub mod policy;
@@ -27,5 +25,6 @@ pub mod release;
 pub mod store;
 pub mod tls;
 pub mod verify;
+pub mod wiring;
 
 pub use error::Error;

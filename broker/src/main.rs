@@ -1,11 +1,16 @@
-//! `broker`: thin entry point over [`broker::cli`].
+//! `broker`: the command line over the `broker` library. The argument
+//! definitions and command bodies are this binary's own modules ([`cli`],
+//! [`logging`]); `main` only maps [`cli::run`]'s result to an exit code.
+
+mod cli;
+mod logging;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match broker::cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -16,10 +21,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    match broker::cli::run(cli) {
-        Ok(broker::cli::Outcome::Success) => ExitCode::SUCCESS,
-        Ok(broker::cli::Outcome::Refused) => ExitCode::from(1),
-        Ok(broker::cli::Outcome::Usage) => ExitCode::from(2),
+    match cli::run(cli) {
+        Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Refused) => ExitCode::from(1),
+        Ok(cli::Outcome::Usage) => ExitCode::from(2),
         Err(e) => {
             eprintln!("broker: error: {e:#}");
             ExitCode::from(1)

@@ -23,7 +23,8 @@ use crate::keys::{Keyring, MasterKey};
 use crate::lifecycle::failpoint;
 use crate::policy::Policy;
 use crate::store::{
-    KeyState, NonceOutcome, RotationSession, SessionLookup, Store, StoreError, StoredPolicy,
+    KeyState, NonceOutcome, RotationSessionLookup, RotationSessionRecord, Store, StoreError,
+    StoredPolicy,
 };
 use crate::verify::{BoundReport, Verifier};
 
@@ -307,7 +308,7 @@ impl Broker {
                     // A released pending key opens a rotation session: the
                     // guest's ConfirmRotation is checked against it.
                     for k in released.iter().filter(|k| k.state == KeyState::Pending) {
-                        self.store.record_rotation_session(&RotationSession {
+                        self.store.record_rotation_session(&RotationSessionRecord {
                             nonce: *input.nonce.as_bytes(),
                             volume: volume.as_str().to_owned(),
                             version: k.version,
@@ -357,7 +358,7 @@ impl Broker {
         }
         let policy = match self.policy(&view.volume.policy, view.policy) {
             Ok(p) => p,
-            Err(why) => return Ok(Err(RefusalCause::PolicyUnavailable(why))),
+            Err(cause) => return Ok(Err(cause)),
         };
         let verdict = policy.evaluate(bound.claims());
         if !verdict.is_allowed() {
@@ -469,11 +470,11 @@ impl Broker {
             .store
             .rotation_session(input.nonce.as_bytes(), volume, now)?
         {
-            SessionLookup::Live(s) => s,
-            SessionLookup::Expired => {
+            RotationSessionLookup::Live(s) => s,
+            RotationSessionLookup::Expired => {
                 return Err(Error::Rotation(RotationRejected::SessionExpired))
             }
-            SessionLookup::Unknown => {
+            RotationSessionLookup::Unknown => {
                 return Err(Error::Rotation(RotationRejected::SessionUnknown))
             }
         };
@@ -553,10 +554,16 @@ impl Broker {
     }
 
     /// The parsed policy, cached by name and revision so a release does
-    /// not re-parse TOML.
-    fn policy(&self, name: &str, stored: Option<StoredPolicy>) -> Result<Arc<Policy>, String> {
+    /// not re-parse TOML; a missing or invalid one refuses the volume.
+    fn policy(
+        &self,
+        name: &str,
+        stored: Option<StoredPolicy>,
+    ) -> Result<Arc<Policy>, RefusalCause> {
         let Some(stored) = stored else {
-            return Err(format!("policy {name:?} does not exist"));
+            return Err(RefusalCause::PolicyUnavailable(format!(
+                "policy {name:?} does not exist"
+            )));
         };
         let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((rev, p)) = cache.get(name) {
@@ -570,7 +577,9 @@ impl Broker {
                 cache.insert(name.to_owned(), (stored.revision, p.clone()));
                 Ok(p)
             }
-            Err(e) => Err(format!("policy {name:?} is invalid: {e}")),
+            Err(e) => Err(RefusalCause::PolicyUnavailable(format!(
+                "policy {name:?} is invalid: {e}"
+            ))),
         }
     }
 

@@ -2,11 +2,62 @@
 //! `broker serve`, and the SPKI pin guests use instead of a CA.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
+
+/// Why a TLS identity cannot be made or loaded. Names the file at fault;
+/// never holds key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Key or certificate generation failed.
+    #[error("{what}")]
+    Generate {
+        /// "generating the TLS key", ...
+        what: &'static str,
+        /// Why.
+        source: rcgen::Error,
+    },
+    /// A certificate's DER does not parse.
+    #[error("cannot parse the TLS certificate: {0}")]
+    Certificate(String),
+    /// A file cannot be read.
+    #[error("cannot read {what} {}", path.display())]
+    Read {
+        /// "TLS key" or "TLS certificate".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The private key file is readable by others.
+    #[error("TLS key {path} is readable by group or others; run `chmod 600 {path}`", path = path.display())]
+    KeyReadable {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A file is not the PEM it should be.
+    #[error("{} is not a PEM {what}", path.display())]
+    NotPem {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no block of the kind it should.
+    #[error("{} holds no {what}", path.display())]
+    Empty {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+}
 
 /// A freshly generated self-signed identity.
 pub struct Generated {
@@ -19,11 +70,13 @@ pub struct Generated {
 }
 
 /// Generates an ECDSA P-256 key and a self-signed certificate for `sans`.
-pub fn self_signed(sans: &[String]) -> anyhow::Result<Generated> {
+pub fn self_signed(sans: &[String]) -> Result<Generated, TlsError> {
+    let generate = |what| move |source| TlsError::Generate { what, source };
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .context("generating the TLS key")?;
-    let mut params = rcgen::CertificateParams::new(sans.to_vec())
-        .context("invalid --san value; use DNS names or IP addresses")?;
+        .map_err(generate("generating the TLS key"))?;
+    let mut params = rcgen::CertificateParams::new(sans.to_vec()).map_err(generate(
+        "invalid --san value; use DNS names or IP addresses",
+    ))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "keybroker");
@@ -32,7 +85,7 @@ pub fn self_signed(sans: &[String]) -> anyhow::Result<Generated> {
     params.not_after = now + time::Duration::days(3650);
     let cert = params
         .self_signed(&key)
-        .context("signing the TLS certificate")?;
+        .map_err(generate("signing the TLS certificate"))?;
     Ok(Generated {
         cert_pem: cert.pem(),
         key_pem: Zeroizing::new(key.serialize_pem()),
@@ -41,9 +94,9 @@ pub fn self_signed(sans: &[String]) -> anyhow::Result<Generated> {
 }
 
 /// `sha256:<hex>` of a DER certificate's SubjectPublicKeyInfo.
-pub fn spki_pin(cert_der: &[u8]) -> anyhow::Result<String> {
+pub fn spki_pin(cert_der: &[u8]) -> Result<String, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| anyhow::anyhow!("cannot parse the TLS certificate: {e}"))?;
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
     Ok(format!("sha256:{}", hex::encode(digest.as_ref())))
 }
@@ -53,31 +106,45 @@ pub fn spki_pin(cert_der: &[u8]) -> anyhow::Result<String> {
 pub fn load(
     cert_path: &Path,
     key_path: &Path,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let meta = std::fs::metadata(key_path)
-        .with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let not_pem = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::NotPem { what, path, source }
+    };
+    let meta = std::fs::metadata(key_path).map_err(|source| TlsError::Read {
+        what: "TLS key",
+        path: key_path.to_owned(),
+        source,
+    })?;
     if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "TLS key {} is readable by group or others; run `chmod 600 {}`",
-            key_path.display(),
-            key_path.display()
-        );
+        return Err(TlsError::KeyReadable {
+            path: key_path.to_owned(),
+        });
     }
-    let cert_pem = std::fs::read(cert_path)
-        .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?;
+    let cert_pem = read("TLS certificate", cert_path)?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} is not a PEM certificate", cert_path.display()))?;
+        .map_err(not_pem("certificate", cert_path))?;
     if certs.is_empty() {
-        bail!("{} holds no certificate", cert_path.display());
+        return Err(TlsError::Empty {
+            what: "certificate",
+            path: cert_path.to_owned(),
+        });
     }
-    let key_pem = Zeroizing::new(
-        std::fs::read(key_path)
-            .with_context(|| format!("cannot read TLS key {}", key_path.display()))?,
-    );
+    let key_pem = Zeroizing::new(read("TLS key", key_path)?);
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?
-        .with_context(|| format!("{} holds no private key", key_path.display()))?;
+        .map_err(not_pem("private key", key_path))?
+        .ok_or_else(|| TlsError::Empty {
+            what: "private key",
+            path: key_path.to_owned(),
+        })?;
     Ok((certs, key))
 }
 

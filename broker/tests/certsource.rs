@@ -142,7 +142,7 @@ impl FakeKds {
     }
 }
 
-/// A verifier as `assemble::verifier` builds it: cache, then KDS.
+/// A verifier as `wiring::verifier` builds it: cache, then KDS.
 fn verifier(store: TrustStore, cache: &Arc<CertCache>, settings: KdsSettings) -> Verifier {
     let kds = KdsSource::new(settings, cache.clone(), store.clone()).unwrap();
     Verifier::new(store.clone(), None)

@@ -115,7 +115,12 @@ fn file(cell: &str) -> Option<PathBuf> {
 /// The request a row describes, or why it cannot be run here.
 fn request(row: &Row, all: &BTreeMap<String, Row>) -> Result<(Request, bool), String> {
     let mode_cell = &row["mode"];
-    let mode: Mode = mode_cell.split_whitespace().next().unwrap().parse()?;
+    let mode: Mode = mode_cell
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .map_err(|e: measure::UnknownName| e.to_string())?;
     let base64 = mode_cell.contains("base64");
     let mut req = Request::new(mode, file(&row["ovmf"]).ok_or("no firmware")?);
     req.vcpus = row["vcpus"]
@@ -133,7 +138,7 @@ fn request(row: &Row, all: &BTreeMap<String, Row>) -> Result<(Request, bool), St
         .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
         .find(|t| t.starts_with("EPYC"))
     {
-        Some(measure::vcpu_type_sig(name)?)
+        Some(measure::vcpu_type_sig(name).map_err(|e| e.to_string())?)
     } else {
         None
     };
@@ -145,7 +150,7 @@ fn request(row: &Row, all: &BTreeMap<String, Row>) -> Result<(Request, bool), St
         req.guest_features = u64::from_str_radix(f, 16).map_err(|e| e.to_string())?;
     }
     if !is_absent(&row["vmm"]) {
-        req.vmm = row["vmm"].parse::<VmmType>()?;
+        req.vmm = row["vmm"].parse::<VmmType>().map_err(|e| e.to_string())?;
     }
     req.kernel = file(&row["kernel"]);
     req.initrd = file(&row["initrd"]);

@@ -56,8 +56,8 @@ fn release(c: &mut Criterion) {
         .unwrap();
     dir.add_volume("root", "bench").unwrap();
     let cfg = dir.config().unwrap();
-    let broker = broker::assemble::broker(&cfg).unwrap();
-    let verifier = broker::verify::Verifier::new(broker::assemble::trust(&cfg).unwrap(), None);
+    let broker = broker::wiring::broker(&cfg).unwrap();
+    let verifier = broker::verify::Verifier::new(broker::wiring::trust(&cfg).unwrap(), None);
     let volumes = VolumeIds::parse(["root"]).unwrap();
     let guest = default_guest();
     let table = dir.sim.cert_table();

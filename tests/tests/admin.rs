@@ -7,17 +7,18 @@
 
 use std::sync::Arc;
 
-use guest_unlock::evidence::{EvidenceProvider, SimProvider};
+use guest_unlock::evidence::EvidenceProvider;
 use guest_unlock::flow::fetch_keys;
 use keybroker_proto::admin_pb;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::sim::{SimPlatform, SimProvider};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
 
 fn provider(dir: &BrokerDir) -> Arc<dyn EvidenceProvider> {
     Arc::new(SimProvider::new(
-        guest_unlock::sim::SimPlatform::load(dir.sim.dir()).unwrap(),
+        SimPlatform::load(dir.sim.dir()).unwrap(),
         default_guest(),
     ))
 }
@@ -420,7 +421,7 @@ async fn key_rotation_through_the_admin_api() {
         .unwrap()
         .into_inner();
     assert_eq!(r.pending_version, 3, "the cancelled 2 is not reused");
-    let store = broker::assemble::store(&dir.config().unwrap()).unwrap();
+    let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
     store.promote_pending("root", 3).unwrap();
     let show = admin
         .volume_show(admin_pb::VolumeShowRequest {

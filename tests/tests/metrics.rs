@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use guest_unlock::evidence::SimProvider;
 use guest_unlock::flow::fetch_keys;
-use guest_unlock::sim::SimGuest;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::sim::{SimGuest, SimPlatform, SimProvider};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
@@ -44,7 +43,7 @@ async fn decisions_latency_and_reasons_are_counted() {
     let cfg = guest_config(&[broker.url()], &dir.pin, dir.sim.dir(), 20).unwrap();
     let provider = |guest: SimGuest| {
         Arc::new(SimProvider::new(
-            guest_unlock::sim::SimPlatform::load(dir.sim.dir()).unwrap(),
+            SimPlatform::load(dir.sim.dir()).unwrap(),
             guest,
         ))
     };

@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use guest_unlock::evidence::{EvidenceProvider, SimProvider};
+use guest_unlock::evidence::EvidenceProvider;
 use guest_unlock::flow::fetch_keys;
-use guest_unlock::sim::SimGuest;
 use keybroker_proto::{pb, VolumeIds};
+use keybroker_tests::sim::{SimGuest, SimPlatform, SimProvider};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
 
 fn sim_provider(dir: &BrokerDir, guest: SimGuest) -> Arc<dyn EvidenceProvider> {
     Arc::new(SimProvider::new(
-        guest_unlock::sim::SimPlatform::load(dir.sim.dir()).unwrap(),
+        SimPlatform::load(dir.sim.dir()).unwrap(),
         guest,
     ))
 }
@@ -81,7 +81,7 @@ async fn guest_failing_the_policy_gets_reasons_and_no_key() {
         );
     }
     // The audit log has expected versus actual values for the operator.
-    let store = broker::assemble::store(&dir.config().unwrap()).unwrap();
+    let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();
@@ -158,7 +158,7 @@ async fn broker_not_naming_the_simulated_root_refuses_simulated_evidence() {
 async fn disabled_volume_is_refused() {
     let (dir, broker) = setup(BrokerOptions::default()).await;
     dir.add_volume("root", "prod").unwrap();
-    broker::assemble::store(&dir.config().unwrap())
+    broker::wiring::store(&dir.config().unwrap())
         .unwrap()
         .set_volume_enabled("root", false)
         .unwrap();

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use broker::keys::{next_path, retired_path, Keyring, VolumeKey};
 use broker::lifecycle::{self, LifecycleError};
 use broker::store::{AuditFilter, KeyState, NewVolume, Store};
-use guest_unlock::sim::{SimGuest, SimPlatform};
 use keybroker_proto::pb::key_broker_client::KeyBrokerClient;
 use keybroker_proto::{
     denial_from_status, pb, protocol_version, report_data, rotation_proof, GuestKeyPair, Nonce,
     ReportData, VolumeId, VolumeIds,
 };
+use keybroker_tests::sim::{SimGuest, SimPlatform};
 use keybroker_tests::{
     default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
 };
@@ -204,8 +204,8 @@ fn env(opts: BrokerOptions) -> Env {
     dir.set_policy("prod", &policy_for(&default_guest().measurement, ""))
         .unwrap();
     let cfg = dir.config().unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
-    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    let keyring = broker::wiring::keyring(&cfg).unwrap();
     Env {
         dir,
         store,
@@ -546,7 +546,7 @@ async fn master_rotation_of_10k_key_versions_while_serving() {
     let cfg = e.dir.config().unwrap();
     let store = e.store.clone();
     let rotation = std::thread::spawn(move || {
-        let ring = broker::assemble::keyring(&cfg).unwrap();
+        let ring = broker::wiring::keyring(&cfg).unwrap();
         let mut batches = Vec::new();
         let out = lifecycle::rotate_master(store.as_ref(), &ring, BATCH, &mut |p| {
             batches.push(p.elapsed);
@@ -577,7 +577,7 @@ async fn master_rotation_of_10k_key_versions_while_serving() {
         out.batches,
         out.elapsed.as_secs_f64() * 1e6 / N as f64,
     );
-    let ring = broker::assemble::keyring(&e.dir.config().unwrap()).unwrap();
+    let ring = broker::wiring::keyring(&e.dir.config().unwrap()).unwrap();
     assert_eq!(ring.current_id(), out.new);
     assert_every_key_unseals(e.store.as_ref(), &ring, &keys);
     let st = lifecycle::status(e.store.as_ref(), &ring).unwrap();
@@ -627,15 +627,15 @@ fn child_process_entry() {
     match what {
         "master" => {
             broker::lifecycle::failpoint::init();
-            let store = broker::assemble::store(&cfg).unwrap();
-            let ring = broker::assemble::keyring(&cfg).unwrap();
+            let store = broker::wiring::store(&cfg).unwrap();
+            let ring = broker::wiring::keyring(&cfg).unwrap();
             lifecycle::rotate_master(store.as_ref(), &ring, 100, &mut |_| {}).unwrap();
             panic!("the crash point was not reached");
         }
         "serve" => {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let service = Arc::new(broker::assemble::broker(&cfg).unwrap());
+                let service = Arc::new(broker::wiring::broker(&cfg).unwrap());
                 let (certs, key) = broker::tls::load(&cfg.tls_cert, &cfg.tls_key).unwrap();
                 let tls = broker::grpc::tls_server_config(certs, key).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -677,7 +677,7 @@ fn master_rotation_killed_after_batch_2_resumes_and_every_key_still_unseals() {
     // On disk: the old key file and the next one; 200 records moved.
     let cfg = e.dir.config().unwrap();
     assert!(next_path(&cfg.master_key).exists());
-    let ring = broker::assemble::keyring(&cfg).unwrap();
+    let ring = broker::wiring::keyring(&cfg).unwrap();
     assert_eq!(ring.current_id(), old);
     let next = ring.next_id().expect("rotation under way");
     let st = lifecycle::status(e.store.as_ref(), &ring).unwrap();
@@ -696,7 +696,7 @@ fn master_rotation_killed_after_batch_2_resumes_and_every_key_still_unseals() {
     assert_eq!((out.old, out.new, out.resealed), (old, next, 800));
     assert!(!next_path(&cfg.master_key).exists());
     assert!(retired_path(&cfg.master_key, old).exists());
-    let ring = broker::assemble::keyring(&cfg).unwrap();
+    let ring = broker::wiring::keyring(&cfg).unwrap();
     assert_eq!(ring.current_id(), next);
     assert_every_key_unseals(e.store.as_ref(), &ring, &keys);
 }
@@ -716,7 +716,7 @@ fn master_rotation_killed_around_the_file_swap_resumes() {
             .unwrap();
         killed_at(out, point);
         let cfg = e.dir.config().unwrap();
-        let ring = broker::assemble::keyring(&cfg).unwrap();
+        let ring = broker::wiring::keyring(&cfg).unwrap();
         assert_every_key_unseals(e.store.as_ref(), &ring, &keys);
         if point == "master-after-retire" {
             // Finished before the crash: the next run would be a new rotation.
@@ -727,7 +727,7 @@ fn master_rotation_killed_around_the_file_swap_resumes() {
         let next = ring.next_id().expect(point);
         let out = lifecycle::rotate_master(e.store.as_ref(), &ring, 100, &mut |_| {}).unwrap();
         assert_eq!((out.new, out.resealed), (next, 0), "{point}");
-        let ring = broker::assemble::keyring(&cfg).unwrap();
+        let ring = broker::wiring::keyring(&cfg).unwrap();
         assert_eq!(ring.current_id(), next);
         assert_every_key_unseals(e.store.as_ref(), &ring, &keys);
     }

@@ -244,6 +244,15 @@ fn checked(text: &str, list: PolicyList, want: &BTreeSet<String>, old: &Policy) 
     a == b && &list_of(&new, list) == want
 }
 
+/// Neither the text nor the policy's canonical form could be edited so that
+/// exactly the one list changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("could not edit {list} of this policy; edit the file and use `broker policy set`")]
+pub struct EditError {
+    /// The list's TOML key.
+    pub list: &'static str,
+}
+
 /// Applies `edit` to the list of `policy` (parsed from `text`): in place
 /// when possible, else on the canonical form. Returns the new text and
 /// whether it was re-serialized.
@@ -252,7 +261,7 @@ pub fn apply(
     list: PolicyList,
     edit: ListEdit<'_>,
     policy: &Policy,
-) -> Result<(String, bool), String> {
+) -> Result<(String, bool), EditError> {
     let mut want = list_of(policy, list);
     match edit {
         ListEdit::Add(v) => want.insert(v.to_ascii_lowercase()),
@@ -266,10 +275,7 @@ pub fn apply(
     let canonical = policy.to_toml();
     match edit_string_list(&canonical, list.key(), edit) {
         Some(t) if checked(&t, list, &want, policy) => Ok((t, true)),
-        _ => Err(format!(
-            "could not edit {} of this policy; edit the file and use `broker policy set`",
-            list.key()
-        )),
+        _ => Err(EditError { list: list.key() }),
     }
 }
 

@@ -384,7 +384,7 @@ impl pb::admin_server::Admin for AdminService {
                     kept_until: r.kept_until,
                 })
                 .collect(),
-            retired_retention_days: super::days(st.retired_retention),
+            retired_retention_days: super::keys::days(st.retired_retention),
             listeners: st
                 .listeners
                 .into_iter()

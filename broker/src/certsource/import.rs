@@ -39,9 +39,20 @@ pub struct Item {
     pub der: Vec<u8>,
 }
 
+/// A file that holds no certificate or CRL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotCertificates {
+    /// PEM, but with no block of a label this reads.
+    #[error("a PEM file without a CERTIFICATE or X509 CRL block")]
+    NoPemBlock,
+    /// Neither PEM nor one DER certificate or CRL.
+    #[error("not a certificate or CRL (neither PEM nor DER X.509)")]
+    Unrecognized,
+}
+
 /// The items of one file: every `CERTIFICATE` and `X509 CRL` block of a PEM
 /// file, or one DER certificate or CRL.
-pub fn items_from_file(origin: &str, data: &[u8]) -> Result<Vec<Item>, String> {
+pub fn items_from_file(origin: &str, data: &[u8]) -> Result<Vec<Item>, NotCertificates> {
     if data.windows(11).any(|w| w == b"-----BEGIN ") {
         let mut out = Vec::new();
         for (label, kind) in [("CERTIFICATE", ItemKind::Cert), ("X509 CRL", ItemKind::Crl)] {
@@ -54,7 +65,7 @@ pub fn items_from_file(origin: &str, data: &[u8]) -> Result<Vec<Item>, String> {
             }
         }
         if out.is_empty() {
-            return Err("a PEM file without a CERTIFICATE or X509 CRL block".into());
+            return Err(NotCertificates::NoPemBlock);
         }
         let n = out.len();
         for (i, item) in out.iter_mut().enumerate() {
@@ -80,7 +91,7 @@ pub fn items_from_file(origin: &str, data: &[u8]) -> Result<Vec<Item>, String> {
             der: data.to_vec(),
         }]);
     }
-    Err("not a certificate or CRL (neither PEM nor DER X.509)".into())
+    Err(NotCertificates::Unrecognized)
 }
 
 /// What one item became.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::admin_client::AdminConn;
+use super::admin_conn::AdminConn;
 use super::Outcome;
 
 /// `broker audit ...`: list entries (the default) or verify the chain.

@@ -1,6 +1,6 @@
 //! `broker certs import|list`: the certificate cache, offline (files only,
 //! no server). Import verifies every certificate and CRL against the pinned
-//! ARKs before it stores it; see `crate::certsource::import`.
+//! ARKs before it stores it; see `broker::certsource::import`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +11,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::Outcome;
-use crate::certsource::import::{import, items_from_file, Item};
-use crate::certsource::CertCache;
-use crate::config::Config;
-use crate::verify::TrustStore;
+use broker::certsource::import::{import, items_from_file, Item};
+use broker::certsource::CertCache;
+use broker::config::Config;
+use broker::verify::TrustStore;
 
 /// `broker certs ...`
 #[derive(Debug, Subcommand)]
@@ -88,7 +88,7 @@ fn resolve(args: &CacheArgs) -> anyhow::Result<(CertCache, TrustStore)> {
         None => None,
     };
     let trust = match &config {
-        Some(c) => crate::assemble::trust(c)?,
+        Some(c) => broker::wiring::trust(c)?,
         None => TrustStore::amd(),
     };
     let dir = match (&args.cache, &config) {
@@ -134,7 +134,7 @@ fn read_inputs(path: &Path) -> anyhow::Result<(Vec<Item>, Unreadable)> {
         match std::fs::read(&f) {
             Ok(data) => match items_from_file(&origin, &data) {
                 Ok(mut v) => items.append(&mut v),
-                Err(reason) => unreadable.push((origin, reason)),
+                Err(reason) => unreadable.push((origin, reason.to_string())),
             },
             Err(e) => unreadable.push((origin, format!("cannot read it: {e}"))),
         }

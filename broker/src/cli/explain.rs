@@ -20,12 +20,12 @@ use time::OffsetDateTime;
 
 use keybroker_proto::admin_pb as pb;
 
-use super::admin_client::AdminConn;
+use super::admin_conn::AdminConn;
 use super::Outcome;
-use crate::config::Config;
-use crate::error::{RefusalCause, VolumeRefusal};
-use crate::policy::Policy;
-use crate::verify::{SignerKind, Verifier};
+use broker::config::Config;
+use broker::error::{RefusalCause, VolumeRefusal};
+use broker::policy::Policy;
+use broker::verify::{SignerKind, Verifier};
 
 /// `broker explain` arguments.
 #[derive(Debug, Args)]
@@ -81,8 +81,8 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
     let cfg = args.conn.config.as_deref().map(Config::load).transpose()?;
     let trust = match &cfg {
-        Some(cfg) => crate::assemble::trust(cfg)?,
-        None => crate::verify::TrustStore::amd(),
+        Some(cfg) => broker::wiring::trust(cfg)?,
+        None => broker::verify::TrustStore::amd(),
     };
     let certs_dir = cfg.as_ref().and_then(|c| c.certs_dir.clone());
     let bytes = std::fs::read(&args.report)

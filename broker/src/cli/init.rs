@@ -10,9 +10,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use crate::config::config_text;
-use crate::keys::MasterKey;
-use crate::tls;
+use broker::config::config_text;
+use broker::keys::MasterKey;
+use broker::tls;
 
 /// Arguments of `broker init`.
 #[derive(Debug, Args)]
@@ -28,7 +28,7 @@ pub struct InitArgs {
     pub sans: Vec<String>,
     /// The admin socket written into the config's `[admin]` section
     /// (relative paths are taken from the current directory).
-    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = broker::config::DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
 }
 

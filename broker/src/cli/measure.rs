@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::Outcome;
-use crate::measure::{self, Measurement, Mode, Request, VmmType, LD_LEN};
+use broker::measure::{self, Measurement, Mode, Request, VmmType, LD_LEN};
 
 /// `broker measure ...`
 #[derive(Debug, Args)]

@@ -4,16 +4,18 @@
 //!
 //! Exit codes: 0 success, 1 refused / not found / failed, 2 usage error.
 
-mod admin;
-pub mod admin_client;
+mod admin_conn;
 mod audit;
 mod certs;
 mod explain;
 mod init;
+mod keys;
 mod measure;
 mod platforms;
+mod policy;
 mod report;
 mod serve;
+mod volume;
 
 use std::path::PathBuf;
 
@@ -44,10 +46,10 @@ pub enum Command {
     Report(report::ReportCommand),
     /// Enrolled volumes.
     #[command(subcommand)]
-    Volume(admin::VolumeCommand),
+    Volume(volume::VolumeCommand),
     /// Release policies.
     #[command(subcommand)]
-    Policy(admin::PolicyCommand),
+    Policy(policy::PolicyCommand),
     /// Compute the expected launch measurement of a SEV, SEV-ES or SEV-SNP
     /// guest from its firmware and boot inputs (offline; prints the hex
     /// digest for a policy's `measurements`).
@@ -70,10 +72,10 @@ pub enum Command {
     /// Re-seal every key version under a new master key, in batches
     /// (progress on stderr); resumable: after an interruption, run it again.
     /// Exit 0 when done, 1 if refused.
-    RotateMaster(admin::RotateMasterArgs),
+    RotateMaster(keys::RotateMasterArgs),
     /// The broker's keys at a glance: master key and generation, records per
     /// master key, rotations under way, retired versions, listeners.
-    Status(admin::StatusArgs),
+    Status(keys::StatusArgs),
 }
 
 /// `--config FILE`, shared by the commands that need a broker directory.
@@ -101,27 +103,27 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Report(c) => report::run(c),
-        Command::Volume(c) => admin::run_volume(c),
-        Command::Policy(c) => admin::run_policy(c),
+        Command::Volume(c) => volume::run_volume(c),
+        Command::Policy(c) => policy::run_policy(c),
         Command::Measure(a) => measure::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Platforms(a) => platforms::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Certs(c) => certs::run(c),
-        Command::RotateMaster(a) => admin::run_rotate_master(a),
-        Command::Status(a) => admin::run_status(a),
+        Command::RotateMaster(a) => keys::run_rotate_master(a),
+        Command::Status(a) => keys::run_status(a),
     }
 }
 
 /// Decodes a report that did not verify, for display only: the values it
 /// claims, which nothing vouches for.
-fn unverified_claims(bytes: &[u8]) -> Option<crate::verify::ReportClaims> {
-    let d = crate::verify::decode_report(bytes).ok()?;
+fn unverified_claims(bytes: &[u8]) -> Option<broker::verify::ReportClaims> {
+    let d = broker::verify::decode_report(bytes).ok()?;
     // v2 reports name their generation only in the VEK; Milan and Genoa
     // share the TCB layout, so decoding as Milan shows the right numbers.
-    let generation = d.generation.unwrap_or(crate::verify::Generation::Milan);
+    let generation = d.generation.unwrap_or(broker::verify::Generation::Milan);
     Some(d.claims_for(
         generation,
-        d.signer.unwrap_or(crate::verify::SignerKind::Vcek),
+        d.signer.unwrap_or(broker::verify::SignerKind::Vcek),
     ))
 }

@@ -1,4 +1,4 @@
-//! `broker platforms`: the platform inventory of [`crate::inventory`],
+//! `broker platforms`: the platform inventory of [`broker::inventory`],
 //! computed by the broker from its audit log and policies and fetched
 //! through the admin API: every chip seen, its generation, TCB and SNP
 //! firmware, and whether it meets each policy.
@@ -7,7 +7,7 @@ use clap::Args;
 use keybroker_proto::admin_pb as pb;
 use serde_json::Value;
 
-use super::admin_client::AdminConn;
+use super::admin_conn::AdminConn;
 use super::audit::rfc3339;
 use super::Outcome;
 

@@ -10,9 +10,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::Outcome;
-use crate::config::Config;
-use crate::policy::{Policy, Verdict};
-use crate::verify::{ReportClaims, SignerKind, TrustStore, Verifier};
+use broker::config::Config;
+use broker::policy::{Policy, Verdict};
+use broker::verify::{ReportClaims, SignerKind, TrustStore, Verifier};
 
 /// `broker report ...`
 #[derive(Debug, Subcommand)]
@@ -79,7 +79,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
         None => None,
     };
     let trust = match &config {
-        Some(c) => crate::assemble::trust(c)?,
+        Some(c) => broker::wiring::trust(c)?,
         None => TrustStore::amd(),
     };
     let bytes = std::fs::read(&report)
@@ -92,8 +92,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
 
     let mut verifier = Verifier::new(trust.clone(), None);
     if let Some(c) = &config {
-        let cache = std::sync::Arc::new(crate::certsource::CertCache::new(c.cert_cache.clone()));
-        verifier = verifier.with_source(std::sync::Arc::new(crate::certsource::CacheSource::new(
+        let cache = std::sync::Arc::new(broker::certsource::CertCache::new(c.cert_cache.clone()));
+        verifier = verifier.with_source(std::sync::Arc::new(broker::certsource::CacheSource::new(
             cache, &trust,
         )));
     }
@@ -164,7 +164,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
 }
 
 fn print_claims(c: &ReportClaims, verified: bool) {
-    let tcb = |t: &crate::verify::Tcb| match t.fmc {
+    let tcb = |t: &broker::verify::Tcb| match t.fmc {
         Some(fmc) => format!(
             "fmc={fmc} bootloader={} tee={} snp={} microcode={}",
             t.bootloader, t.tee, t.snp, t.microcode

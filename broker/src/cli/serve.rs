@@ -1,5 +1,5 @@
 //! `broker serve`: the guest-facing service and, beside it on its own
-//! listeners, the admin API (`crate::admin`).
+//! listeners, the admin API (`broker::admin`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{ConfigArg, Outcome};
-use crate::config::Config;
-use crate::grpc::{self, ServeOptions};
+use broker::config::Config;
+use broker::grpc::{self, ServeOptions};
 
 /// Loads everything, then serves until SIGTERM or Ctrl-C.
 pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
     crate::logging::init();
-    let hardening = crate::hardening::harden();
+    let hardening = broker::hardening::harden();
     if !hardening.no_core_dumps {
         tracing::warn!("could not disable core dumps");
     }
@@ -21,25 +21,25 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
         tracing::info!("memory not locked (needs root or an unlimited RLIMIT_MEMLOCK); keys may reach swap unless swap is encrypted or off");
     }
     let config = Config::load(&args.config)?;
-    let broker = Arc::new(crate::assemble::broker(&config)?);
-    let (certs, key) = crate::tls::load(&config.tls_cert, &config.tls_key)?;
-    let pin = crate::tls::spki_pin(&certs[0])?;
+    let broker = Arc::new(broker::wiring::broker(&config)?);
+    let (certs, key) = broker::tls::load(&config.tls_cert, &config.tls_key)?;
+    let pin = broker::tls::spki_pin(&certs[0])?;
     let tls = grpc::tls_server_config(certs, key)?;
     let shards = config.threads;
     // The admin plane: its own listeners, never the guest port.
     let admin = Arc::new(
-        crate::admin::Admin::new(broker.store().clone(), broker.keyring().clone())
-            .with_settings(crate::admin::AdminSettings::from_config(&config)),
+        broker::admin::Admin::new(broker.store().clone(), broker.keyring().clone())
+            .with_settings(broker::admin::AdminSettings::from_config(&config)),
     );
-    let admin_socket = crate::admin::listen::bind_socket(&config.admin.socket)?;
+    let admin_socket = broker::admin::listen::bind_socket(&config.admin.socket)?;
     let allowed_uids = config
         .admin
         .allowed_uids
         .clone()
-        .unwrap_or_else(crate::admin::listen::default_allowed_uids);
+        .unwrap_or_else(broker::admin::listen::default_allowed_uids);
     let admin_tcp = match &config.admin.tcp {
         Some(tcp) => {
-            let tls = crate::admin::listen::tls_server_config(tcp)?;
+            let tls = broker::admin::listen::tls_server_config(tcp)?;
             let l = std::net::TcpListener::bind(tcp.listen)
                 .with_context(|| format!("cannot listen on [admin] tcp_listen {}", tcp.listen))?;
             l.set_nonblocking(true)?;
@@ -81,10 +81,10 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     .build()
                     .context("starting the control runtime")?;
                 rt.block_on(async move {
-                    let upkeep = crate::release::spawn_maintenance(broker, Duration::from_secs(1));
+                    let upkeep = broker::release::spawn_maintenance(broker, Duration::from_secs(1));
                     let metrics =
                         metrics.and_then(|l| match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => Some(tokio::spawn(crate::metrics::serve(l))),
+                            Ok(l) => Some(tokio::spawn(broker::metrics::serve(l))),
                             Err(e) => {
                                 tracing::error!("metrics listener: {e}");
                                 None
@@ -94,7 +94,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                         let _ = rx.wait_for(|s| *s).await;
                     };
-                    let mut admin_tasks = vec![tokio::spawn(crate::admin::listen::serve_unix(
+                    let mut admin_tasks = vec![tokio::spawn(broker::admin::listen::serve_unix(
                         admin_socket,
                         admin.clone(),
                         allowed_uids,
@@ -103,7 +103,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     if let Some((l, tls)) = admin_tcp {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => admin_tasks.push(tokio::spawn(
-                                crate::admin::listen::serve_tls(l, tls, admin, stopped(admin_rx)),
+                                broker::admin::listen::serve_tls(l, tls, admin, stopped(admin_rx)),
                             )),
                             Err(e) => tracing::error!("admin TLS listener: {e}"),
                         }
@@ -120,7 +120,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     // cannot hold the shutdown.
                     for t in admin_tasks {
                         match tokio::time::timeout(Duration::from_secs(5), t).await {
-                            Ok(Ok(Err(e))) => tracing::warn!("{e:#}"),
+                            Ok(Ok(Err(e))) => tracing::warn!("{:#}", anyhow::Error::from(e)),
                             Err(_) => tracing::warn!("admin listener did not drain in 5 s"),
                             _ => {}
                         }

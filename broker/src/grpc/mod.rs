@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{Error, InvalidRequest};
 use crate::release::{AttestInput, Broker, ConfirmInput};
 
-pub use server::{serve, shutdown_signal, tls_server_config, ServeOptions};
+pub use server::{serve, shutdown_signal, tls_server_config, ServeError, ServeOptions};
 pub use shards::{bind_shards, run_shards};
 
 /// Implementation of `keybroker.v1.KeyBroker`.

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use keybroker_proto::pb::key_broker_server::KeyBrokerServer;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -15,6 +14,50 @@ use tokio_rustls::TlsAcceptor;
 
 use super::KeyBrokerService;
 use crate::release::Broker;
+
+/// Why the guest-facing service cannot start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The rustls configuration cannot be built.
+    #[error("{what}")]
+    Tls {
+        /// What was being set up, and what to do.
+        what: &'static str,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// A listening socket cannot be set up.
+    #[error("{what}")]
+    Socket {
+        /// The step: "creating a listening socket", "SO_REUSEPORT", ...
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A serving thread or its runtime cannot be started.
+    #[error("{what}")]
+    Start {
+        /// "starting a shard thread", ...
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A serving thread panicked.
+    #[error("a serving thread panicked")]
+    ThreadPanicked,
+    /// The gRPC server failed.
+    #[error("{what}")]
+    Server {
+        /// "gRPC server failed", ...
+        what: &'static str,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// Another I/O error on a listener.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -34,7 +77,8 @@ pub struct ServeOptions {
 pub fn tls_server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> Result<rustls::ServerConfig, ServeError> {
+    let tls = |what| move |source| ServeError::Tls { what, source };
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     // Prefer AES-128-GCM/SHA-256: its key schedule runs on the SHA
     // extensions of current x86 CPUs, where SHA-384 has none. The volume key
@@ -45,10 +89,10 @@ pub fn tls_server_config(
     let provider = Arc::new(provider);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with the aws-lc-rs provider")?
+        .map_err(tls("TLS 1.3 with the aws-lc-rs provider"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not form a usable pair; re-run `broker init` or fix tls_cert/tls_key")?;
+        .map_err(tls("the TLS certificate and key do not form a usable pair; re-run `broker init` or fix tls_cert/tls_key"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     cfg.ignore_client_order = true;
     // A guest connects once per boot: resumption tickets would cost every
@@ -66,7 +110,8 @@ pub async fn serve(
     broker: Arc<Broker>,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
+    let failed = |what| move |source| ServeError::Server { what, source };
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let handshake_timeout = opts.handshake_timeout;
@@ -111,7 +156,7 @@ pub async fn serve(
     tokio::select! {
         r = &mut server => {
             accept_loop.abort();
-            return r.context("gRPC server failed");
+            return r.map_err(failed("gRPC server failed"));
         }
         () = shutdown => {}
     }
@@ -119,7 +164,7 @@ pub async fn serve(
     accept_loop.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(drain, server).await {
-        Ok(r) => r.context("gRPC server failed while draining"),
+        Ok(r) => r.map_err(failed("gRPC server failed while draining")),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
             Ok(())

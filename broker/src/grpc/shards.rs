@@ -11,15 +11,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use rustix::net::{sockopt, AddressFamily, SocketType};
 
-use super::server::{serve, ServeOptions};
+use super::server::{serve, ServeError, ServeOptions};
 use crate::release::Broker;
 
 /// Binds `n` listening sockets to `addr` with SO_REUSEPORT. With port 0 the
 /// first socket picks the port and the others join it.
-pub fn bind_shards(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+pub fn bind_shards(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    let socket = |what: &str| {
+        let what = what.to_owned();
+        move |e: rustix::io::Errno| ServeError::Socket {
+            what,
+            source: e.into(),
+        }
+    };
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n.max(1) {
@@ -29,12 +35,13 @@ pub fn bind_shards(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::T
             AddressFamily::INET6
         };
         let fd = rustix::net::socket(family, SocketType::STREAM, None)
-            .context("creating a listening socket")?;
-        sockopt::set_socket_reuseaddr(&fd, true).context("SO_REUSEADDR")?;
-        sockopt::set_socket_reuseport(&fd, true).context("SO_REUSEPORT")?;
-        rustix::net::bind(&fd, &addr)
-            .with_context(|| format!("cannot listen on {addr}; is another broker running?"))?;
-        rustix::net::listen(&fd, 1024).context("listen")?;
+            .map_err(socket("creating a listening socket"))?;
+        sockopt::set_socket_reuseaddr(&fd, true).map_err(socket("SO_REUSEADDR"))?;
+        sockopt::set_socket_reuseport(&fd, true).map_err(socket("SO_REUSEPORT"))?;
+        rustix::net::bind(&fd, &addr).map_err(socket(&format!(
+            "cannot listen on {addr}; is another broker running?"
+        )))?;
+        rustix::net::listen(&fd, 1024).map_err(socket("listen"))?;
         let listener = std::net::TcpListener::from(fd);
         listener.set_nonblocking(true)?;
         addr = listener.local_addr()?;
@@ -52,18 +59,19 @@ pub fn run_shards(
     broker: Arc<Broker>,
     opts: ServeOptions,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
+    let start = |what| move |source| ServeError::Start { what, source };
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (tls, broker, opts) = (tls.clone(), broker.clone(), opts.clone());
         let mut shutdown = shutdown.clone();
         let t = std::thread::Builder::new()
             .name(format!("guest-shard-{i}"))
-            .spawn(move || -> anyhow::Result<()> {
+            .spawn(move || -> Result<(), ServeError> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .context("starting a shard runtime")?;
+                    .map_err(start("starting a shard runtime"))?;
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
                     serve(listener, tls, broker, opts, async move {
@@ -72,7 +80,7 @@ pub fn run_shards(
                     .await
                 })
             })
-            .context("starting a shard thread")?;
+            .map_err(start("starting a shard thread"))?;
         threads.push(t);
     }
     let mut result = Ok(());
@@ -80,7 +88,7 @@ pub fn run_shards(
         match t.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(anyhow::anyhow!("a serving thread panicked")),
+            Err(_) => result = Err(ServeError::ThreadPanicked),
         }
     }
     result

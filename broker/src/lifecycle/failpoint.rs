@@ -2,11 +2,13 @@
 //! itself with SIGKILL when it reaches `<point>`, so tests can prove that
 //! rotation survives a crash at the worst moments.
 //!
-//! **This is a test hook, not a feature.** It is compiled into release
-//! builds because CI runs the release binaries, but it does nothing unless
-//! the variable is set in the broker's environment, which an operator never
-//! does. The variable is read once, on first use (the broker calls [`init`]
-//! at start), so changing the environment later has no effect.
+//! **This is a test hook, not a feature.** It exists only in builds with
+//! the `failpoints` cargo feature (off by default): the test kit's builds
+//! and the VM harness's `cargo build -p broker --features failpoints`. A
+//! broker built without it has no crash points and never reads the
+//! variable. With it, the variable is read once, on first use (the broker
+//! calls [`init`] at start), so changing the environment later has no
+//! effect.
 //!
 //! Points:
 //!

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::keys::{next_path, retired_path, MasterKey};
-use crate::store::{NewVolume, SqliteStore};
+use crate::store::{NewVolume, PolicyStore, ResealStore, SqliteStore, VolumeStore};
 
 fn store_with(names: &[&str], keyring: &Keyring) -> (SqliteStore, Vec<Vec<u8>>) {
     let store = SqliteStore::open_in_memory().unwrap();
@@ -259,6 +259,7 @@ fn a_running_broker_picks_up_a_rotation_started_elsewhere() {
     assert_eq!(serving.current_id(), admin.current_id());
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn failpoint_is_inert_without_the_variable() {
     // The test process does not set KEYBROKER_CRASH_AT.

@@ -3,6 +3,18 @@
 
 use std::path::PathBuf;
 
+/// A name that is none of the known modes, VMM types or vCPU types.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("unknown {what} {name:?}; use {choices}")]
+pub struct UnknownName {
+    /// "mode", "VMM type" or "vCPU type".
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The names to use instead.
+    pub choices: String,
+}
+
 /// A firmware image whose footer table or SEV metadata cannot be read.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

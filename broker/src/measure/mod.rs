@@ -24,7 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use error::{KernelHeaderError, MeasureError, OvmfError};
+pub use error::{KernelHeaderError, MeasureError, OvmfError, UnknownName};
 pub use gctx::LD_LEN;
 pub use hashes::BootHashes;
 pub use kernel::{parse_setup_header, SetupHeader};
@@ -69,8 +69,8 @@ impl fmt::Display for Mode {
 }
 
 impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "sev" => Mode::Sev,
             "seves" | "sev-es" => Mode::SevEs,
@@ -78,9 +78,11 @@ impl FromStr for Mode {
             "snp:ovmf-hash" => Mode::SnpOvmfHash,
             "snp:svsm" | "sev-snp:svsm" => Mode::SnpSvsm,
             _ => {
-                return Err(format!(
-                    "unknown mode {s:?}; use snp, seves, sev, snp:ovmf-hash or snp:svsm"
-                ))
+                return Err(UnknownName {
+                    what: "mode",
+                    name: s.to_owned(),
+                    choices: "snp, seves, sev, snp:ovmf-hash or snp:svsm".to_owned(),
+                })
             }
         })
     }
@@ -109,13 +111,19 @@ impl VmmType {
 }
 
 impl FromStr for VmmType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "qemu" => VmmType::Qemu,
             "ec2" => VmmType::Ec2,
             "gce" => VmmType::Gce,
-            _ => return Err(format!("unknown VMM type {s:?}; use QEMU, ec2 or gce")),
+            _ => {
+                return Err(UnknownName {
+                    what: "VMM type",
+                    name: s.to_owned(),
+                    choices: "QEMU, ec2 or gce".to_owned(),
+                })
+            }
         })
     }
 }
@@ -158,17 +166,21 @@ pub const VCPU_TYPES: &[(&str, (u32, u32, u32))] = &[
 ];
 
 /// The CPUID signature of a QEMU CPU model name (case-insensitive).
-pub fn vcpu_type_sig(name: &str) -> Result<u32, String> {
+pub fn vcpu_type_sig(name: &str) -> Result<u32, UnknownName> {
     VCPU_TYPES
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, (f, m, s))| cpu_sig(*f, *m, *s))
         .ok_or_else(|| {
             let names: Vec<&str> = VCPU_TYPES.iter().map(|(n, _)| *n).collect();
-            format!(
-                "unknown vCPU type {name:?}; use one of {}, or give --vcpu-sig or --vcpu-family/--vcpu-model/--vcpu-stepping",
-                names.join(", ")
-            )
+            UnknownName {
+                what: "vCPU type",
+                name: name.to_owned(),
+                choices: format!(
+                    "one of {}, or give --vcpu-sig or --vcpu-family/--vcpu-model/--vcpu-stepping",
+                    names.join(", ")
+                ),
+            }
         })
 }
 
@@ -534,7 +546,10 @@ mod tests {
         assert_eq!(vcpu_type_sig("epyc-milan").unwrap(), 0x00a0_0f11);
         assert_eq!(vcpu_type_sig("EPYC-Genoa").unwrap(), 0x00a1_0f10);
         assert_eq!(cpu_sig(26, 0, 0), 0x00b0_0f00);
-        assert!(vcpu_type_sig("EPYC-v9").unwrap_err().contains("EPYC-Turin"));
+        assert!(vcpu_type_sig("EPYC-v9")
+            .unwrap_err()
+            .to_string()
+            .contains("EPYC-Turin"));
     }
 
     #[test]

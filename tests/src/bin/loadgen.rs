@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use guest_unlock::evidence::{EvidenceProvider, SimProvider};
-use guest_unlock::sim::SimPlatform;
+use guest_unlock::evidence::EvidenceProvider;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::sim::{SimPlatform, SimProvider};
 use keybroker_tests::{default_guest, guest_config, policy_for, BrokerDir, BrokerOptions};
 
 /// Load generator for the key broker (loopback only).

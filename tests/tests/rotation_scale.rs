@@ -7,7 +7,7 @@
 //! Ignored by default (over two minutes); run it with
 //!
 //! ```text
-//! cargo test --release -p guest-unlock --test rotation_scale rotation_of_100_volumes -- --nocapture --include-ignored
+//! cargo test --release -p keybroker-tests --test rotation_scale rotation_of_100_volumes -- --nocapture --include-ignored
 //! ```
 
 use std::io::BufRead as _;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use broker::store::KeyState;
 use guest_unlock::luks::{self, BindRequest, Device, Pbkdf};
 use guest_unlock::UnwrappedKey;
+use keybroker_tests::exe::Exe;
 use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions, RunningBroker};
 
 const PASSPHRASE: &[u8] = b"correct horse battery staple";
@@ -158,8 +159,8 @@ fn rotation_of_100_volumes() {
 
     // (a) Broker side: a pending version 2 for each volume.
     let cfg = dir.config().unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
-    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    let keyring = broker::wiring::keyring(&cfg).unwrap();
     let t = Instant::now();
     for n in &names {
         assert_eq!(
@@ -180,7 +181,7 @@ fn rotation_of_100_volumes() {
     ];
     args.extend(names.iter().map(|n| format!("{n}_crypt")));
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guest-unlock"))
+    let mut child = Command::new(Exe::GuestUnlock.path())
         .args(&args)
         .env(
             "GUEST_UNLOCK_LOG",

@@ -1,40 +1,163 @@
-//! Helpers shared by the CLI integration tests (`cli.rs`, `logs.rs`),
-//! ripgrep `tests/util.rs` style: a temporary directory of real files, the
-//! real `broker` executable run in it, and snapshots of what it printed.
+//! The real executables of the workspace, `broker` and `guest-unlock`, run
+//! in a temporary directory of real files (ripgrep `tests/util.rs` style):
+//! [`Exe::path`] finds each one, [`run_in`] runs `broker` and collects what
+//! it printed, [`Server`] keeps a `broker serve` running.
 //!
-//! Snapshots live in `tests/snapshots/NAME.txt`. Run the tests with
-//! `KB_UPDATE_SNAPSHOTS=1` to (re)write them, then review the diff.
-
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
+//! Cargo gives a test the path of an executable only in the executable's
+//! own package, so the kit finds them beside its own test binaries
+//! (`target/<profile>/`). `cargo test --workspace` builds them before any
+//! test runs; when one is missing or older than a file it is built from
+//! (`cargo test -p keybroker-tests` alone, after an edit), it is built
+//! first with `cargo build -p <package> --bin <name>`, once per test
+//! process.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
-/// The real `broker` executable built by cargo for these tests.
-pub const BROKER: &str = env!("CARGO_BIN_EXE_broker");
+/// An executable of the workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exe {
+    /// `broker` (package `broker`).
+    Broker,
+    /// `guest-unlock` (package `guest-unlock`).
+    GuestUnlock,
+}
 
-/// The real AMD report sets.
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/snp-real");
+impl Exe {
+    /// The binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exe::Broker => "broker",
+            Exe::GuestUnlock => "guest-unlock",
+        }
+    }
 
-/// The five real report sets, by folder name.
-pub const REAL_SETS: [&str; 5] = [
-    "gosevguest-milan-v2-debug",
-    "oak-genoa-v5",
-    "oak-turin-v5",
-    "trustee-aws-milan-vlek-v3",
-    "virtee-milan-v2",
-];
+    /// Cargo features the tests need in this executable.
+    fn features(self) -> &'static [&'static str] {
+        match self {
+            Exe::Broker | Exe::GuestUnlock => &[],
+        }
+    }
 
-/// A fixture set's folder.
-pub fn fixture(set: &str) -> PathBuf {
-    Path::new(FIXTURES).join(set)
+    /// The executable, built first if it is missing or stale.
+    pub fn path(self) -> &'static Path {
+        static BROKER: OnceLock<PathBuf> = OnceLock::new();
+        static GUEST_UNLOCK: OnceLock<PathBuf> = OnceLock::new();
+        let cell = match self {
+            Exe::Broker => &BROKER,
+            Exe::GuestUnlock => &GUEST_UNLOCK,
+        };
+        cell.get_or_init(|| self.locate())
+    }
+
+    fn locate(self) -> PathBuf {
+        let test_exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = test_exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries run from target/<profile>/deps/");
+        let exe = profile_dir.join(self.name());
+        if let Some(why) = self.stale(&exe) {
+            self.build(profile_dir, &why);
+        }
+        assert!(
+            exe.is_file(),
+            "{} is missing after `cargo build`",
+            exe.display()
+        );
+        exe
+    }
+
+    /// Why `exe` must be (re)built, if it must: it is missing, or a file
+    /// it was built from changed since cargo last built or checked it.
+    /// Cargo lists those files (the sources of the binary and of every
+    /// workspace crate it links, build scripts, `.proto` files) in
+    /// `<exe>.d`, and rewrites that list each time it finds the binary up
+    /// to date, so the list's time is the one to compare with; the lock
+    /// file and the manifests cover dependency and feature changes.
+    fn stale(self, exe: &Path) -> Option<String> {
+        let dep_info_path = exe.with_extension("d");
+        let (Some(_), Some(built)) = (mtime(exe), mtime(&dep_info_path)) else {
+            return Some("it is not built".into());
+        };
+        let Ok(dep_info) = std::fs::read_to_string(&dep_info_path) else {
+            return Some("cargo's list of its sources is unreadable".into());
+        };
+        let root = workspace();
+        let mut inputs = vec![
+            root.join("Cargo.lock"),
+            root.join("Cargo.toml"),
+            root.join(self.name()).join("Cargo.toml"),
+        ];
+        // `TARGET: SOURCE SOURCE ...`, spaces in paths escaped as `\ `.
+        let sources = dep_info.split_once(": ").map_or("", |(_, s)| s);
+        inputs.extend(
+            sources
+                .replace("\\ ", "\0")
+                .split_whitespace()
+                .map(|p| PathBuf::from(p.replace('\0', " "))),
+        );
+        for input in inputs {
+            match mtime(&input) {
+                Some(t) if t <= built => {}
+                Some(_) => return Some(format!("{} is newer", input.display())),
+                None => return Some(format!("{} is gone", input.display())),
+            }
+        }
+        None
+    }
+
+    fn build(self, profile_dir: &Path, why: &str) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build")
+            .arg("--locked")
+            .arg("--manifest-path")
+            .arg(workspace().join("Cargo.toml"))
+            .args(["-p", self.name(), "--bin", self.name()]);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(other) => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        if !self.features().is_empty() {
+            cmd.args(["--features", &self.features().join(",")]);
+        }
+        eprintln!("keybroker-tests: building {} ({why}): {cmd:?}", self.name());
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", self.name()));
+        assert!(
+            status.success(),
+            "building {} failed ({status}); build it with `cargo build -p {0} --bin {0}`, or run \
+             `cargo test --workspace`",
+            self.name()
+        );
+    }
+}
+
+/// The workspace root (the kit is its `tests/` member).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the kit lives in the workspace")
+        .to_owned()
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 /// A `broker` command with no inherited config or log settings.
 pub fn broker_cmd() -> Command {
-    let mut c = Command::new(BROKER);
+    let mut c = Command::new(Exe::Broker.path());
     c.env_remove("KEYBROKER_CONFIG")
         .env_remove("KEYBROKER_ADMIN_SOCKET")
         .env_remove("RUST_LOG")
@@ -118,7 +241,7 @@ pub fn run_with(cmd: &mut Command, args: &[&str]) -> Run {
     let out = cmd
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {BROKER}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Exe::Broker.path().display()));
     Run {
         args: args.iter().map(|a| a.to_string()).collect(),
         code: out.status.code(),
@@ -130,103 +253,6 @@ pub fn run_with(cmd: &mut Command, args: &[&str]) -> Run {
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
-}
-
-/// Copies a real set's report into `dir/report.bin` and its certificates
-/// (the VEK as `vcek.der`/`vlek.der`, every PEM chain file) into
-/// `dir/certs/`, the layout `broker report verify --certs` reads.
-pub fn stage_real_set(set: &str, dir: &Path) {
-    let src = fixture(set);
-    std::fs::copy(src.join("report.bin"), dir.join("report.bin")).expect("copy report.bin");
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).expect("create certs dir");
-    let mut vek = 0;
-    for entry in std::fs::read_dir(&src).expect("read fixture dir") {
-        let path = entry.expect("dir entry").path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let is_vek = name == "vcek.der" || name == "vlek.der";
-        vek += usize::from(is_vek);
-        if is_vek || name.ends_with(".pem") {
-            std::fs::copy(&path, certs.join(&name)).expect("copy certificate");
-        }
-    }
-    assert_eq!(vek, 1, "{set} must hold exactly one of vcek.der, vlek.der");
-}
-
-/// A field of a set's EXPECTED.md, written there as "- NAME: `VALUE`".
-pub fn expected_field(set: &str, name: &str) -> String {
-    let text = std::fs::read_to_string(fixture(set).join("EXPECTED.md")).expect("EXPECTED.md");
-    let prefix = format!("- {name}: `");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("{set}/EXPECTED.md has no {name}"));
-    line[prefix.len()..]
-        .split('`')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Compares `actual` with `tests/snapshots/NAME.txt`, or writes it when
-/// `KB_UPDATE_SNAPSHOTS=1`.
-#[track_caller]
-pub fn assert_snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("KB_UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).expect("create snapshots dir");
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read snapshot {}: {e}\nrun with KB_UPDATE_SNAPSHOTS=1 to create it; actual:\n{actual}",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let mut diff = String::new();
-        let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
-        for i in 0..e.len().max(a.len()) {
-            match (e.get(i), a.get(i)) {
-                (Some(x), Some(y)) if x == y => {}
-                (x, y) => {
-                    let _ = writeln!(
-                        diff,
-                        "line {}:\n  snapshot: {}\n  actual:   {}",
-                        i + 1,
-                        x.unwrap_or(&"<none>"),
-                        y.unwrap_or(&"<none>")
-                    );
-                }
-            }
-        }
-        panic!(
-            "output differs from snapshot {} (KB_UPDATE_SNAPSHOTS=1 rewrites it; review the diff)\n{diff}--- actual\n{actual}",
-            path.display()
-        );
-    }
-}
-
-/// Replaces every occurrence of `path` (as text) with `placeholder`.
-pub fn redact_path(text: &str, path: &Path, placeholder: &str) -> String {
-    text.replace(&path.display().to_string(), placeholder)
-}
-
-/// Length of the longest run of hex digits in `text`.
-pub fn longest_hex_run(text: &str) -> usize {
-    let (mut best, mut cur) = (0, 0);
-    for c in text.chars() {
-        if c.is_ascii_hexdigit() {
-            cur += 1;
-            best = best.max(cur);
-        } else {
-            cur = 0;
-        }
-    }
-    best
 }
 
 /// Mode bits (permissions only) of a file.
@@ -287,7 +313,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create serve log"))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {BROKER} serve: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {} serve: {e}", Exe::Broker.path().display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut before = Vec::new();

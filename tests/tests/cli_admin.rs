@@ -4,12 +4,10 @@
 //! its client CA, and the broker refuses to start an unauthenticated TCP
 //! admin listener.
 
-mod util;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use util::{init, init_and_serve, mode, run_in, tempdir, Server};
+use keybroker_tests::exe::{self, init, init_and_serve, mode, run_in, tempdir, Server};
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
@@ -347,7 +345,7 @@ fn another_user_is_refused_by_mode_and_by_peer_credentials() {
     let _server = init_and_serve(d, "kb");
     let sock = d.join("kb/admin.sock");
     let as_nobody = || {
-        let mut c = util::broker_cmd();
+        let mut c = exe::broker_cmd();
         c.current_dir("/")
             .uid(65534)
             .gid(65534)

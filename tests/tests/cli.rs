@@ -1,18 +1,17 @@
 //! The `broker` command line, run as the real executable in temporary
 //! directories (ripgrep / rage style): exit status (0 ok, 1 refused or not
 //! found, 2 usage), stdout and stderr. Outputs whose wording matters are
-//! compared with snapshots in `tests/snapshots/` (`KB_UPDATE_SNAPSHOTS=1`
+//! compared with snapshots in `tests/tests/snapshots/` (`KB_UPDATE_SNAPSHOTS=1`
 //! rewrites them); every command runs with relative paths in its temporary
 //! directory so the snapshots hold no machine-specific text.
 
-mod util;
-
 use std::path::Path;
 
-use util::{
-    assert_snapshot, expected_field, fixture, init, init_and_serve, longest_hex_run, mode, run_in,
-    run_with, stage_real_set, tempdir, Run, Server, REAL_SETS,
+use keybroker_tests::exe::{
+    self, init, init_and_serve, mode, run_in, run_with, tempdir, Run, Server,
 };
+use keybroker_tests::fixtures::{expected_field, fixture, stage_real_set, REAL_SETS};
+use keybroker_tests::snapshot::{assert_snapshot, longest_hex_run};
 
 /// A time inside every VCEK's validity (the Genoa VCEK starts 2025-08-07).
 const AT_VCEK: &str = "2025-09-01T00:00:00Z";
@@ -923,14 +922,14 @@ fn admin_commands_need_a_running_broker() {
     // stand in for --config and --socket.
     let _server = Server::start(d, "kb/config.toml");
     let r = run_with(
-        util::broker_cmd()
+        exe::broker_cmd()
             .current_dir(d)
             .env("KEYBROKER_CONFIG", "kb/config.toml"),
         &["policy", "list"],
     );
     r.expect_code(0);
     let r = run_with(
-        util::broker_cmd()
+        exe::broker_cmd()
             .current_dir(d)
             .env("KEYBROKER_ADMIN_SOCKET", "kb/admin.sock"),
         &["volume", "list"],

@@ -10,19 +10,17 @@
 //! the library's `Broker` running Challenge and Attest in this process with
 //! reports the simulated platform signs; the guest unwraps its key.
 
-mod util;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use broker::release::{AttestInput, Release};
-use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 use keybroker_proto::{report_data, GuestKeyPair, VolumeIds};
+use keybroker_tests::exe::{init, run_in, tempdir, Run, Server};
+use keybroker_tests::fixtures::{expected_field, stage_real_set, REAL_SETS};
+use keybroker_tests::sim::{SimGuest, SimParams, SimPlatform};
+use keybroker_tests::snapshot::assert_snapshot;
 use serde_json::Value;
-use util::{
-    assert_snapshot, expected_field, init, run_in, stage_real_set, tempdir, Run, Server, REAL_SETS,
-};
 
 const GUEST_A: &str = "127.0.0.1:40001";
 const GUEST_B: &str = "127.0.0.1:40002";
@@ -88,7 +86,7 @@ impl Setup {
 
     fn service(&self) -> broker::release::Broker {
         let cfg = broker::config::Config::load(&self.kb().join("config.toml")).unwrap();
-        broker::assemble::broker(&cfg).unwrap()
+        broker::wiring::broker(&cfg).unwrap()
     }
 }
 
@@ -640,7 +638,7 @@ fn audit_entries_never_hold_the_released_key() {
     let key = decisions(&s);
     // The key the guest unwrapped is the enrolled one.
     let cfg = broker::config::Config::load(&s.kb().join("config.toml")).unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
     let master = broker::keys::MasterKey::load(&cfg.master_key).unwrap();
     let sealed = store.releasable_keys("root").unwrap();
     let enrolled = broker::keys::unseal(&master, "root", 1, &sealed[0].sealed).unwrap();

@@ -10,8 +10,8 @@ use clap::Args;
 use keybroker_proto::admin_pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use crate::admin::client::{self, Target};
-use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
+use broker::admin::connect::{self, Target};
+use broker::config::{Config, DEFAULT_ADMIN_SOCKET};
 
 /// Where the broker's admin API is. The first of: `--admin-url` (mutual
 /// TLS), `--socket` / `KEYBROKER_ADMIN_SOCKET`, the `[admin] socket` of
@@ -46,7 +46,7 @@ impl AdminConn {
     /// Resolves the flags to a target (reads `--config` if needed).
     pub fn target(&self) -> anyhow::Result<Target> {
         if let Some(url) = &self.admin_url {
-            let (host, port) = client::parse_url(url).map_err(anyhow::Error::msg)?;
+            let (host, port) = connect::parse_url(url)?;
             let need = |p: &Option<PathBuf>, flag: &str| {
                 p.clone()
                     .with_context(|| format!("--admin-url needs {flag}"))
@@ -75,7 +75,7 @@ impl AdminConn {
             .enable_all()
             .build()
             .context("starting a runtime")?;
-        let client = rt.block_on(client::connect(&target))?;
+        let client = rt.block_on(connect::connect(&target))?;
         Ok(Session { rt, client, target })
     }
 }

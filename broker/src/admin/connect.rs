@@ -1,7 +1,8 @@
 //! Connecting to a broker's admin API: over its Unix socket, or over TCP
 //! with mutual TLS (the server verified against a CA, a client certificate
-//! presented). Used by the `broker` CLI; the calls themselves are the
-//! generated [`AdminClient`] methods.
+//! presented). Used by the `broker` CLI (its connection flags are the
+//! binary's `cli/admin_conn.rs`) and the test kit; the calls themselves are
+//! the generated [`AdminClient`] methods.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,59 +91,79 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// An `--admin-url` that is not `https://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{url:?} {problem}; write it as https://HOST:PORT")]
+pub struct AdminUrlError {
+    /// The URL given.
+    pub url: String,
+    /// What is wrong with it ("has no port", ...).
+    pub problem: &'static str,
+}
+
 /// Parses `https://HOST:PORT`.
-pub fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let hint = "write it as https://HOST:PORT";
+pub fn parse_url(url: &str) -> Result<(String, u16), AdminUrlError> {
+    let bad = |problem| AdminUrlError {
+        url: url.to_owned(),
+        problem,
+    };
     let rest = url
         .strip_prefix("https://")
-        .ok_or_else(|| format!("{url:?} is not an https URL; {hint}"))?;
+        .ok_or_else(|| bad("is not an https URL"))?;
     let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} has no port; {hint}"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("{url:?} has an invalid port; {hint}"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let port = port.parse().map_err(|_| bad("has an invalid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("{url:?} has no host; {hint}"));
+        return Err(bad("has no host"));
     }
     Ok((host.to_owned(), port))
 }
 
-fn tls_client_config(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, String> {
+/// The client side of mutual TLS: the server verified against `ca`, the
+/// client certificate `cert` with its key presented.
+fn tls_client_config(
+    target: &Target,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<rustls::ClientConfig, ConnectError> {
+    let err = |cause: String| ConnectError::Tls {
+        target: target.to_string(),
+        cause,
+    };
     let read = |p: &Path, what: &str| {
-        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+        std::fs::read(p).map_err(|e| err(format!("cannot read {what} {}: {e}", p.display())))
     };
     let ca_pem = read(ca, "--admin-ca")?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
-        let c = c.map_err(|e| format!("{} is not PEM: {e}", ca.display()))?;
+        let c = c.map_err(|e| err(format!("{} is not PEM: {e}", ca.display())))?;
         roots
             .add(c)
-            .map_err(|e| format!("invalid CA certificate in {}: {e}", ca.display()))?;
+            .map_err(|e| err(format!("invalid CA certificate in {}: {e}", ca.display())))?;
     }
     if roots.is_empty() {
-        return Err(format!("{} holds no CA certificate", ca.display()));
+        return Err(err(format!("{} holds no CA certificate", ca.display())));
     }
     let cert_pem = read(cert, "--admin-cert")?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", cert.display()))?;
+        .map_err(|e| err(format!("{} is not PEM: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(err(format!("{} holds no certificate", cert.display())));
     }
     let key_pem = zeroize::Zeroizing::new(read(key, "--admin-key")?);
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("{} is not PEM: {e}", key.display()))?
-        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
+        .map_err(|e| err(format!("{} is not PEM: {e}", key.display())))?
+        .ok_or_else(|| err(format!("{} holds no private key", key.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| err(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
-        .map_err(|e| format!("the client certificate and key do not match: {e}"))?;
+        .map_err(|e| err(format!("the client certificate and key do not match: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
@@ -193,7 +214,7 @@ pub async fn connect(target: &Target) -> Result<AdminClient<Channel>, ConnectErr
                 target: target.to_string(),
                 cause,
             };
-            let cfg = Arc::new(tls_client_config(cert, key, ca).map_err(err)?);
+            let cfg = Arc::new(tls_client_config(target, cert, key, ca)?);
             let server_name = ServerName::try_from(host.clone())
                 .map_err(|e| err(e.to_string()))?
                 .to_owned();

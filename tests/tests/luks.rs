@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser as _;
 use guest_unlock::cli::{self, Cli, Command, EXIT_FAILED, EXIT_GRANTED, EXIT_USAGE};
 use guest_unlock::luks::{self, BindError, Device, LuksError, Pbkdf};
+use keybroker_tests::exe::Exe;
 use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions, RunningBroker};
 use serde_json::json;
 
@@ -484,8 +485,8 @@ fn rotation_with_the_real_broker() {
     let good = env.key_file(PASSPHRASE);
     assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_GRANTED);
     let cfg = env.dir.config().unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
-    let keyring = broker::assemble::keyring(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    let keyring = broker::wiring::keyring(&cfg).unwrap();
     let versions = || {
         store
             .key_versions("root")
@@ -550,7 +551,7 @@ fn rotation_with_the_real_broker() {
     // The binary, killed after each step, then run again.
     for point in CrashPoint::ALL {
         let v = broker::lifecycle::rotate_volume(store.as_ref(), &keyring, "root").unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_guest-unlock"))
+        let out = std::process::Command::new(Exe::GuestUnlock.path())
             .args(["rotate", "--config", conf, d])
             .env("KEYBROKER_CRASH_AT", point.name())
             .output()

@@ -11,8 +11,6 @@
 //! in both alphabets at every alignment, Rust's `Debug` of the bytes) and
 //! for the master key. Nothing may be found.
 
-mod util;
-
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -20,10 +18,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use guest_unlock::evidence::SimProvider;
-use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 use keybroker_proto::VolumeIds;
-use util::{broker_cmd, init, run_in, tempdir};
+use keybroker_tests::exe::{broker_cmd, init, run_in, tempdir};
+use keybroker_tests::sim::{SimGuest, SimParams, SimPlatform, SimProvider};
 
 /// Every text form of `secret` a careless log line or row could hold.
 fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -273,7 +270,7 @@ fn logs_and_database_never_hold_key_material() {
 /// split across pages in the file).
 fn audit_rows_are_clean(config: &Path, key: &[u8], decision_id: &str) {
     let cfg = broker::config::Config::load(config).unwrap();
-    let store = broker::assemble::store(&cfg).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();

@@ -1,72 +1,22 @@
-//! SQLite-specific store tests: the conformance suite on memory and file
-//! databases, tampering through a raw connection, file mode, persistence,
-//! migrations, cross-process nonce races and a latency budget check.
+//! SQLite-specific store tests: append-only audit at the SQL level, corrupt
+//! rows, file mode, persistence, migrations, cross-process nonce races. (The
+//! conformance suite runs against SQLite from the test kit:
+//! `tests/tests/store_conformance.rs`.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Barrier;
 
-use super::conformance::{self, sample_sealed, Tamper};
-use super::*;
+use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+use crate::keys::{MasterKeyId, SealedKey};
+use crate::store::*;
 
-#[test]
-fn conformance_in_memory() {
-    conformance::run_all(&SqliteStore::open_in_memory().unwrap());
-}
-
-#[test]
-fn conformance_on_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("broker.db")).unwrap();
-    conformance::run_all(&store);
-}
-
-#[test]
-fn audit_tamper_through_raw_sqlite_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = std::cell::Cell::new(0);
-    conformance::audit_tamper_detected(&|| {
-        counter.set(counter.get() + 1);
-        let path = dir.path().join(format!("t{}.db", counter.get()));
-        let store = SqliteStore::open(&path).unwrap();
-        let edit = move |t: Tamper| {
-            let c = rusqlite::Connection::open(&path).unwrap();
-            // An attacker with the file drops the append-only triggers first.
-            c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-                .unwrap();
-            match t {
-                Tamper::ChangeVerdict(id) => {
-                    c.execute("UPDATE audit SET verdict = 'allow' WHERE id = ?1", [id])
-                        .unwrap();
-                }
-                Tamper::ChangeDetails(id) => {
-                    c.execute("UPDATE audit SET details_json = '{}' WHERE id = ?1", [id])
-                        .unwrap();
-                }
-                Tamper::Delete(id) => {
-                    c.execute("DELETE FROM audit WHERE id = ?1", [id]).unwrap();
-                }
-                Tamper::Swap(a, b) => {
-                    c.execute_batch(&format!(
-                        "UPDATE audit SET id = -1 WHERE id = {a};
-                         UPDATE audit SET id = {a} WHERE id = {b};
-                         UPDATE audit SET id = {b} WHERE id = -1;"
-                    ))
-                    .unwrap();
-                }
-                Tamper::DeleteLast => {
-                    c.execute(
-                        "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)",
-                        [],
-                    )
-                    .unwrap();
-                }
-            }
-        };
-        (
-            Box::new(store) as Box<dyn Store>,
-            Box::new(edit) as Box<dyn Fn(Tamper)>,
-        )
-    });
+/// A sealed record with recognisable, non-secret bytes.
+fn sample_sealed(fill: u8) -> SealedKey {
+    SealedKey {
+        master_key_id: MasterKeyId::from_bytes([fill; 16]),
+        nonce: [fill.wrapping_add(1); 12],
+        ciphertext: vec![fill.wrapping_add(2); 80],
+    }
 }
 
 #[test]
@@ -145,7 +95,7 @@ fn file_is_0600_wal_and_persists() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(
         store.key_versions("root").unwrap()[0].sealed,
         sample_sealed(7)
@@ -162,7 +112,7 @@ fn file_is_0600_wal_and_persists() {
     let versions: i64 = c
         .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(versions, sqlite::SCHEMA_VERSION, "migrations applied once");
+    assert_eq!(versions, SCHEMA_VERSION, "migrations applied once");
 }
 
 #[test]
@@ -176,7 +126,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
             "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
         )
         .unwrap();
-        c.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
         c.execute_batch(
             "INSERT INTO schema_version VALUES (1, 0);
              INSERT INTO policies VALUES ('p', 1, 'version = 1', 0);
@@ -199,7 +149,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
         }
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let keys = store.key_versions("root").unwrap();
     assert_eq!(
         keys.iter()
@@ -217,7 +167,7 @@ fn version_1_database_upgrades_to_the_lifecycle_schema() {
     drop(store);
     // Opening again applies nothing twice.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), sqlite::SCHEMA_VERSION);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
 }
 
 #[test]
@@ -228,7 +178,7 @@ fn newer_schema_is_refused() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
-        [sqlite::SCHEMA_VERSION + 1],
+        [SCHEMA_VERSION + 1],
     )
     .unwrap();
     drop(c);

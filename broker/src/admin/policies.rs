@@ -1,0 +1,190 @@
+//! Policies: validated replacement, reading, and in-place edits of the
+//! measurement and blocked-chip lists (the text edit itself is `edit.rs`).
+
+use super::edit::{self, ListEdit};
+use super::{Admin, AdminError, AdminErrorKind, Caller};
+use crate::policy::Policy;
+use crate::store::StoredPolicy;
+
+/// Which list of a policy an edit changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyList {
+    /// `measurements`: 48-byte launch measurements.
+    Measurements,
+    /// `blocked_chip_ids`: 64-byte chip ids (or the 8 significant bytes of a Turin id).
+    BlockedChips,
+}
+
+impl PolicyList {
+    /// The TOML key.
+    pub fn key(self) -> &'static str {
+        match self {
+            PolicyList::Measurements => "measurements",
+            PolicyList::BlockedChips => "blocked_chip_ids",
+        }
+    }
+}
+
+/// The outcome of a policy list edit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EditOutcome {
+    /// False when the list already had (or lacked) the value.
+    pub changed: bool,
+    /// Revision after the call.
+    pub revision: i64,
+    /// True when the text was re-serialized (comments lost).
+    pub reformatted: bool,
+}
+
+/// Checks hex of exactly one of `lens` bytes; returns it lower-cased.
+fn parse_hex(value: &str, what: &str, lens: &[usize], hint: &str) -> Result<String, AdminError> {
+    let v = value.trim();
+    let bytes = hex::decode(v).map_err(|e| {
+        AdminError::invalid(format!(
+            "{value:?} is not a {what}: {e}; write {hint} in hex"
+        ))
+    })?;
+    if !lens.contains(&bytes.len()) {
+        return Err(AdminError::invalid(format!(
+            "{value:?} is not a {what}: {} bytes ({} hex characters); write {hint} in hex",
+            bytes.len(),
+            v.len()
+        )));
+    }
+    Ok(hex::encode(bytes))
+}
+
+impl Admin {
+    /// Creates or replaces a policy after validating it; returns the revision.
+    pub fn policy_set(&self, caller: &Caller, name: &str, text: &str) -> Result<i64, AdminError> {
+        let result = (|| {
+            crate::store::validate_name("policy name", name)?;
+            Policy::from_toml(text).map_err(|e| AdminError::invalid(e.to_string()))?;
+            let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(self.store.put_policy(name, text)?)
+        })();
+        let change = match &result {
+            Ok(rev) => serde_json::json!({"policy": name, "revision": rev}),
+            Err(_) => serde_json::json!({"policy": name}),
+        };
+        self.audited(caller, "policy.set", &[], change, result)
+    }
+
+    /// A policy's latest revision.
+    pub fn policy_get(&self, name: &str) -> Result<StoredPolicy, AdminError> {
+        self.store
+            .get_policy(name)?
+            .ok_or_else(|| AdminError::no_policy(name))
+    }
+
+    /// Every policy (latest revisions).
+    pub fn policy_list(&self) -> Result<Vec<StoredPolicy>, AdminError> {
+        Ok(self.store.list_policies()?)
+    }
+
+    /// Adds (`add`) or removes a value of one list of a policy, as a new
+    /// revision; the rest of the text is kept as written.
+    pub fn policy_edit(
+        &self,
+        caller: &Caller,
+        name: &str,
+        list: PolicyList,
+        add: bool,
+        value: &str,
+    ) -> Result<EditOutcome, AdminError> {
+        let action = match (list, add) {
+            (PolicyList::Measurements, true) => "policy.allow_measurement",
+            (PolicyList::Measurements, false) => "policy.revoke_measurement",
+            (PolicyList::BlockedChips, true) => "policy.block_chip",
+            (PolicyList::BlockedChips, false) => "policy.unblock_chip",
+        };
+        let result = {
+            let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
+            self.policy_edit_inner(name, list, add, value)
+        };
+        let change = match &result {
+            Ok(o) => serde_json::json!({
+                "policy": name, "list": list.key(), "value": value.trim().to_ascii_lowercase(),
+                "changed": o.changed, "revision": o.revision,
+            }),
+            Err(_) => serde_json::json!({"policy": name, "list": list.key(), "value": value}),
+        };
+        self.audited(caller, action, &[], change, result)
+    }
+
+    fn policy_edit_inner(
+        &self,
+        name: &str,
+        list: PolicyList,
+        add: bool,
+        value: &str,
+    ) -> Result<EditOutcome, AdminError> {
+        let hex = match list {
+            PolicyList::Measurements => parse_hex(
+                value,
+                "launch measurement",
+                &[48],
+                "the 48-byte SHA-384 digest (96 characters, as `broker measure` prints it)",
+            )?,
+            PolicyList::BlockedChips => parse_hex(
+                value,
+                "chip id",
+                &[64, 8],
+                "the 64-byte chip id (128 characters; 16 for the 8 significant bytes of a Turin id)",
+            )?,
+        };
+        let stored = self.policy_get(name)?;
+        let policy = Policy::from_toml(&stored.text).map_err(|e| {
+            AdminError::new(
+                AdminErrorKind::FailedPrecondition,
+                format!("the stored policy {name:?} is invalid ({e}); replace it with `broker policy set {name} FILE`"),
+            )
+        })?;
+        let present = match list {
+            PolicyList::Measurements => policy
+                .measurements
+                .iter()
+                .any(|m| hex::encode(m.as_ref()) == hex),
+            PolicyList::BlockedChips => policy
+                .blocked_chip_ids
+                .iter()
+                .any(|c| hex::encode(c.as_bytes()) == hex),
+        };
+        if present == add {
+            return Ok(EditOutcome {
+                changed: false,
+                revision: stored.revision,
+                reformatted: false,
+            });
+        }
+        if list == PolicyList::Measurements && !add && policy.measurements.len() == 1 {
+            return Err(AdminError::new(
+                AdminErrorKind::FailedPrecondition,
+                format!(
+                    "cannot revoke the only allowed measurement of policy {name:?}; allow the \
+                     replacement first, or disable the volumes that use it"
+                ),
+            ));
+        }
+        let edit = if add {
+            ListEdit::Add(&hex)
+        } else {
+            ListEdit::Remove(&hex)
+        };
+        let (text, reformatted) = edit::apply(&stored.text, list, edit, &policy)
+            .map_err(|e| AdminError::new(AdminErrorKind::FailedPrecondition, e.to_string()))?;
+        // Validated again as a whole, exactly as `policy set` would.
+        Policy::from_toml(&text).map_err(|e| {
+            AdminError::new(
+                AdminErrorKind::FailedPrecondition,
+                format!("the edited policy does not validate ({e}); edit it by hand and use `broker policy set`"),
+            )
+        })?;
+        let revision = self.store.put_policy(name, &text)?;
+        Ok(EditOutcome {
+            changed: true,
+            revision,
+            reformatted,
+        })
+    }
+}

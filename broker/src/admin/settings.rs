@@ -1,0 +1,69 @@
+//! What the admin plane knows of the broker's configuration: retention and
+//! listeners.
+
+use std::time::Duration;
+
+/// A listener of the broker, as `Status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// `guest`, `admin-unix`, `admin-tls` or `metrics`.
+    pub kind: String,
+    /// Address, or the socket's path.
+    pub address: String,
+}
+
+/// What the admin plane knows of the broker's configuration.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// `[keys] retired_retention_days`: the default of `VolumePurgeRetired`
+    /// and the "kept until" dates.
+    pub retired_retention: Duration,
+    /// What `Status` lists as the broker's listeners.
+    pub listeners: Vec<ListenerInfo>,
+}
+
+impl Default for AdminSettings {
+    /// The default retention and no listeners (a library caller).
+    fn default() -> Self {
+        AdminSettings {
+            retired_retention: Duration::from_secs(
+                u64::from(crate::config::DEFAULT_RETIRED_RETENTION_DAYS) * 86_400,
+            ),
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// The retention and the configured listeners of `config` (the guest
+    /// port as configured: [`Admin::set_listener`] replaces it with the
+    /// bound address when the port was 0).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let mut listeners = vec![
+            ListenerInfo {
+                kind: "guest".into(),
+                address: config.listen.to_string(),
+            },
+            ListenerInfo {
+                kind: "admin-unix".into(),
+                address: config.admin.socket.display().to_string(),
+            },
+        ];
+        if let Some(tcp) = &config.admin.tcp {
+            listeners.push(ListenerInfo {
+                kind: "admin-tls".into(),
+                address: tcp.listen.to_string(),
+            });
+        }
+        if let Some(m) = config.metrics_listen {
+            listeners.push(ListenerInfo {
+                kind: "metrics".into(),
+                address: m.to_string(),
+            });
+        }
+        AdminSettings {
+            retired_retention: config.retired_retention,
+            listeners,
+        }
+    }
+}

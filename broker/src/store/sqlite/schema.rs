@@ -1,0 +1,132 @@
+//! The schema: numbered migrations, applied in one transaction at open.
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use super::{backend, now_unix};
+use crate::store::StoreError;
+
+/// Schema migrations, applied in order; entry `i` brings the schema to
+/// version `i + 1`. Never edit a released entry: append a new one.
+pub(in crate::store) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE policies (
+    name        TEXT PRIMARY KEY,
+    revision    INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE policy_revisions (
+    name        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (name, revision)
+);
+CREATE TABLE volumes (
+    name        TEXT PRIMARY KEY,
+    policy      TEXT NOT NULL REFERENCES policies(name),
+    description TEXT NOT NULL,
+    enabled     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE key_versions (
+    volume           TEXT NOT NULL REFERENCES volumes(name) ON DELETE CASCADE,
+    version          INTEGER NOT NULL CHECK (version >= 1),
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'current', 'retired')),
+    master_key_id    BLOB NOT NULL,
+    nonce            BLOB NOT NULL,
+    ciphertext       BLOB NOT NULL,
+    created_at       INTEGER NOT NULL,
+    state_changed_at INTEGER NOT NULL,
+    PRIMARY KEY (volume, version)
+);
+CREATE UNIQUE INDEX key_versions_one_current ON key_versions(volume) WHERE state = 'current';
+CREATE UNIQUE INDEX key_versions_one_pending ON key_versions(volume) WHERE state = 'pending';
+CREATE INDEX key_versions_master ON key_versions(master_key_id);
+CREATE TABLE nonces (
+    nonce      BLOB PRIMARY KEY,
+    volumes    TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE audit (
+    id           INTEGER PRIMARY KEY,
+    at_unix      INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    verdict      TEXT NOT NULL,
+    volumes      TEXT NOT NULL,
+    reason_codes TEXT NOT NULL,
+    details_json TEXT NOT NULL,
+    client_addr  TEXT,
+    prev_hash    BLOB NOT NULL,
+    hash         BLOB NOT NULL
+);
+CREATE TABLE audit_head (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    last_id   INTEGER NOT NULL,
+    last_hash BLOB NOT NULL
+);
+INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, 0, zeroblob(32));
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+"#,
+    // 2: key lifecycle (issue #5). When a version was retired (purge works
+    // from it), the highest version ever handed out per volume (a cancelled
+    // pending version's number is not reused), and the sessions in which a
+    // pending version was released (ConfirmRotation checks proofs against them).
+    r#"
+ALTER TABLE key_versions ADD COLUMN retired_at INTEGER;
+UPDATE key_versions SET retired_at = state_changed_at WHERE state = 'retired';
+CREATE INDEX key_versions_retired ON key_versions(retired_at) WHERE state = 'retired';
+ALTER TABLE volumes ADD COLUMN highest_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE rotation_sessions (
+    nonce       BLOB NOT NULL,
+    volume      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    report_data BLOB NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (nonce, volume)
+) WITHOUT ROWID;
+CREATE INDEX rotation_sessions_expiry ON rotation_sessions(expires_at);
+"#,
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .map_err(backend)?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this broker's ({SCHEMA_VERSION}); \
+             upgrade the broker"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![i as i64 + 1, now_unix()],
+        )
+        .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}

@@ -1,0 +1,150 @@
+//! Wiring the key-release service from a [`Config`]: the store, the trust
+//! anchors, the master keyring, the verifier and its certificate sources,
+//! and the [`Broker`] over them. `broker serve` and the test kit build the
+//! service through these functions, so both run the same wiring.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::certsource::http::HttpError;
+use crate::config::{Config, StoreConfig};
+use crate::keys::{KeyError, Keyring};
+use crate::release::Broker;
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::verify::{EvidenceRejected, TrustStore, Verifier};
+
+/// A part of the service that the config names but that cannot be set up.
+/// Each variant names the file or value of the config at fault; its source
+/// says what went wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WiringError {
+    /// The store cannot be opened.
+    #[error("cannot open the SQLite store {}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// `[attestation.simulated] ark` cannot be read.
+    #[error("cannot read simulated ARK {}", path.display())]
+    ReadSimulatedArk {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `[attestation.simulated] ark` is not a usable root certificate.
+    #[error("invalid simulated ARK {}", path.display())]
+    SimulatedArk {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: EvidenceRejected,
+    },
+    /// The master key (or the `.next` key of a rotation) cannot be loaded.
+    #[error("cannot load the master key {}", path.display())]
+    Keyring {
+        /// The master key file.
+        path: PathBuf,
+        /// Why.
+        source: KeyError,
+    },
+    /// `[attestation.kds] url` is not usable.
+    #[error("invalid [attestation.kds] url {url}")]
+    KdsUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: HttpError,
+    },
+}
+
+/// Opens the configured store.
+pub fn store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => {
+            Ok(Arc::new(SqliteStore::open(path).map_err(|source| {
+                WiringError::Store {
+                    path: path.clone(),
+                    source,
+                }
+            })?))
+        }
+    }
+}
+
+/// The trust anchors: AMD's pinned roots, plus a simulated root only when
+/// the config names one (with a warning, every start).
+pub fn trust(config: &Config) -> Result<TrustStore, WiringError> {
+    let mut trust = TrustStore::amd();
+    if let Some(sim) = &config.simulated {
+        let ark = std::fs::read(&sim.ark).map_err(|source| WiringError::ReadSimulatedArk {
+            path: sim.ark.clone(),
+            source,
+        })?;
+        trust = trust
+            .with_simulated_root(sim.generation, &ark)
+            .map_err(|source| WiringError::SimulatedArk {
+                path: sim.ark.clone(),
+                source,
+            })?;
+        tracing::warn!(
+            ark = %sim.ark.display(),
+            generation = %sim.generation,
+            "TRUSTING A SIMULATED SEV-SNP PLATFORM: reports it signs prove nothing about real hardware; never use this in production"
+        );
+    }
+    Ok(trust)
+}
+
+/// The keyring: the master key file and, if a master key rotation is under
+/// way, `<master_key>.next`.
+pub fn keyring(config: &Config) -> Result<Keyring, WiringError> {
+    let ring = Keyring::load(&config.master_key).map_err(|source| WiringError::Keyring {
+        path: config.master_key.clone(),
+        source,
+    })?;
+    if let Some(next) = ring.next_id() {
+        tracing::warn!(
+            current = %ring.current_id(),
+            next = %next,
+            "a master key rotation is under way (the .next key file exists); both keys are loaded; run the master key rotation again to finish it"
+        );
+    }
+    Ok(ring)
+}
+
+/// The verifier: `trust`, the offline `certs_dir`, the certificate cache
+/// and, only when `[attestation.kds] enabled = true`, AMD KDS.
+pub fn verifier(config: &Config, trust: TrustStore) -> Result<Verifier, WiringError> {
+    use crate::certsource::{CacheSource, CertCache, KdsSource};
+    let cache = Arc::new(CertCache::new(config.cert_cache.clone()));
+    let mut v = Verifier::new(trust.clone(), config.certs_dir.clone())
+        .with_source(Arc::new(CacheSource::new(cache.clone(), &trust)));
+    if let Some(kds) = &config.kds {
+        tracing::info!(url = %kds.url, cache = %config.cert_cache.display(), "AMD KDS is an online certificate source");
+        let source =
+            KdsSource::new(kds.clone(), cache, trust).map_err(|source| WiringError::KdsUrl {
+                url: kds.url.clone(),
+                source,
+            })?;
+        v = v.with_source(Arc::new(source));
+    }
+    Ok(v)
+}
+
+/// The whole key-release service.
+pub fn broker(config: &Config) -> Result<Broker, WiringError> {
+    crate::lifecycle::failpoint::init();
+    let keyring = keyring(config)?;
+    let verifier = verifier(config, trust(config)?)?;
+    Ok(Broker::with_keyring(
+        store(config)?,
+        Arc::new(keyring),
+        verifier,
+        config.nonce_ttl,
+    )
+    .with_rotation_session_ttl(config.rotation_session_ttl))
+}

@@ -1,0 +1,171 @@
+//! The audit log: ids, filters, the hash chain, and tampering detected.
+
+use broker::store::{AuditEvent, AuditFilter, Store, StoreError};
+
+fn event(at: i64, verdict: &str, volumes: &[&str], reasons: &[&str]) -> AuditEvent {
+    AuditEvent {
+        at_unix: at,
+        kind: "attest".into(),
+        verdict: verdict.into(),
+        volumes: volumes.iter().map(|s| s.to_string()).collect(),
+        reason_codes: reasons.iter().map(|s| s.to_string()).collect(),
+        details_json: format!("{{\"measurement\":\"{at:x}\"}}"),
+        client_addr: Some("192.0.2.1:4000".into()),
+    }
+}
+
+/// Appends get increasing ids, filters select, the chain verifies, and bad
+/// verdicts are refused.
+pub fn audit_append_filter_and_chain(store: &dyn Store) {
+    let before = store.verify_audit_chain().unwrap();
+    let a = store
+        .append_audit(&event(1_000_000, "allow", &["cf-aud-a"], &[]))
+        .unwrap();
+    let b = store
+        .append_audit(&event(
+            1_000_010,
+            "deny",
+            &["cf-aud-a", "cf-aud-b"],
+            &["POLICY_DEBUG_ALLOWED", "POLICY_VMPL_TOO_HIGH"],
+        ))
+        .unwrap();
+    let mut ch = event(1_000_020, "error", &["cf-aud-b"], &["STORE_UNAVAILABLE"]);
+    ch.kind = "challenge".into();
+    ch.client_addr = None;
+    let c = store.append_audit(&ch).unwrap();
+    assert!(a < b && b < c);
+    assert_eq!(b.0, a.0 + 1);
+    assert_eq!(store.verify_audit_chain().unwrap(), before + 3);
+
+    let f = |filter: AuditFilter| -> Vec<i64> {
+        store
+            .audit_entries(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id.0)
+            .collect()
+    };
+    assert_eq!(
+        f(AuditFilter {
+            volume: Some("cf-aud-a".into()),
+            ..Default::default()
+        }),
+        vec![a.0, b.0]
+    );
+    assert_eq!(
+        f(AuditFilter {
+            volume: Some("cf-aud-b".into()),
+            verdict: Some("deny".into()),
+            ..Default::default()
+        }),
+        vec![b.0]
+    );
+    assert_eq!(
+        f(AuditFilter {
+            volume: Some("cf-aud".into()),
+            ..Default::default()
+        }),
+        Vec::<i64>::new(),
+        "volume filter matches whole names only"
+    );
+    assert_eq!(
+        f(AuditFilter {
+            since_unix: Some(1_000_010),
+            until_unix: Some(1_000_020),
+            ..Default::default()
+        }),
+        vec![b.0]
+    );
+    assert_eq!(
+        f(AuditFilter {
+            kind: Some("challenge".into()),
+            after_id: Some(a.0),
+            ..Default::default()
+        }),
+        vec![c.0]
+    );
+    assert_eq!(
+        f(AuditFilter {
+            after_id: Some(a.0),
+            limit: Some(1),
+            ..Default::default()
+        }),
+        vec![b.0]
+    );
+    let got = store
+        .audit_entries(&AuditFilter {
+            after_id: Some(a.0),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(got[0].event.reason_codes.len(), 2);
+    assert_eq!(got[1].event, ch);
+    assert_eq!(got[1].prev_hash, got[0].hash);
+    assert_eq!(
+        got[1].hash,
+        broker::store::audit_entry_hash(&got[0].hash, got[1].id.0, &ch)
+    );
+
+    for bad_verdict in ["ALLOW", "", "maybe"] {
+        let mut e = event(1, "allow", &[], &[]);
+        e.verdict = bad_verdict.into();
+        assert!(matches!(
+            store.append_audit(&e),
+            Err(StoreError::InvalidInput { .. })
+        ));
+    }
+    let mut e = event(1, "allow", &[], &[]);
+    e.kind = "Attest Now".into();
+    assert!(store.append_audit(&e).is_err());
+    assert_eq!(store.verify_audit_chain().unwrap(), before + 3);
+}
+
+/// A direct change to the backend, for [`audit_tamper_detected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// Change the verdict of entry `id` to "allow".
+    ChangeVerdict(i64),
+    /// Change the details of entry `id`.
+    ChangeDetails(i64),
+    /// Delete entry `id`.
+    Delete(i64),
+    /// Swap the positions of entries `a` and `b` (their ids exchanged).
+    Swap(i64, i64),
+    /// Delete the last entry.
+    DeleteLast,
+}
+
+/// Makes a fresh, empty store and a hook that edits its backend directly.
+pub type FreshTamperable<'a> = dyn Fn() -> (Box<dyn Store>, Box<dyn Fn(Tamper)>) + 'a;
+
+/// For each kind of tampering: a fresh store (from `fresh`) gets five
+/// entries, `tamper` edits its backend, and `verify_audit_chain` must fail,
+/// at the expected entry.
+pub fn audit_tamper_detected(fresh: &FreshTamperable<'_>) {
+    let cases = [
+        (Tamper::ChangeVerdict(3), 3),
+        (Tamper::ChangeDetails(1), 1),
+        (Tamper::Delete(2), 2),
+        (Tamper::Swap(2, 4), 2),
+        (Tamper::DeleteLast, 5),
+    ];
+    for (tamper, at) in cases {
+        let (store, edit) = fresh();
+        for i in 0..5 {
+            let id = store
+                .append_audit(&event(2_000 + i, "deny", &["t"], &["POLICY_X"]))
+                .unwrap();
+            assert_eq!(id.0, i + 1, "a fresh store numbers entries from 1");
+        }
+        assert_eq!(store.verify_audit_chain().unwrap(), 5);
+        edit(tamper);
+        match store.verify_audit_chain() {
+            Err(StoreError::AuditChain(e)) => {
+                assert_eq!(e.at_id, at, "{tamper:?}: {e}");
+                assert!(!e.what.is_empty());
+            }
+            other => panic!("{tamper:?} not detected: {other:?}"),
+        }
+    }
+}
