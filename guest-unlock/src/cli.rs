@@ -751,7 +751,16 @@ fn unlock_cmd(args: UnlockArgs) -> u8 {
         evidence: args.evidence,
         crypttab: args.crypttab,
     };
-    open_devices(&common, selection, args.name.as_deref(), mode)
+    let started = std::time::Instant::now();
+    let (code, counts) = open_devices(&common, selection, args.name.as_deref(), mode);
+    if let Some((unlocked, locked)) = counts {
+        crate::events::emit(&crate::events::done(
+            unlocked,
+            locked,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
+    code
 }
 
 fn rotate_cmd(args: RotateArgs) -> u8 {
@@ -760,24 +769,71 @@ fn rotate_cmd(args: RotateArgs) -> u8 {
     } else {
         Some(args.targets.clone())
     };
-    open_devices(&args.common, selection, None, crate::unlock::Mode::Rotate)
+    open_devices(&args.common, selection, None, crate::unlock::Mode::Rotate).0
+}
+
+/// The command line's [`crate::unlock::Progress`]: event lines as things
+/// happen, the human line before a rotation, and the crash-point test hook.
+struct Console {
+    mode: crate::unlock::Mode,
+}
+
+impl crate::unlock::Progress for Console {
+    fn opened(&mut self, u: &crate::unlock::Unlocked) {
+        if self.mode == crate::unlock::Mode::Activate {
+            crate::events::emit(&crate::events::unlocked(u));
+        }
+    }
+
+    fn rotation_starts(&mut self, u: &crate::unlock::Unlocked) {
+        eprint_err(format_args!(
+            "{} ({}) is open with keyslot {}, key version {}; key rotation follows",
+            u.volume,
+            u.device.display(),
+            u.keyslot.unwrap_or_default(),
+            u.key_version.unwrap_or_default()
+        ));
+    }
+
+    fn rotation_step(&mut self, step: &crate::rotation::StepDone) -> std::ops::ControlFlow<()> {
+        crate::events::emit(&crate::events::rotation(step));
+        crate::rotation::env_crash_point(step.step);
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// A device that stays locked before any attestation.
+fn not_attempted(
+    volume: &str,
+    device: PathBuf,
+    reason: String,
+    kind: crate::unlock::FailureKind,
+) -> crate::unlock::StillLocked {
+    crate::unlock::StillLocked {
+        volume: volume.to_owned(),
+        device,
+        reason,
+        cause: crate::unlock::LockCause::Failed(kind),
+    }
 }
 
 /// `unlock` and `rotate`: `selection` is `None` for every bound block
-/// device, else device paths (and, for `rotate`, crypttab names).
+/// device, else device paths (and, for `rotate`, crypttab names). Returns
+/// the exit code and, once devices were looked at, how many are open and
+/// how many stay locked.
 fn open_devices(
     args: &DeviceArgs,
     selection: Option<Vec<std::ffi::OsString>>,
     name: Option<&str>,
     mode: crate::unlock::Mode,
-) -> u8 {
-    use crate::unlock::{self as u, Probe};
+) -> (u8, Option<(usize, usize)>) {
+    use crate::unlock::{self as u, FailureKind, Probe};
     let all = selection.is_none();
     let mut raw = match boot_raw_config(args.config.as_ref(), args.evidence.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprint_err(e);
-            return EXIT_USAGE;
+            return (EXIT_USAGE, None);
         }
     };
     if args.timeout.is_some() {
@@ -793,7 +849,7 @@ fn open_devices(
         Ok(c) => c,
         Err(e) => {
             eprint_err(e);
-            return EXIT_USAGE;
+            return (EXIT_USAGE, None);
         }
     };
     let crypttab_path = args
@@ -834,11 +890,12 @@ fn open_devices(
                 };
                 match found {
                     Ok(p) => out.push(p),
-                    Err(reason) => locked.push(u::StillLocked {
-                        volume: "?".into(),
-                        device: PathBuf::from(item),
+                    Err(reason) => locked.push(not_attempted(
+                        "?",
+                        PathBuf::from(item),
                         reason,
-                    }),
+                        FailureKind::NotFound,
+                    )),
                 }
             }
             out
@@ -847,32 +904,35 @@ fn open_devices(
     for dev in candidates {
         match u::probe(&dev) {
             Probe::Bound(t) => targets.push(t),
-            Probe::NotLuks2(e) if !all => locked.push(u::StillLocked {
-                volume: "?".into(),
-                device: dev,
-                reason: e.to_string(),
-            }),
-            Probe::NoToken if !all => locked.push(u::StillLocked {
-                volume: "?".into(),
-                device: dev,
-                reason: "no sev-keybroker token: bind it first with `guest-unlock bind`".into(),
-            }),
+            Probe::NotLuks2(e) if !all => locked.push(not_attempted(
+                "?",
+                dev,
+                e.to_string(),
+                FailureKind::NotLuks2,
+            )),
+            Probe::NoToken if !all => locked.push(not_attempted(
+                "?",
+                dev,
+                "no sev-keybroker token: bind it first with `guest-unlock bind`".into(),
+                FailureKind::NoToken,
+            )),
             Probe::NotLuks2(_) | Probe::NoToken => {}
-            Probe::Invalid(e) => locked.push(u::StillLocked {
-                volume: "?".into(),
-                device: dev,
-                reason: e.to_string(),
-            }),
+            Probe::Invalid(e) => locked.push(not_attempted(
+                "?",
+                dev,
+                e.to_string(),
+                FailureKind::InvalidToken,
+            )),
         }
     }
     u::name_targets(&mut targets, name, &crypttab, &u::resolve_spec);
     if targets.is_empty() && locked.is_empty() {
         eprint_err("no LUKS2 device bound to a broker was found");
-        return EXIT_GRANTED;
+        return (EXIT_GRANTED, Some((0, 0)));
     }
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(code) => return code,
+        Err(code) => return (code, None),
     };
     let provider = if targets.is_empty() {
         None
@@ -881,11 +941,12 @@ fn open_devices(
             Ok(p) => Some(p),
             Err(e) => {
                 for t in &targets {
-                    locked.push(u::StillLocked {
-                        volume: t.volumes(),
-                        device: t.device.clone(),
-                        reason: format!("evidence provider {}: {e}", base.evidence),
-                    });
+                    locked.push(not_attempted(
+                        &t.volumes(),
+                        t.device.clone(),
+                        format!("evidence provider {}: {e}", base.evidence),
+                        FailureKind::Evidence,
+                    ));
                 }
                 targets.clear();
                 None
@@ -893,7 +954,8 @@ fn open_devices(
         }
     };
     let rt = &rt;
-    let report = u::unlock_targets(&targets, mode, &mut |group, ids| {
+    let mut console = Console { mode };
+    let fetch = &mut |group: &u::Group, ids: &VolumeIds| {
         let cfg = config::resolve(config::RawConfig {
             brokers: group.brokers.iter().map(ToString::to_string).collect(),
             pins: group.pins.iter().map(ToString::to_string).collect(),
@@ -910,7 +972,8 @@ fn open_devices(
             (_, Some(s)) => Some(Box::new(SessionConfirmer::new(rt, s)) as Box<dyn Confirmer + '_>),
         };
         Ok(u::Fetched { outcome, confirmer })
-    });
+    };
+    let report = u::unlock_targets(&targets, mode, fetch, &mut console);
     let verb = match mode {
         u::Mode::Activate => "unlocked",
         u::Mode::CheckOnly | u::Mode::Rotate => "checked",
@@ -943,13 +1006,15 @@ fn open_devices(
     locked.extend(report.locked);
     for l in &locked {
         eprint_err(l);
+        crate::events::emit(&crate::events::locked(l));
     }
+    let counts = Some((report.unlocked.len(), locked.len()));
     // A rotation that did not complete never fails an unlock (the volume
     // is open); it fails `rotate`.
     if locked.is_empty() && !(mode == u::Mode::Rotate && rotation_failed) {
-        EXIT_GRANTED
+        (EXIT_GRANTED, counts)
     } else {
-        EXIT_FAILED
+        (EXIT_FAILED, counts)
     }
 }
 

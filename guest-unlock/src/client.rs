@@ -167,6 +167,57 @@ pub enum ConnectError {
     /// TCP connect, TLS handshake or HTTP/2 setup failed or timed out.
     #[error("{0}")]
     Transport(String),
+    /// The broker's TLS key matches none of the pins (the message is the
+    /// whole error chain, naming the key found).
+    #[error("{message}")]
+    PinMismatch {
+        /// The pin of the key the broker presented.
+        found: SpkiPin,
+        /// The error chain, in one line.
+        message: String,
+    },
+}
+
+impl ConnectError {
+    /// Whether the broker presented a TLS key that no pin matches.
+    pub fn is_pin_mismatch(&self) -> bool {
+        matches!(self, Self::PinMismatch { .. })
+    }
+
+    fn from_transport(e: &(dyn std::error::Error + 'static)) -> Self {
+        let message = error_chain(e);
+        match pin_mismatch_in(e) {
+            Some(found) => Self::PinMismatch { found, message },
+            None => Self::Transport(message),
+        }
+    }
+}
+
+/// The [`PinMismatch`] somewhere in an error's source chain (tonic wraps
+/// the connector's `io::Error`, which wraps the rustls error, which carries
+/// the verifier's error).
+fn pin_mismatch_in(e: &(dyn std::error::Error + 'static)) -> Option<SpkiPin> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = pin_mismatch_in(inner) {
+                return Some(found);
+            }
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            let inner: &(dyn std::error::Error + 'static) = &*o.0;
+            if let Some(pm) = inner.downcast_ref::<PinMismatch>() {
+                return Some(pm.found);
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Walks an error's source chain into one line (tonic wraps the interesting
@@ -192,7 +243,7 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<KeyBrokerClient<Channel>, ConnectError> {
-    let transport = |e: &(dyn std::error::Error + 'static)| ConnectError::Transport(error_chain(e));
+    let transport = |e: &(dyn std::error::Error + 'static)| ConnectError::from_transport(e);
     // tonic only sees a plain `http` URI (it must not try TLS itself); requests
     // carry the real `https` origin.
     let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))

@@ -193,7 +193,21 @@ pub enum UnlockError {
         attempts: usize,
         /// The last error seen from each broker.
         last_errors: Vec<String>,
+        /// What kept the brokers out of reach, in one word.
+        cause: UnreachableCause,
     },
+}
+
+/// Why no broker answered, for machine-readable output: the last errors
+/// say it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnreachableCause {
+    /// A broker answered with a TLS key that matches no pin.
+    PinMismatch,
+    /// The overall timeout ended a connection or an answer under way.
+    Timeout,
+    /// No connection could be made (refused, no route, broker faults).
+    NoConnection,
 }
 
 fn fmt_codes(codes: &[String]) -> String {
@@ -723,6 +737,8 @@ pub async fn fetch_keys_session(
     let mut backoff = Backoff::default();
     let mut attempts = 0usize;
     let mut last_errors: BTreeMap<usize, String> = BTreeMap::new();
+    let mut pin_mismatch = false;
+    let mut timed_out = false;
 
     'rounds: loop {
         for (i, url) in cfg.brokers.iter().enumerate() {
@@ -743,10 +759,12 @@ pub async fn fetch_keys_session(
                         i,
                         format!("{url}: no connection before the overall timeout"),
                     );
+                    timed_out = true;
                     break 'rounds;
                 }
                 Ok(Err(e)) => {
                     tracing::info!(broker = %url, error = %e, "broker unreachable");
+                    pin_mismatch |= e.is_pin_mismatch();
                     last_errors.insert(i, format!("{url}: {e}"));
                     continue;
                 }
@@ -758,6 +776,7 @@ pub async fn fetch_keys_session(
             {
                 Err(_) => {
                     last_errors.insert(i, format!("{url}: no answer before the overall timeout"));
+                    timed_out = true;
                     break 'rounds;
                 }
                 Ok(Ok((u, rotation))) => {
@@ -788,10 +807,18 @@ pub async fn fetch_keys_session(
         }
         tokio::time::sleep(backoff.next_delay().min(left)).await;
     }
+    let cause = if pin_mismatch {
+        UnreachableCause::PinMismatch
+    } else if timed_out {
+        UnreachableCause::Timeout
+    } else {
+        UnreachableCause::NoConnection
+    };
     Err(UnlockError::Unreachable {
         timeout: cfg.timeout,
         attempts,
         last_errors: last_errors.into_values().collect(),
+        cause,
     })
 }
 
@@ -1305,6 +1332,28 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_listening_is_no_connection() {
+        let dead = closed_port_url().await;
+        let e = fetch_keys(
+            &cfg(vec![dead], vec![test_cert().pin], 1),
+            &FakeEvidence,
+            &vols(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                UnlockError::Unreachable {
+                    cause: UnreachableCause::NoConnection,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
     async fn refusal_reason_codes_survive_the_wire() {
         let cert = test_cert();
         let url = serve(
@@ -1370,9 +1419,13 @@ pub(crate) mod tests {
             took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
             "{took:?}"
         );
-        let UnlockError::Unreachable { attempts, .. } = &e else {
+        let UnlockError::Unreachable {
+            attempts, cause, ..
+        } = &e
+        else {
             panic!("{e}")
         };
+        assert_eq!(*cause, UnreachableCause::PinMismatch);
         assert!(*attempts >= 2, "retried with backoff: {attempts}");
         let msg = e.to_string();
         assert!(msg.contains("matches none of the configured pins"), "{msg}");

@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod evidence;
 pub mod flow;
 pub mod hardening;

@@ -40,14 +40,16 @@
 //!
 //! With `KEYBROKER_CRASH_AT=<point>` in the environment (the initramfs sets
 //! it from `keybroker.crash_at=<point>` on the kernel command line),
-//! `guest-unlock` prints `guest-unlock: crash point <point> reached` on
-//! standard error right after that step and kills itself with `SIGKILL`,
+//! `guest-unlock` prints `guest-unlock: crash point <point> reached` and
+//! `guest-unlock: event=crash-point v=1 point=<point>` on standard error
+//! right after that step and kills itself with `SIGKILL`,
 //! so that tests can prove the next unlock recovers. Points:
 //! `guest-after-keyslot-add`, `guest-after-token-update`,
 //! `guest-after-confirm`, `guest-after-old-slot-removed`. Without the
 //! variable nothing happens; it is a test hook, not a feature.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,54 +68,83 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variable naming a crash point (tests only).
 pub const CRASH_ENV: &str = "KEYBROKER_CRASH_AT";
 
-/// A point between two rotation steps where a test may stop the process.
+/// A rotation step, as the `step=` of the `event=rotation` line names it.
+/// Each is one header write, or the broker's confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CrashPoint {
+pub enum RotationStep {
     /// The pending key's keyslot was added (the token does not know it yet).
-    AfterKeyslotAdd,
+    KeyslotAdded,
     /// The token records the new keyslot.
-    AfterTokenUpdate,
+    TokenUpdated,
     /// The broker confirmed; no keyslot was removed yet.
-    AfterConfirm,
+    Confirmed,
     /// An old keyslot was destroyed; the token still has its stale entry.
-    AfterOldSlotRemoved,
+    OldSlotRemoved,
 }
 
-impl CrashPoint {
-    /// Every point, in step order.
-    pub const ALL: [CrashPoint; 4] = [
-        CrashPoint::AfterKeyslotAdd,
-        CrashPoint::AfterTokenUpdate,
-        CrashPoint::AfterConfirm,
-        CrashPoint::AfterOldSlotRemoved,
+impl RotationStep {
+    /// Every step, in order.
+    pub const ALL: [RotationStep; 4] = [
+        RotationStep::KeyslotAdded,
+        RotationStep::TokenUpdated,
+        RotationStep::Confirmed,
+        RotationStep::OldSlotRemoved,
     ];
 
-    /// The name used in `KEYBROKER_CRASH_AT` and `keybroker.crash_at=`.
+    /// The stable name (`keyslot-added`, `token-updated`, `confirmed`,
+    /// `old-slot-removed`).
     pub fn name(self) -> &'static str {
         match self {
-            Self::AfterKeyslotAdd => "guest-after-keyslot-add",
-            Self::AfterTokenUpdate => "guest-after-token-update",
-            Self::AfterConfirm => "guest-after-confirm",
-            Self::AfterOldSlotRemoved => "guest-after-old-slot-removed",
+            Self::KeyslotAdded => "keyslot-added",
+            Self::TokenUpdated => "token-updated",
+            Self::Confirmed => "confirmed",
+            Self::OldSlotRemoved => "old-slot-removed",
+        }
+    }
+
+    /// The crash point right after this step, as `KEYBROKER_CRASH_AT` and
+    /// `keybroker.crash_at=` name it.
+    pub fn crash_point(self) -> &'static str {
+        match self {
+            Self::KeyslotAdded => "guest-after-keyslot-add",
+            Self::TokenUpdated => "guest-after-token-update",
+            Self::Confirmed => "guest-after-confirm",
+            Self::OldSlotRemoved => "guest-after-old-slot-removed",
         }
     }
 }
 
-/// Called after each step that has a [`CrashPoint`]; returning `false`
-/// stops the rotation there, leaving the header as a crash would (tests).
-pub type Hook<'a> = dyn FnMut(CrashPoint) -> bool + 'a;
+/// A rotation step that completed on one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDone {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The device.
+    pub device: PathBuf,
+    /// The step.
+    pub step: RotationStep,
+    /// The key version it concerns: the pending key's (keyslot added,
+    /// token updated), the new current one (confirmed), the removed
+    /// keyslot's (old slot removed).
+    pub key_version: u32,
+}
 
-/// The production hook: kills the process at the point named by
-/// `KEYBROKER_CRASH_AT`, if any; otherwise continues.
-pub fn env_crash_point(p: CrashPoint) -> bool {
-    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == p.name()) {
-        eprintln!("guest-unlock: crash point {} reached", p.name());
+/// Told of each completed step; [`ControlFlow::Break`] stops the rotation
+/// there, leaving the header as a crash would (tests).
+pub type StepObserver<'a> = dyn FnMut(&StepDone) -> ControlFlow<()> + 'a;
+
+/// Kills the process when `KEYBROKER_CRASH_AT` names the crash point right
+/// after `step` (the test hook described above); otherwise does nothing.
+pub fn env_crash_point(step: RotationStep) {
+    let p = step.crash_point();
+    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == p) {
+        eprintln!("guest-unlock: crash point {p} reached");
+        eprintln!("guest-unlock: event=crash-point v=1 point={p}");
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; should kill() itself fail, still stop here.
         std::process::abort();
     }
-    true
 }
 
 /// Sends `ConfirmRotation` for an enrolled pending key in the session that
@@ -166,9 +197,9 @@ pub enum RotationError {
     /// Removing old keyslots would not be safe (nothing was removed).
     #[error("old keyslots kept: {0}")]
     Unsafe(String),
-    /// A test hook stopped the rotation after this step.
+    /// The step observer stopped the rotation after this step.
     #[error("stopped after {}", .0.name())]
-    Stopped(CrashPoint),
+    Stopped(RotationStep),
 }
 
 impl From<LuksError> for RotationError {
@@ -210,11 +241,22 @@ pub struct Cleaned {
     pub tokens_removed: Vec<u32>,
 }
 
-fn stop_after(hook: &mut Hook<'_>, p: CrashPoint) -> Result<(), RotationError> {
-    if hook(p) {
-        Ok(())
-    } else {
-        Err(RotationError::Stopped(p))
+fn tell(
+    observer: &mut StepObserver<'_>,
+    device: &Path,
+    volume: &VolumeId,
+    step: RotationStep,
+    key_version: u32,
+) -> Result<(), RotationError> {
+    let done = StepDone {
+        volume: volume.clone(),
+        device: device.to_owned(),
+        step,
+        key_version,
+    };
+    match observer(&done) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(RotationError::Stopped(step)),
     }
 }
 
@@ -325,7 +367,7 @@ pub fn enroll(
     volume: &VolumeId,
     keys: &[&UnwrappedKey],
     opened: Opened,
-    hook: &mut Hook<'_>,
+    observer: &mut StepObserver<'_>,
 ) -> Result<Enrolled, RotationError> {
     let mut dev = Device::open(device)?;
     let tokens = volume_tokens(&mut dev, volume)?;
@@ -357,7 +399,13 @@ pub fn enroll(
                 out.added = true;
                 tracing::info!(device = %device.display(), %volume, keyslot = s,
                     version = p.version, "added a keyslot for the pending key");
-                stop_after(hook, CrashPoint::AfterKeyslotAdd)?;
+                tell(
+                    observer,
+                    device,
+                    volume,
+                    RotationStep::KeyslotAdded,
+                    p.version,
+                )?;
                 s
             }
         };
@@ -403,8 +451,9 @@ pub fn enroll(
         }
         let json = t.to_json();
         with_backup(&mut dev, |d| d.set_token(Some(*id), &json))?;
+        let newest = missing.iter().map(|sv| sv.key_version).max().unwrap_or(0);
         out.recorded = missing;
-        stop_after(hook, CrashPoint::AfterTokenUpdate)?;
+        tell(observer, device, volume, RotationStep::TokenUpdated, newest)?;
     }
     Ok(out)
 }
@@ -419,7 +468,7 @@ pub fn cleanup(
     volume: &VolumeId,
     released: &[&UnwrappedKey],
     verified: &[SlotVersion],
-    hook: &mut Hook<'_>,
+    observer: &mut StepObserver<'_>,
 ) -> Result<Cleaned, RotationError> {
     let mut out = Cleaned::default();
     let mut dev = Device::open(device)?;
@@ -471,7 +520,13 @@ pub fn cleanup(
         tracing::info!(device = %device.display(), %volume, keyslot = e.keyslot,
             version = e.key_version, "removed the retired key's keyslot");
         out.removed.push(e);
-        stop_after(hook, CrashPoint::AfterOldSlotRemoved)?;
+        tell(
+            observer,
+            device,
+            volume,
+            RotationStep::OldSlotRemoved,
+            e.key_version,
+        )?;
     }
 
     // Rewrite the tokens: drop stale entries (keyslots destroyed) and, for

@@ -12,17 +12,18 @@
 //! (`--dry-run`).
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use keybroker_proto::pb::KeyState;
 use keybroker_proto::{VolumeId, VolumeIds, MAX_VOLUMES};
 
 use crate::config::{BrokerUrl, SpkiPin};
-use crate::flow::{FetchOutcome, UnlockError, UnwrappedKey};
+use crate::flow::{FetchOutcome, UnlockError, UnreachableCause, UnwrappedKey};
 use crate::luks::{mapping_active, read_tokens, ActivateFlags, BindError, Device, LuksError};
 use crate::rotation::{
-    cleanup, enroll, env_crash_point, pending_key, Confirmer, CrashPoint, Enrolled, Hook, Opened,
-    RotationError,
+    cleanup, enroll, pending_key, Confirmer, Enrolled, Opened, RotationError, RotationStep,
+    StepDone,
 };
 use crate::token::BrokerToken;
 
@@ -442,6 +443,113 @@ pub struct Unlocked {
     pub keyslot: Option<u32>,
     /// The key version used.
     pub key_version: Option<u32>,
+    /// The broker's audit decision id of the attestation that released the
+    /// key (None when the mapping already existed, or the broker sent none).
+    pub decision_id: Option<String>,
+}
+
+/// Why a device stays locked, in one stable kebab-case word: the `reason=`
+/// of the `event=failed` line (`docs/operations.md`, "Event lines").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// No broker could be reached (refused, no route, broker faults).
+    BrokerUnreachable,
+    /// The overall timeout ended the attempt.
+    Timeout,
+    /// A broker presented a TLS key that no pin matches.
+    PinMismatch,
+    /// The evidence provider failed.
+    Evidence,
+    /// The device could not be opened or activated.
+    OpenFailed,
+    /// Keys were released but none opens a keyslot.
+    NoKeyOpens,
+    /// The broker released no key for the device's volume, and said nothing else.
+    NoKeyReleased,
+    /// The device named on the command line was not found.
+    NotFound,
+    /// Not a LUKS2 device.
+    NotLuks2,
+    /// A LUKS2 device without a `sev-keybroker` token.
+    NoToken,
+    /// A `sev-keybroker` token or header that does not validate.
+    InvalidToken,
+    /// The settings recorded in the token are unusable.
+    Config,
+    /// The broker speaks another major protocol version.
+    VersionMismatch,
+    /// The broker rejected the request as malformed.
+    Rejected,
+    /// The broker's answer breaks the protocol.
+    BadResponse,
+    /// A released key did not open with this attempt's key.
+    KeyDidNotOpen,
+    /// The broker failed in a way another attempt may not.
+    BrokerFault,
+    /// TLS or the attempt's key pair could not be set up.
+    Setup,
+}
+
+impl FailureKind {
+    /// The stable word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BrokerUnreachable => "broker-unreachable",
+            Self::Timeout => "timeout",
+            Self::PinMismatch => "pin-mismatch",
+            Self::Evidence => "evidence",
+            Self::OpenFailed => "open-failed",
+            Self::NoKeyOpens => "no-key-opens",
+            Self::NoKeyReleased => "no-key-released",
+            Self::NotFound => "not-found",
+            Self::NotLuks2 => "not-luks2",
+            Self::NoToken => "no-token",
+            Self::InvalidToken => "invalid-token",
+            Self::Config => "config",
+            Self::VersionMismatch => "version-mismatch",
+            Self::Rejected => "rejected",
+            Self::BadResponse => "bad-response",
+            Self::KeyDidNotOpen => "key-did-not-open",
+            Self::BrokerFault => "broker-fault",
+            Self::Setup => "setup",
+        }
+    }
+}
+
+impl From<&UnlockError> for FailureKind {
+    fn from(e: &UnlockError) -> Self {
+        match e {
+            UnlockError::Tls(_) | UnlockError::KeyPair(_) => Self::Setup,
+            UnlockError::Evidence { .. } | UnlockError::EvidenceMismatch { .. } => Self::Evidence,
+            UnlockError::VersionMismatch { .. } => Self::VersionMismatch,
+            // A refusal becomes an outcome before it gets here; it is the
+            // broker rejecting the request all the same.
+            UnlockError::Refused { .. } | UnlockError::Rejected { .. } => Self::Rejected,
+            UnlockError::BrokerFault { .. } => Self::BrokerFault,
+            UnlockError::BadResponse { .. } => Self::BadResponse,
+            UnlockError::KeyDidNotOpen { .. } => Self::KeyDidNotOpen,
+            UnlockError::Unreachable { cause, .. } => match cause {
+                UnreachableCause::PinMismatch => Self::PinMismatch,
+                UnreachableCause::Timeout => Self::Timeout,
+                UnreachableCause::NoConnection => Self::BrokerUnreachable,
+            },
+        }
+    }
+}
+
+/// Why a device stays locked, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockCause {
+    /// The broker refused the volume.
+    Refused {
+        /// Its reason codes (`docs/protocol.md`, "Reason codes").
+        reason_codes: Vec<String>,
+        /// Its audit decision id (empty when it sent none).
+        decision_id: String,
+    },
+    /// No decision could be had, or the released keys did not open it.
+    Failed(FailureKind),
 }
 
 /// A device that stays locked, with the reason (one line).
@@ -453,6 +561,8 @@ pub struct StillLocked {
     pub device: PathBuf,
     /// Why.
     pub reason: String,
+    /// Why, as data.
+    pub cause: LockCause,
 }
 
 impl std::fmt::Display for StillLocked {
@@ -502,8 +612,9 @@ pub struct UnlockReport {
     pub locked: Vec<StillLocked>,
     /// Key rotation on the opened devices (nothing when none was under way).
     pub rotation: Vec<RotationNote>,
-    /// A test hook stopped the rotation (see [`crate::rotation::Hook`]).
-    pub stopped: Option<CrashPoint>,
+    /// The progress observer stopped the rotation after this step (see
+    /// [`Progress::rotation_step`]).
+    pub stopped: Option<RotationStep>,
 }
 
 /// Whether to activate or only to check that a key opens its keyslot, and
@@ -541,44 +652,68 @@ impl From<FetchOutcome> for Fetched<'_> {
 /// The outcome of one group's attestation.
 pub type GroupResult<'a> = Result<Fetched<'a>, UnlockError>;
 
+/// What [`unlock_targets`] tells as it goes, before its [`UnlockReport`]:
+/// the command line prints event lines from it, so that a step is on the
+/// console even if the process dies right after it. Every method does
+/// nothing by default; `()` observes nothing.
+pub trait Progress {
+    /// A device was opened with a released key (or, in [`Mode::Activate`],
+    /// found already open: `keyslot` is then `None`).
+    fn opened(&mut self, unlocked: &Unlocked) {
+        let _ = unlocked;
+    }
+
+    /// Key rotation starts on an opened device (it is usable whatever
+    /// happens to the rotation).
+    fn rotation_starts(&mut self, unlocked: &Unlocked) {
+        let _ = unlocked;
+    }
+
+    /// A rotation step completed. [`ControlFlow::Break`] stops the rotation
+    /// right there, leaving the header exactly as a crash at that point
+    /// would (tests); [`UnlockReport::stopped`] then names the step.
+    fn rotation_step(&mut self, step: &StepDone) -> ControlFlow<()> {
+        let _ = step;
+        ControlFlow::Continue(())
+    }
+}
+
+impl Progress for () {}
+
 /// Attests once per group (through `fetch`), then opens each target with
 /// the keys released for its volumes, then (unless [`Mode::CheckOnly`])
-/// carries out any key rotation (see [`crate::rotation`]). For each
-/// volume the current key is tried first, on the keyslots its token
-/// records for that version and then on any keyslot; then the other
-/// released keys likewise. All keys are zeroized when this returns.
-/// Crash points follow `KEYBROKER_CRASH_AT` ([`crate::rotation::env_crash_point`]).
+/// carries out any key rotation (see [`crate::rotation`]), telling
+/// `progress` as it goes. For each volume the current key is tried first,
+/// on the keyslots its token records for that version and then on any
+/// keyslot; then the other released keys likewise. All keys are zeroized
+/// when this returns.
 pub fn unlock_targets<'a>(
     targets: &[Target],
     mode: Mode,
     fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult<'a>,
-) -> UnlockReport {
-    unlock_targets_with(targets, mode, fetch, &mut env_crash_point)
-}
-
-/// [`unlock_targets`] with a rotation hook (tests stop at each step).
-pub fn unlock_targets_with<'a>(
-    targets: &[Target],
-    mode: Mode,
-    fetch: &mut dyn FnMut(&Group, &VolumeIds) -> GroupResult<'a>,
-    hook: &mut Hook<'_>,
+    progress: &mut dyn Progress,
 ) -> UnlockReport {
     let mut report = UnlockReport::default();
     // Keys released, each with the index of the group (session) that released it.
     let mut keys: Vec<(usize, UnwrappedKey)> = Vec::new();
     let mut confirmers: Vec<Option<Box<dyn Confirmer + 'a>>> = Vec::new();
-    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    // The broker's decision id per group.
+    let mut decisions: Vec<String> = Vec::new();
+    let mut reasons: BTreeMap<String, (String, LockCause)> = BTreeMap::new();
     let pending: Vec<&Target> = targets
         .iter()
         .filter(|t| {
             if mode == Mode::Activate && mapping_active(&t.name) {
-                report.unlocked.push(Unlocked {
+                let u = Unlocked {
                     device: t.device.clone(),
                     name: t.name.clone(),
                     volume: t.volumes(),
                     keyslot: None,
                     key_version: None,
-                });
+                    decision_id: None,
+                };
+                progress.opened(&u);
+                report.unlocked.push(u);
                 false
             } else {
                 true
@@ -589,11 +724,18 @@ pub fn unlock_targets_with<'a>(
     for group in group_targets(&owned) {
         let gi = confirmers.len();
         confirmers.push(None);
+        decisions.push(String::new());
         let ids = match VolumeIds::new(group.volumes.clone()) {
             Ok(v) => v,
             Err(e) => {
                 for v in &group.volumes {
-                    reasons.insert(v.to_string(), format!("cannot ask for the volumes: {e}"));
+                    reasons.insert(
+                        v.to_string(),
+                        (
+                            format!("cannot ask for the volumes: {e}"),
+                            LockCause::Failed(FailureKind::InvalidToken),
+                        ),
+                    );
                 }
                 continue;
             }
@@ -608,41 +750,61 @@ pub fn unlock_targets_with<'a>(
                     };
                     reasons.insert(
                         d.volume.to_string(),
-                        format!("broker {} refused: {codes}", outcome.broker),
+                        (
+                            format!("broker {} refused: {codes}", outcome.broker),
+                            LockCause::Refused {
+                                reason_codes: d.reason_codes.clone(),
+                                decision_id: outcome.decision_id.clone(),
+                            },
+                        ),
                     );
                 }
                 keys.extend(outcome.keys.into_iter().map(|k| (gi, k)));
                 confirmers[gi] = confirmer;
+                decisions[gi] = outcome.decision_id;
             }
             Err(e) => {
+                let kind = FailureKind::from(&e);
                 for v in &group.volumes {
-                    reasons.insert(v.to_string(), e.to_string());
+                    reasons.insert(v.to_string(), (e.to_string(), LockCause::Failed(kind)));
                 }
             }
         }
     }
-    let all_keys: Vec<&UnwrappedKey> = keys.iter().map(|(_, k)| k).collect();
+    let all_keys: Vec<(&UnwrappedKey, &str)> = keys
+        .iter()
+        .map(|(gi, k)| (k, decisions[*gi].as_str()))
+        .collect();
     let mut opened: Vec<(&Target, Unlocked)> = Vec::new();
     for t in pending {
         match open_target(t, &all_keys, mode) {
-            Ok(u) => opened.push((t, u)),
+            Ok(u) => {
+                progress.opened(&u);
+                opened.push((t, u));
+            }
             Err(why) => {
-                let reason = why.unwrap_or_else(|| {
+                let (reason, cause) = why.unwrap_or_else(|| {
                     t.tokens
                         .iter()
                         .find_map(|(_, tok)| reasons.get(tok.volume.as_str()).cloned())
-                        .unwrap_or_else(|| "no key was released for this volume".into())
+                        .unwrap_or_else(|| {
+                            (
+                                "no key was released for this volume".into(),
+                                LockCause::Failed(FailureKind::NoKeyReleased),
+                            )
+                        })
                 });
                 report.locked.push(StillLocked {
                     volume: t.volumes(),
                     device: t.device.clone(),
                     reason,
+                    cause,
                 });
             }
         }
     }
     if mode != Mode::CheckOnly {
-        rotate_opened(&opened, &keys, &mut confirmers, hook, &mut report);
+        rotate_opened(&opened, &keys, &mut confirmers, progress, &mut report);
     }
     report.unlocked.extend(opened.into_iter().map(|(_, u)| u));
     // `keys` (Zeroizing) are wiped here.
@@ -693,7 +855,7 @@ fn rotate_opened<'a>(
     opened: &[(&Target, Unlocked)],
     keys: &[(usize, UnwrappedKey)],
     confirmers: &mut [Option<Box<dyn Confirmer + 'a>>],
-    hook: &mut Hook<'_>,
+    progress: &mut dyn Progress,
     report: &mut UnlockReport,
 ) {
     let volume_keys = |v: &VolumeId| -> Vec<&UnwrappedKey> {
@@ -712,13 +874,9 @@ fn rotate_opened<'a>(
         };
         let opened = Opened { keyslot, version };
         if needs_rotation(t, &volume, &volume_keys(&volume), opened) {
-            // Said before the rotation steps start: the device is usable
+            // Told before the rotation steps start: the device is usable
             // whatever happens to them (the final report follows at the end).
-            eprintln!(
-                "guest-unlock: {} ({}) is open with keyslot {keyslot}, key version {version}; key rotation follows",
-                u.volume,
-                u.device.display()
-            );
+            progress.rotation_starts(u);
             works.push(Work {
                 target: t,
                 volume,
@@ -737,7 +895,7 @@ fn rotate_opened<'a>(
             &w.volume,
             &volume_keys(&w.volume),
             w.opened,
-            hook,
+            &mut |s| progress.rotation_step(s),
         ) {
             Ok(e) => {
                 if let (true, Some(p)) = (e.added, e.pending) {
@@ -795,12 +953,20 @@ fn rotate_opened<'a>(
         match result {
             Ok(current) => {
                 confirmed.insert(v.clone(), current);
+                let mut stop = false;
                 for w in works.iter_mut().filter(|w| w.volume == v) {
                     w.done
                         .push(format!("broker confirmed key version {current}"));
+                    let step = StepDone {
+                        volume: v.clone(),
+                        device: w.target.device.clone(),
+                        step: RotationStep::Confirmed,
+                        key_version: current,
+                    };
+                    stop |= progress.rotation_step(&step).is_break();
                 }
-                if !hook(CrashPoint::AfterConfirm) {
-                    report.stopped = Some(CrashPoint::AfterConfirm);
+                if stop {
+                    report.stopped = Some(RotationStep::Confirmed);
                     return;
                 }
             }
@@ -832,7 +998,13 @@ fn rotate_opened<'a>(
             Some(c) => vkeys.into_iter().filter(|k| k.version == *c).collect(),
             None => vkeys,
         };
-        match cleanup(&w.target.device, &w.volume, &released, &e.verified, hook) {
+        match cleanup(
+            &w.target.device,
+            &w.volume,
+            &released,
+            &e.verified,
+            &mut |s| progress.rotation_step(s),
+        ) {
             Ok(c) => {
                 if !c.removed.is_empty() {
                     let slots: Vec<String> = c
@@ -884,9 +1056,20 @@ fn rotate_opened<'a>(
     }
 }
 
-/// Tries the released keys on the target. `Err(None)`: no key was
-/// released for it; `Err(Some(reason))`: keys were tried and failed.
-fn open_target(t: &Target, keys: &[&UnwrappedKey], mode: Mode) -> Result<Unlocked, Option<String>> {
+/// Why the released keys did not open a target (the line and the cause).
+type OpenFailure = (String, LockCause);
+
+/// Tries the released keys (each with its broker decision id) on the
+/// target. `Err(None)`: no key was released for it; `Err(Some(..))`: keys
+/// were tried and failed.
+fn open_target(
+    t: &Target,
+    keys: &[(&UnwrappedKey, &str)],
+    mode: Mode,
+) -> Result<Unlocked, Option<OpenFailure>> {
+    let open_failed = |e: &dyn std::fmt::Display| {
+        Some((e.to_string(), LockCause::Failed(FailureKind::OpenFailed)))
+    };
     // Per volume of its tokens: current keys (newest first), then pending.
     let mut volumes: Vec<&VolumeId> = Vec::new();
     for (_, tok) in &t.tokens {
@@ -894,18 +1077,22 @@ fn open_target(t: &Target, keys: &[&UnwrappedKey], mode: Mode) -> Result<Unlocke
             volumes.push(&tok.volume);
         }
     }
-    let mut order: Vec<(&VolumeId, &UnwrappedKey)> = Vec::new();
+    let mut order: Vec<(&VolumeId, &UnwrappedKey, &str)> = Vec::new();
     for v in volumes {
-        let mut ks: Vec<&UnwrappedKey> = keys.iter().copied().filter(|k| &k.volume == v).collect();
-        ks.sort_by_key(|k| (k.state != KeyState::Current, std::cmp::Reverse(k.version)));
-        order.extend(ks.into_iter().map(|k| (v, k)));
+        let mut ks: Vec<(&UnwrappedKey, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(k, _)| &k.volume == v)
+            .collect();
+        ks.sort_by_key(|(k, _)| (k.state != KeyState::Current, std::cmp::Reverse(k.version)));
+        order.extend(ks.into_iter().map(|(k, d)| (v, k, d)));
     }
     if order.is_empty() {
         return Err(None);
     }
-    let mut dev = Device::open(&t.device).map_err(|e| Some(e.to_string()))?;
+    let mut dev = Device::open(&t.device).map_err(|e| open_failed(&e))?;
     let mut tried = Vec::new();
-    for (volume, k) in order {
+    for (volume, k, decision) in order {
         let mut slots: Vec<u32> = Vec::new();
         for (_, tok) in t.tokens.iter().filter(|(_, tok)| &tok.volume == volume) {
             for s in tok.slots_for(k.version) {
@@ -928,6 +1115,7 @@ fn open_target(t: &Target, keys: &[&UnwrappedKey], mode: Mode) -> Result<Unlocke
                         volume: volume.to_string(),
                         keyslot: Some(s),
                         key_version: Some(k.version),
+                        decision_id: (!decision.is_empty()).then(|| decision.to_owned()),
                     })
                 }
                 Err(LuksError::WrongPassphrase { .. }) => {
@@ -940,13 +1128,16 @@ fn open_target(t: &Target, keys: &[&UnwrappedKey], mode: Mode) -> Result<Unlocke
                         None => format!("v{} ({state}) on any keyslot", k.version),
                     });
                 }
-                Err(e) => return Err(Some(e.to_string())),
+                Err(e) => return Err(open_failed(&e)),
             }
         }
     }
-    Err(Some(format!(
-        "no released key opens a keyslot (tried {}); rebind with `guest-unlock bind`",
-        tried.join(", ")
+    Err(Some((
+        format!(
+            "no released key opens a keyslot (tried {}); rebind with `guest-unlock bind`",
+            tried.join(", ")
+        ),
+        LockCause::Failed(FailureKind::NoKeyOpens),
     )))
 }
 
@@ -1118,14 +1309,20 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
 
         // unlock_targets attests once per group, with every volume asked for.
         let mut asked: Vec<usize> = Vec::new();
-        let report = unlock_targets(&targets, Mode::CheckOnly, &mut |_, ids| {
-            asked.push(ids.as_slice().len());
-            Err(UnlockError::Unreachable {
-                timeout: std::time::Duration::from_secs(1),
-                attempts: 1,
-                last_errors: vec!["unreachable".into()],
-            })
-        });
+        let report = unlock_targets(
+            &targets,
+            Mode::CheckOnly,
+            &mut |_, ids| {
+                asked.push(ids.as_slice().len());
+                Err(UnlockError::Unreachable {
+                    timeout: std::time::Duration::from_secs(1),
+                    attempts: 1,
+                    last_errors: vec!["unreachable".into()],
+                    cause: UnreachableCause::NoConnection,
+                })
+            },
+            &mut (),
+        );
         assert_eq!(asked, sizes);
         assert_eq!(report.locked.len(), targets.len());
         assert!(report
@@ -1173,30 +1370,36 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
             target("/nonexistent/vdb", "u2", &[("data", ab, PIN_B, 1)]),
         ];
         let mut calls = 0;
-        let report = unlock_targets(&targets, Mode::CheckOnly, &mut |g, ids| {
-            calls += 1;
-            if g.pins[0].to_string() == PIN_A {
-                Ok(Fetched::from(FetchOutcome {
-                    broker: "https://a:1".parse().unwrap(),
-                    keys: Vec::new(),
-                    denied: ids
-                        .iter()
-                        .map(|v| crate::flow::Denied {
-                            volume: v.clone(),
-                            reason_codes: vec!["POLICY_MEASUREMENT_NOT_ALLOWED".into()],
-                        })
-                        .collect(),
-                    decision_id: String::new(),
-                    refusal: None,
-                }))
-            } else {
-                Err(UnlockError::Unreachable {
-                    timeout: std::time::Duration::from_secs(1),
-                    attempts: 1,
-                    last_errors: vec!["https://a:1: connection refused".into()],
-                })
-            }
-        });
+        let report = unlock_targets(
+            &targets,
+            Mode::CheckOnly,
+            &mut |g, ids| {
+                calls += 1;
+                if g.pins[0].to_string() == PIN_A {
+                    Ok(Fetched::from(FetchOutcome {
+                        broker: "https://a:1".parse().unwrap(),
+                        keys: Vec::new(),
+                        denied: ids
+                            .iter()
+                            .map(|v| crate::flow::Denied {
+                                volume: v.clone(),
+                                reason_codes: vec!["POLICY_MEASUREMENT_NOT_ALLOWED".into()],
+                            })
+                            .collect(),
+                        decision_id: "d-9".into(),
+                        refusal: None,
+                    }))
+                } else {
+                    Err(UnlockError::Unreachable {
+                        timeout: std::time::Duration::from_secs(1),
+                        attempts: 1,
+                        last_errors: vec!["https://a:1: connection refused".into()],
+                        cause: UnreachableCause::NoConnection,
+                    })
+                }
+            },
+            &mut (),
+        );
         assert_eq!(calls, 2);
         assert!(report.unlocked.is_empty());
         let lines: Vec<String> = report.locked.iter().map(ToString::to_string).collect();
@@ -1208,6 +1411,49 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
             lines[1].starts_with("data (/nonexistent/vdb): no broker answered"),
             "{}",
             lines[1]
+        );
+        // The same as data, for the event lines.
+        assert_eq!(
+            report.locked[0].cause,
+            LockCause::Refused {
+                reason_codes: vec!["POLICY_MEASUREMENT_NOT_ALLOWED".into()],
+                decision_id: "d-9".into(),
+            }
+        );
+        assert_eq!(
+            report.locked[1].cause,
+            LockCause::Failed(FailureKind::BrokerUnreachable)
+        );
+    }
+
+    #[test]
+    fn failure_kinds_of_unlock_errors() {
+        let unreachable = |cause| UnlockError::Unreachable {
+            timeout: std::time::Duration::from_secs(1),
+            attempts: 1,
+            last_errors: vec![],
+            cause,
+        };
+        let kind = |e: &UnlockError| FailureKind::from(e).as_str();
+        assert_eq!(
+            kind(&unreachable(UnreachableCause::PinMismatch)),
+            "pin-mismatch"
+        );
+        assert_eq!(kind(&unreachable(UnreachableCause::Timeout)), "timeout");
+        assert_eq!(
+            kind(&unreachable(UnreachableCause::NoConnection)),
+            "broker-unreachable"
+        );
+        assert_eq!(
+            kind(&UnlockError::EvidenceMismatch { provider: "sim" }),
+            "evidence"
+        );
+        assert_eq!(
+            kind(&UnlockError::BadResponse {
+                broker: String::new(),
+                problem: String::new()
+            }),
+            "bad-response"
         );
     }
 }

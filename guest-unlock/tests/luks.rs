@@ -468,6 +468,67 @@ fn a_failed_token_write_restores_the_header() {
     assert_eq!(dv.active_keyslots(), [0]);
 }
 
+/// The event lines of `unlock`, from the binary against the real broker:
+/// one line per device, in the documented format, then `done`.
+#[test]
+fn unlock_prints_one_event_line_per_device() {
+    let env = env();
+    let good = env.key_file(PASSPHRASE);
+    let ok = env.luks_image("ok.img");
+    assert_eq!(env.bind(&ok, "root", Some(&good)), EXIT_GRANTED);
+    // A device bound to a volume whose policy the guest fails (bound with
+    // a key of our own: the broker would not have released one).
+    let refused = env.luks_image("refused.img");
+    let req = luks::BindRequest {
+        device: &refused,
+        volume: "refused".parse().unwrap(),
+        brokers: vec![env._broker.url().parse().unwrap()],
+        pins: vec![env.dir.pin.parse().unwrap()],
+        passphrase: Some(zeroize::Zeroizing::new(PASSPHRASE.to_vec())),
+        format: false,
+    };
+    let key = guest_unlock::UnwrappedKey {
+        volume: "refused".parse().unwrap(),
+        version: 1,
+        state: keybroker_proto::pb::KeyState::Current,
+        key: zeroize::Zeroizing::new(vec![0x77; 64]),
+    };
+    luks::bind(req, Box::new(move |_| Ok(vec![key]))).unwrap();
+    let plain = env.luks_image("plain.img");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guest-unlock"))
+        .args(["unlock", "--dry-run", "--config"])
+        .arg(&env.config)
+        .args([&ok, &refused, &plain])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(EXIT_FAILED)), "{stderr}");
+    let events: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("guest-unlock: event="))
+        .collect();
+    assert_eq!(events.len(), 3, "{stderr}");
+    assert_eq!(
+        events[0],
+        format!(
+            "failed v=1 volume=- device={} reason=no-token",
+            plain.display()
+        )
+    );
+    let prefix = format!(
+        "refused v=1 volume=refused device={} reasons=POLICY_MEASUREMENT_NOT_ALLOWED decision=",
+        refused.display()
+    );
+    assert!(events[1].starts_with(&prefix), "{stderr}");
+    assert_ne!(&events[1][prefix.len()..], "-", "the decision id: {stderr}");
+    assert!(
+        events[2].starts_with("done v=1 unlocked=1 locked=2 secs="),
+        "{stderr}"
+    );
+    // --dry-run activates nothing: no `unlocked` line for the checked device.
+    assert!(!stderr.contains("event=unlocked"), "{stderr}");
+}
+
 /// Key rotation against the real broker (issue #5): the broker's
 /// `rotate_volume` adds a pending version; `guest-unlock rotate` enrolls it,
 /// confirms it with its proof in the same session, and removes the old
@@ -476,7 +537,7 @@ fn a_failed_token_write_restores_the_header() {
 #[test]
 fn rotation_with_the_real_broker() {
     use broker::store::KeyState;
-    use guest_unlock::rotation::CrashPoint;
+    use guest_unlock::rotation::RotationStep;
     use std::os::unix::process::ExitStatusExt as _;
 
     let env = env();
@@ -548,11 +609,11 @@ fn rotation_with_the_real_broker() {
     });
 
     // The binary, killed after each step, then run again.
-    for point in CrashPoint::ALL {
+    for point in RotationStep::ALL {
         let v = broker::lifecycle::rotate_volume(store.as_ref(), &keyring, "root").unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_guest-unlock"))
             .args(["rotate", "--config", conf, d])
-            .env("KEYBROKER_CRASH_AT", point.name())
+            .env("KEYBROKER_CRASH_AT", point.crash_point())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -560,7 +621,7 @@ fn rotation_with_the_real_broker() {
         assert!(
             stderr.contains(&format!(
                 "guest-unlock: crash point {} reached",
-                point.name()
+                point.crash_point()
             )),
             "{stderr}"
         );
