@@ -36,8 +36,6 @@ use crate::client::{self, Backoff, BrokerRpc, TlsSetupError};
 use crate::config::{BrokerUrl, GuestConfig};
 use crate::evidence::{EvidenceError, EvidenceProvider};
 
-/// Offset of REPORT_DATA in an SNP attestation report.
-const REPORT_DATA_OFFSET: usize = 0x50;
 /// Most key versions accepted for one volume in a response (current and
 /// pending during a rotation, with room to spare).
 const MAX_VERSIONS_PER_VOLUME: usize = 4;
@@ -487,10 +485,7 @@ impl Challenged {
                     provider: provider.name(),
                     source,
                 })?;
-        let in_report = evidence
-            .report
-            .get(REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64);
-        if in_report != Some(&rd.as_bytes()[..]) {
+        if keybroker_snp::report::report_data(&evidence.report) != Some(&rd.as_bytes()[..]) {
             return Err(UnlockError::EvidenceMismatch {
                 provider: provider.name(),
             });
@@ -838,8 +833,9 @@ pub(crate) mod tests {
             "fake"
         }
         fn get_evidence(&self, rd: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-            let mut report = vec![0u8; 1184];
-            report[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64].copy_from_slice(rd);
+            use keybroker_snp::report::{offset, REPORT_DATA_LEN, REPORT_LEN};
+            let mut report = vec![0u8; REPORT_LEN];
+            report[offset::REPORT_DATA..offset::REPORT_DATA + REPORT_DATA_LEN].copy_from_slice(rd);
             Ok(Evidence {
                 report,
                 cert_table: Vec::new(),

@@ -174,63 +174,57 @@ pub struct ReportSummary {
 #[error("not an SEV-SNP attestation report: {0}")]
 pub struct ReportParseError(pub String);
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-/// Decodes the fields `status` shows (offsets of the SEV-SNP ABI's
-/// ATTESTATION_REPORT; report versions 2, 3 and 5).
+/// Decodes the fields `status` shows ([`keybroker_snp::report`] layout;
+/// report versions 2 to 5).
 pub fn summarize_report(b: &[u8]) -> Result<ReportSummary, ReportParseError> {
-    if b.len() != crate::evidence::REPORT_LEN {
+    use keybroker_snp::report::{self as layout, offset, policy, TcbLayout, REPORT_LEN};
+    if b.len() != REPORT_LEN {
         return Err(ReportParseError(format!(
-            "{} bytes, expected {}",
-            b.len(),
-            crate::evidence::REPORT_LEN
+            "{} bytes, expected {REPORT_LEN}",
+            b.len()
         )));
     }
-    let version = u32_at(b, 0x00);
+    // The length is checked: every field below is inside the report.
+    let u32_at = |off| layout::u32_at(b, off).unwrap_or_default();
+    let u64_at = |off| layout::u64_at(b, off).unwrap_or_default();
+    let version = u32_at(offset::VERSION);
     if !matches!(version, 2..=5) {
         return Err(ReportParseError(format!(
             "unknown report version {version}"
         )));
     }
-    let policy = u64::from(u32_at(b, 0x08)) | (u64::from(u32_at(b, 0x0c)) << 32);
-    let vmpl = u32_at(b, 0x30);
-    let raw = u64::from(u32_at(b, 0x180)) | (u64::from(u32_at(b, 0x184)) << 32);
-    let t = raw.to_le_bytes();
-    // CPUID family (reports v3+): Turin (0x1A) lays the TCB out with FMC first.
-    let turin = version >= 3 && b[0x188] == 0x1a;
-    let reported_tcb = if turin {
-        Tcb {
-            raw,
-            fmc: Some(t[0]),
-            bootloader: t[1],
-            tee: t[2],
-            snp: t[3],
-            microcode: t[7],
-        }
+    let policy = u64_at(offset::POLICY);
+    let raw = u64_at(offset::REPORTED_TCB);
+    // The CPUID family (reports v3+) tells Turin's TCB layout apart.
+    let tcb_layout = if version >= 3 {
+        TcbLayout::for_cpuid_family(b[offset::CPUID_FAMILY])
     } else {
-        Tcb {
-            raw,
-            fmc: None,
-            bootloader: t[0],
-            tee: t[1],
-            snp: t[6],
-            microcode: t[7],
-        }
+        TcbLayout::MilanGenoa
     };
+    let t = layout::decode_tcb(raw.to_le_bytes(), tcb_layout);
+    let (abi_major, abi_minor) = policy::abi(policy);
     Ok(ReportSummary {
         version,
         policy,
-        debug_allowed: policy & (1 << 19) != 0,
-        migrate_ma_allowed: policy & (1 << 18) != 0,
-        smt_allowed: policy & (1 << 16) != 0,
-        single_socket: policy & (1 << 20) != 0,
-        abi_major: ((policy >> 8) & 0xff) as u8,
-        abi_minor: (policy & 0xff) as u8,
-        vmpl,
-        reported_tcb,
-        measurement: hex::encode(&b[0x90..0x90 + 48]),
+        debug_allowed: policy & policy::DEBUG != 0,
+        migrate_ma_allowed: policy & policy::MIGRATE_MA != 0,
+        smt_allowed: policy & policy::SMT != 0,
+        single_socket: policy & policy::SINGLE_SOCKET != 0,
+        abi_major,
+        abi_minor,
+        vmpl: u32_at(offset::VMPL),
+        reported_tcb: Tcb {
+            raw,
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+            fmc: t.fmc,
+        },
+        measurement: hex::encode(
+            layout::bytes_at::<{ layout::MEASUREMENT_LEN }>(b, offset::MEASUREMENT)
+                .unwrap_or([0; layout::MEASUREMENT_LEN]),
+        ),
     })
 }
 

@@ -205,8 +205,9 @@ impl EvidenceProvider for FakeEvidence {
         "fake"
     }
     fn get_evidence(&self, rd: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-        let mut report = vec![0u8; 1184];
-        report[0x50..0x90].copy_from_slice(rd);
+        use keybroker_snp::report::{offset, REPORT_DATA_LEN, REPORT_LEN};
+        let mut report = vec![0u8; REPORT_LEN];
+        report[offset::REPORT_DATA..offset::REPORT_DATA + REPORT_DATA_LEN].copy_from_slice(rd);
         Ok(Evidence {
             report,
             cert_table: Vec::new(),

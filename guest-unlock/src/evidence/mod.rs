@@ -8,7 +8,6 @@
 //! least of all to `sim`, when hardware is absent: it fails with an error that says what is
 //! missing and what to do.
 
-pub mod cert_table;
 mod configfs_tsm;
 mod sev_guest;
 mod sim_provider;
@@ -22,14 +21,13 @@ pub use sev_guest::SevGuestProvider;
 pub use sim_provider::SimProvider;
 
 use crate::sim::SimError;
-use cert_table::CertTableError;
+use keybroker_snp::cert_table::CertTableError;
+use keybroker_snp::report::REPORT_LEN;
 
 /// Default device of the `sev-guest` provider.
 pub const DEFAULT_SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
 /// Default root of the `configfs-tsm` provider.
 pub const DEFAULT_CONFIGFS_TSM_ROOT: &str = "/sys/kernel/config/tsm/report";
-/// Size of an SNP attestation report as the platform returns it.
-pub const REPORT_LEN: usize = 1184;
 
 /// What a provider returns: the raw report and the raw certificate table (empty when the
 /// platform offers no certificates; the broker then uses its own copies).
@@ -37,7 +35,8 @@ pub const REPORT_LEN: usize = 1184;
 pub struct Evidence {
     /// The attestation report, exactly as the platform produced it.
     pub report: Vec<u8>,
-    /// The extended report's certificate table ([`cert_table`] layout), possibly empty.
+    /// The extended report's certificate table ([`keybroker_snp::cert_table`] layout),
+    /// possibly empty.
     pub cert_table: Vec<u8>,
 }
 

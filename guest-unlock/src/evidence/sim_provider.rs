@@ -58,20 +58,17 @@ impl EvidenceProvider for SimProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::cert_table::{parse_cert_table, GUID_VCEK};
     use crate::evidence::{open_provider, ProviderConfig};
     use crate::sim::{SimError, SimParams};
     use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
+    use keybroker_snp::cert_table::{self, CertKind};
+    use keybroker_snp::report::{offset, signature, SIGNED_RANGE};
 
     fn verify(report: &[u8], vcek_der: &[u8]) {
         let cert = crate::sim::der::parse_cert(vcek_der).unwrap();
-        let mut sig = [0u8; 96];
-        for i in 0..48 {
-            sig[i] = report[0x2A0 + 47 - i];
-            sig[48 + i] = report[0x2E8 + 47 - i];
-        }
+        let sig = signature::to_fixed(report).unwrap();
         UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, cert.public_key)
-            .verify(&report[..0x2A0], &sig)
+            .verify(&report[SIGNED_RANGE], &sig)
             .expect("report signature verifies under the VCEK from the certificate table");
     }
 
@@ -94,16 +91,25 @@ mod tests {
         assert_eq!(provider.name(), "sim");
         let data = [0x42; 64];
         let ev = provider.get_evidence(&data).unwrap();
-        let table = parse_cert_table(&ev.cert_table).unwrap();
-        let vcek = table.iter().find(|e| e.guid == GUID_VCEK).unwrap();
+        let table = cert_table::decode(&ev.cert_table).unwrap();
+        let vcek = table
+            .iter()
+            .find(|e| e.kind() == Some(CertKind::Vcek))
+            .unwrap();
         verify(&ev.report, &vcek.data);
         assert_eq!(u32::from_le_bytes(ev.report[0..4].try_into().unwrap()), 3);
         assert_eq!(
-            u32::from_le_bytes(ev.report[0x30..0x34].try_into().unwrap()),
-            1
+            keybroker_snp::report::u32_at(&ev.report, offset::VMPL),
+            Some(1)
         );
-        assert_eq!(&ev.report[0x90..0xC0], &[0xab; 48]);
-        assert_eq!(&ev.report[0x50..0x90], &data);
+        assert_eq!(
+            keybroker_snp::report::bytes_at(&ev.report, offset::MEASUREMENT),
+            Some([0xab; 48])
+        );
+        assert_eq!(
+            keybroker_snp::report::report_data(&ev.report),
+            Some(&data[..])
+        );
     }
 
     #[test]
