@@ -25,7 +25,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::{BrokerUrl, SpkiPin};
+use keybroker_proto::SpkiPin;
+
+use crate::config::BrokerUrl;
 
 /// Accepts a server certificate iff the SHA-256 of its SubjectPublicKeyInfo
 /// equals one of the pins. Expiry, issuer and names are not consulted (the
@@ -79,12 +81,6 @@ impl PinnedServerVerifier {
     }
 }
 
-/// The pin of a DER certificate's SubjectPublicKeyInfo.
-pub fn certificate_pin(cert_der: &[u8]) -> Result<SpkiPin, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
-    Ok(SpkiPin::of_spki(cert.tbs_certificate.subject_pki.raw))
-}
-
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
 }
@@ -98,7 +94,8 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = certificate_pin(end_entity).map_err(|e| other(BadCertificate(e)))?;
+        let found = SpkiPin::of_certificate(end_entity)
+            .map_err(|e| other(BadCertificate(e.to_string())))?;
         if self.pins.contains(&found) {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -390,7 +387,8 @@ pub(crate) mod test_support {
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tonic::transport::server::Connected;
 
-    use crate::config::{BrokerUrl, SpkiPin};
+    use crate::config::BrokerUrl;
+    use keybroker_proto::SpkiPin;
 
     /// A self-signed certificate, its PKCS#8 key and the pin of its key.
     pub(crate) struct TestCert {
@@ -534,13 +532,6 @@ mod tests {
         .await;
         let _ = server_task.await;
         result
-    }
-
-    #[test]
-    fn certificate_pin_is_the_spki_digest() {
-        let c = test_cert();
-        assert_eq!(certificate_pin(&c.cert).unwrap(), c.pin);
-        assert!(certificate_pin(b"not a certificate").is_err());
     }
 
     #[tokio::test]

@@ -1285,7 +1285,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn cfg(brokers: Vec<BrokerUrl>, pins: Vec<crate::config::SpkiPin>, secs: u64) -> GuestConfig {
+    fn cfg(brokers: Vec<BrokerUrl>, pins: Vec<keybroker_proto::SpkiPin>, secs: u64) -> GuestConfig {
         GuestConfig {
             brokers,
             pins,

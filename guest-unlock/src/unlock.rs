@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use keybroker_proto::pb::KeyState;
 use keybroker_proto::{VolumeId, VolumeIds, MAX_VOLUMES};
 
-use crate::config::{BrokerUrl, SpkiPin};
+use keybroker_proto::SpkiPin;
+
+use crate::config::BrokerUrl;
 use crate::flow::{FetchOutcome, UnlockError, UnreachableCause, UnwrappedKey};
 use crate::luks::{mapping_active, read_tokens, ActivateFlags, BindError, Device, LuksError};
 use crate::rotation::{

@@ -703,9 +703,9 @@ mod grpc {
     use std::time::Duration;
 
     use guest_unlock::client::BrokerRpc;
-    use guest_unlock::config::SpkiPin;
     use keybroker_proto::pb;
     use keybroker_proto::pb::key_broker_server::{KeyBroker, KeyBrokerServer};
+    use keybroker_proto::SpkiPin;
     use rcgen::PublicKeyData;
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

@@ -37,7 +37,9 @@ pub use device::{
     MIN_PBKDF2_ITERATIONS, RAW_HEAD_BYTES, VOLUME_KEY_BYTES,
 };
 
-use crate::config::{BrokerUrl, SpkiPin};
+use keybroker_proto::SpkiPin;
+
+use crate::config::BrokerUrl;
 use crate::flow::{UnlockError, UnwrappedKey};
 use crate::token::{is_broker_token, BrokerToken, SlotVersion, TokenError};
 
