@@ -7,23 +7,23 @@
 //! pinned private key can complete the handshake. TLS 1.3 only, ALPN `h2`,
 //! rustls with the aws-lc-rs provider.
 //!
-//! The channel is built with [`tonic::transport::Endpoint::connect_with_connector`]
-//! and a connector that does its own TCP connect and TLS handshake, so tonic's
-//! own TLS support (and its CA handling) is not involved.
+//! The channel comes from [`keybroker_rt::channel`], which does its own TCP
+//! connect and TLS handshake, so tonic's own TLS support (and its CA
+//! handling) is not involved.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use keybroker_proto::pb;
 use keybroker_proto::pb::key_broker_client::KeyBrokerClient;
+use keybroker_rt::error_chain;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use keybroker_proto::SpkiPin;
 
@@ -217,58 +217,17 @@ fn pin_mismatch_in(e: &(dyn std::error::Error + 'static)) -> Option<SpkiPin> {
     None
 }
 
-/// Walks an error's source chain into one line (tonic wraps the interesting
-/// cause, such as a pin mismatch, several levels deep).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// Connects to one broker: TCP (no Nagle), TLS with `tls`, then HTTP/2.
-/// `connect_timeout` bounds the TCP connect plus TLS handshake.
+/// Connects to one broker: TCP (no Nagle), TLS with `tls`, then HTTP/2
+/// ([`keybroker_rt::channel::connect`]). `connect_timeout` bounds the TCP
+/// connect plus TLS handshake.
 pub async fn connect(
     url: &BrokerUrl,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<KeyBrokerClient<Channel>, ConnectError> {
-    let transport = |e: &(dyn std::error::Error + 'static)| ConnectError::from_transport(e);
-    // tonic only sees a plain `http` URI (it must not try TLS itself); requests
-    // carry the real `https` origin.
-    let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))
-        .map_err(|e| transport(&e))?
-        .origin(
-            format!("https://{}", url.authority())
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| transport(&e))?,
-        )
-        .connect_timeout(connect_timeout);
-    let server_name = ServerName::try_from(url.host().to_owned())
-        .map_err(|e| transport(&e))?
-        .to_owned();
-    let (host, port) = (url.host().to_owned(), url.port());
-    let connector = tower::service_fn(move |_uri: http::Uri| {
-        let tls = tokio_rustls::TlsConnector::from(tls.clone());
-        let (host, server_name) = (host.clone(), server_name.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = tls.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    });
-    let channel = endpoint
-        .connect_with_connector(connector)
+    let channel = keybroker_rt::channel::connect(url.host(), url.port(), tls, connect_timeout)
         .await
-        .map_err(|e| transport(&e))?;
+        .map_err(|e| ConnectError::from_transport(&e))?;
     Ok(KeyBrokerClient::new(channel))
 }
 
@@ -613,12 +572,5 @@ mod tests {
                 cap / 2
             );
         }
-    }
-
-    #[test]
-    fn error_chain_joins_sources() {
-        let inner = std::io::Error::other("inner cause");
-        let outer = std::io::Error::other(inner);
-        assert!(error_chain(&outer).contains("inner cause"));
     }
 }

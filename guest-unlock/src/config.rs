@@ -246,11 +246,7 @@ impl BrokerUrl {
 
     /// The authority, `host:port` (`[v6]:port`).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        keybroker_rt::channel::authority(&self.host, self.port)
     }
 }
 

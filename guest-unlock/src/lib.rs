@@ -22,7 +22,6 @@ pub mod config;
 pub mod events;
 pub mod evidence;
 pub mod flow;
-pub mod hardening;
 pub mod luks;
 pub mod rotation;
 pub mod sim;
