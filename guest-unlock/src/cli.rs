@@ -3,7 +3,7 @@
 //! ```text
 //! guest-unlock probe --config FILE --volume NAME [--volume NAME]...
 //! guest-unlock probe --broker URL [--broker URL]... --pin PIN [--pin PIN]...
-//!                    --evidence sim:DIR|sev-guest[:DEV]|configfs-tsm[:ROOT] --volume NAME...
+//!                    --evidence sev-guest[:DEV]|configfs-tsm[:ROOT] --volume NAME...
 //! ```
 //!
 //! `probe` performs one full attestation and prints one line per key or
@@ -87,6 +87,13 @@ use crate::evidence::open_provider_at_vmpl;
 use crate::flow::{fetch_keys, fetch_keys_session, FetchOutcome};
 use crate::rotation::{Confirmer, SessionConfirmer};
 
+/// The `--evidence` help: the provider forms this build accepts.
+const EVIDENCE_HELP: &str = if crate::evidence::SIM_BUILT_IN {
+    "Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR"
+} else {
+    "Evidence provider: sev-guest[:DEVICE] or configfs-tsm[:ROOT]"
+};
+
 /// Exit code: every volume granted.
 pub const EXIT_GRANTED: u8 = 0;
 /// Exit code: denied, unreachable or failed.
@@ -111,7 +118,8 @@ pub struct Cli {
 pub enum Command {
     /// Attest once and print, per volume, whether its key was granted (never the key).
     Probe(ProbeArgs),
-    /// Create or describe a simulated SEV-SNP platform (tests and demos only).
+    /// Create or describe a simulated SEV-SNP platform (test builds only).
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     SimPlatform(crate::sim_cli::SimCommand),
     /// Attest, then add the released volume key to a new LUKS2 keyslot with a sev-keybroker token.
@@ -144,12 +152,8 @@ pub struct ProbeArgs {
         help = "Pin of the broker's TLS key: sha256:<hex or base64 of the SPKI digest> (repeatable)"
     )]
     pub pins: Vec<String>,
-    /// Evidence provider: `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]` or `sim:DIR`.
-    #[arg(
-        long,
-        value_name = "PROVIDER",
-        help = "Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR"
-    )]
+    /// Evidence provider (see `PROVIDER_FORMS`).
+    #[arg(long, value_name = "PROVIDER", help = EVIDENCE_HELP)]
     pub evidence: Option<String>,
     /// Volume to ask for (repeat for several).
     #[arg(long = "volume", value_name = "NAME", required = true)]
@@ -176,6 +180,7 @@ pub fn run(cli: Cli) -> u8 {
     init_logging(cli.verbose);
     match cli.command {
         Command::Probe(args) => probe(args),
+        #[cfg(feature = "sim")]
         Command::SimPlatform(cmd) => match crate::sim_cli::run(cmd) {
             Ok(()) => EXIT_GRANTED,
             Err(e) => {
@@ -371,8 +376,8 @@ pub struct BindArgs {
     /// Format DEVICE as a new LUKS2 device (refused if it already carries a LUKS header).
     #[arg(long)]
     pub format: bool,
-    /// Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR.
-    #[arg(long, value_name = "PROVIDER")]
+    /// Evidence provider (see `PROVIDER_FORMS`).
+    #[arg(long, value_name = "PROVIDER", help = EVIDENCE_HELP)]
     pub evidence: Option<String>,
     /// Guest configuration file (TOML); flags override its values.
     #[arg(long, value_name = "FILE")]
@@ -1071,6 +1076,7 @@ mod tests {
 
     const PIN: &str = "sha256:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
+    #[cfg(feature = "sim")]
     #[test]
     fn flags_build_a_config() {
         let cli = args(&[
@@ -1171,6 +1177,7 @@ mod tests {
 
     /// The command end to end: the simulated platform, a fake broker over
     /// pinned TLS, a config file, and the exit code.
+    #[cfg(feature = "sim")]
     #[test]
     fn probe_exit_codes_against_a_fake_broker() {
         use crate::client::test_support::{serve, server_config, test_cert};

@@ -17,12 +17,14 @@
 //! connect_timeout_secs = 5   # per TCP + TLS connection attempt (default 5)
 //! timeout_secs = 60          # whole unlock, all brokers and retries (default 60)
 //! evidence = "sev-guest"     # or "configfs-tsm", "sev-guest:/dev/sev-guest",
-//!                            # "configfs-tsm:/sys/kernel/config/tsm/report", "sim:DIR"
+//!                            # "configfs-tsm:/sys/kernel/config/tsm/report"
+//!                            # (test builds: "sim:DIR")
 //! vmpl = 0                   # VMPL of the requested report (default 0)
 //! ```
 //!
-//! `evidence` has no default: the simulated platform (`sim:DIR`) is used only
-//! when named, never as a fallback for missing hardware.
+//! `evidence` has no default: the simulated platform (`sim:DIR`, in test
+//! builds only) is used only when named, never as a fallback for missing
+//! hardware.
 
 use std::fmt;
 use std::path::Path;
@@ -57,7 +59,8 @@ pub struct RawConfig {
     pub connect_timeout_secs: Option<u64>,
     /// Whole-unlock timeout, seconds.
     pub timeout_secs: Option<u64>,
-    /// Evidence provider: `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]` or `sim:DIR`.
+    /// Evidence provider: `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]` (or, in
+    /// test builds, `sim:DIR`).
     pub evidence: Option<String>,
     /// VMPL of the requested report (0..=3).
     pub vmpl: Option<u32>,
@@ -194,7 +197,7 @@ pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
         None => {
             return Err(ConfigError::Missing {
                 setting: "evidence",
-                hint: "name the evidence provider: \"sev-guest\", \"configfs-tsm\" or \"sim:DIR\"",
+                hint: "name the evidence provider: \"sev-guest\" or \"configfs-tsm\"",
             })
         }
         Some(s) => s

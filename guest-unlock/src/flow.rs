@@ -1291,8 +1291,8 @@ pub(crate) mod tests {
             pins,
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(secs),
-            evidence: ProviderConfig::Sim {
-                dir: "/unused".into(),
+            evidence: ProviderConfig::SevGuest {
+                device: "/unused".into(),
             },
             vmpl: 0,
         }

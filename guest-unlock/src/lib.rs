@@ -3,8 +3,8 @@
 //! - [`config`]: the guest configuration (brokers, key pins, timeouts,
 //!   evidence provider);
 //! - [`evidence`]: where the SEV-SNP report comes from (`sev-guest`,
-//!   `configfs-tsm`, or the simulated platform `sim`, only when configured);
-//! - [`sim`]: the simulated platform;
+//!   `configfs-tsm`; in test builds, cargo feature `sim`, also the simulated
+//!   platform, [`keybroker_sim`], only when configured);
 //! - [`client`]: gRPC over TLS pinned to the broker's key;
 //! - [`flow`]: the unlock flow as explicit states, and [`flow::fetch_keys`];
 //! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);
@@ -24,7 +24,9 @@ pub mod evidence;
 pub mod flow;
 pub mod luks;
 pub mod rotation;
-pub mod sim;
+#[cfg(feature = "sim")]
+pub use keybroker_sim as sim;
+#[cfg(feature = "sim")]
 mod sim_cli;
 pub mod status;
 pub mod token;

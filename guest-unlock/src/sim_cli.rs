@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::sim::{Generation, SimGuest, SimParams, SimPlatform, GUEST_FILE};
+use keybroker_sim::{Generation, SimGuest, SimParams, SimPlatform, GUEST_FILE};
 
 /// `guest-unlock sim-platform ...`
 #[derive(Debug, Subcommand)]

@@ -260,12 +260,12 @@ mod tests {
 
     #[test]
     fn report_fields() {
-        let p = crate::sim::SimPlatform::generate(
+        let p = keybroker_sim::SimPlatform::generate(
             &tempfile::tempdir().unwrap().path().join("p"),
-            &crate::sim::SimParams::default(),
+            &keybroker_sim::SimParams::default(),
         )
         .unwrap();
-        let guest = crate::sim::SimGuest::default();
+        let guest = keybroker_sim::SimGuest::default();
         let bytes = p.report(&[7u8; 64], &guest).unwrap();
         let r = summarize_report(&bytes).unwrap();
         assert_eq!(r.measurement, hex::encode(guest.measurement));

@@ -214,7 +214,7 @@ impl EvidenceProvider for ConfigfsTsmProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{SimGuest, SimParams, SimPlatform};
+    use keybroker_sim::{SimGuest, SimParams, SimPlatform};
     use std::fs;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;

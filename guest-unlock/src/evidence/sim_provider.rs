@@ -1,44 +1,36 @@
-//! The `sim` provider: reports signed by a simulated platform directory (see [`crate::sim`]),
-//! as the guest described by the directory's optional `guest.toml`.
+//! The `sim` provider (test builds only, cargo feature `sim`): reports signed by a
+//! simulated platform directory ([`keybroker_sim`]), as the guest described by the
+//! directory's optional `guest.toml`.
 
 use std::path::Path;
 
-use crate::sim::{SimGuest, SimPlatform, GUEST_FILE};
+use keybroker_sim::{SimEvidence, SimGuest, SimPlatform};
 
 use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// Reports from a simulated platform. Proves nothing about the machine it runs on.
 #[derive(Debug)]
-pub struct SimProvider {
-    platform: SimPlatform,
-    guest: SimGuest,
-}
+pub struct SimProvider(SimEvidence);
 
 impl SimProvider {
     /// Loads the platform in `dir` and, if present, `dir/guest.toml`.
     pub fn open(dir: &Path) -> Result<Self, EvidenceError> {
-        let platform = SimPlatform::load(dir)?;
-        let guest_path = dir.join(GUEST_FILE);
-        let guest = if guest_path.exists() {
-            SimGuest::load(&guest_path)?
-        } else {
-            SimGuest::default()
-        };
+        let sim = SimEvidence::open(dir)?;
         tracing::warn!(
             dir = %dir.display(),
             "using a SIMULATED SEV-SNP platform: its reports prove nothing about this machine"
         );
-        Ok(Self::new(platform, guest))
+        Ok(Self(sim))
     }
 
     /// Uses an already loaded platform and guest description.
     pub fn new(platform: SimPlatform, guest: SimGuest) -> Self {
-        Self { platform, guest }
+        Self(SimEvidence::new(platform, guest))
     }
 
     /// The simulated guest this provider reports as.
     pub fn guest(&self) -> &SimGuest {
-        &self.guest
+        self.0.guest()
     }
 }
 
@@ -48,10 +40,8 @@ impl EvidenceProvider for SimProvider {
     }
 
     fn get_evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-        Ok(Evidence {
-            report: self.platform.report(report_data, &self.guest)?,
-            cert_table: self.platform.cert_table(),
-        })
+        let (report, cert_table) = self.0.evidence(report_data)?;
+        Ok(Evidence { report, cert_table })
     }
 }
 
@@ -59,23 +49,15 @@ impl EvidenceProvider for SimProvider {
 mod tests {
     use super::*;
     use crate::evidence::{open_provider, ProviderConfig};
-    use crate::sim::{SimError, SimParams};
     use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
+    use keybroker_sim::{SimError, SimParams, GUEST_FILE};
     use keybroker_snp::cert_table::{self, CertKind};
-    use keybroker_snp::report::{offset, signature, SIGNED_RANGE};
-
-    fn verify(report: &[u8], vcek_der: &[u8]) {
-        let cert = crate::sim::der::parse_cert(vcek_der).unwrap();
-        let sig = signature::to_fixed(report).unwrap();
-        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, cert.public_key)
-            .verify(&report[SIGNED_RANGE], &sig)
-            .expect("report signature verifies under the VCEK from the certificate table");
-    }
+    use keybroker_snp::report::{self as layout, offset, signature, SIGNED_RANGE};
 
     #[test]
     fn evidence_verifies_and_uses_guest_toml() {
         let dir = tempfile::tempdir().unwrap();
-        SimPlatform::generate(dir.path(), &SimParams::default()).unwrap();
+        let p = SimPlatform::generate(dir.path(), &SimParams::default()).unwrap();
         std::fs::write(
             dir.path().join(GUEST_FILE),
             format!(
@@ -96,19 +78,31 @@ mod tests {
             .iter()
             .find(|e| e.kind() == Some(CertKind::Vcek))
             .unwrap();
-        verify(&ev.report, &vcek.data);
-        assert_eq!(u32::from_le_bytes(ev.report[0..4].try_into().unwrap()), 3);
+        assert_eq!(vcek.data, p.vcek_der());
+        let sig = signature::to_fixed(&ev.report).unwrap();
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, p.vcek_public_key())
+            .verify(&ev.report[SIGNED_RANGE], &sig)
+            .expect("report signature verifies under the platform's VCEK");
+        assert_eq!(layout::u32_at(&ev.report, offset::VERSION), Some(3));
+        assert_eq!(layout::u32_at(&ev.report, offset::VMPL), Some(1));
         assert_eq!(
-            keybroker_snp::report::u32_at(&ev.report, offset::VMPL),
-            Some(1)
-        );
-        assert_eq!(
-            keybroker_snp::report::bytes_at(&ev.report, offset::MEASUREMENT),
+            layout::bytes_at(&ev.report, offset::MEASUREMENT),
             Some([0xab; 48])
         );
-        assert_eq!(
-            keybroker_snp::report::report_data(&ev.report),
-            Some(&data[..])
+        assert_eq!(layout::report_data(&ev.report), Some(&data[..]));
+    }
+
+    #[test]
+    fn a_missing_platform_is_an_error_not_a_fallback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = open_provider(&ProviderConfig::Sim {
+            dir: tmp.path().join("missing"),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, EvidenceError::Sim(SimError::Missing { .. })),
+            "{err}"
         );
     }
 

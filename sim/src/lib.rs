@@ -3,7 +3,9 @@
 //!
 //! It exists for tests, the demo and VM end-to-end runs without AMD hardware. It proves
 //! nothing about a machine: the broker trusts it only when its configuration names this
-//! platform's ARK explicitly, and `guest-unlock` uses it only when told to (`sim:DIR`).
+//! platform's ARK explicitly, and `guest-unlock` uses it only when built with its `sim`
+//! feature (test builds) and told to (`sim:DIR`); the shipped `guest-unlock` does not
+//! contain it.
 //!
 //! A platform lives in a directory:
 //! - `ark.pem`: self-signed root, subject `CN=ARK-Sim-<Generation>, O=keybroker simulated platform`;
@@ -15,6 +17,8 @@
 //!
 //! All three keys are ECDSA P-384. Real AMD ARKs and ASKs are RSA-4096 (RSA-PSS signatures);
 //! the broker verifies both.
+
+#![forbid(unsafe_code)]
 
 pub mod certs;
 pub(crate) mod der;
@@ -602,5 +606,52 @@ impl SimGuest {
             }
             other => other,
         })
+    }
+}
+
+/// A platform and the guest it reports as: what the `sim` evidence provider of
+/// `guest-unlock` serves.
+#[derive(Debug)]
+pub struct SimEvidence {
+    platform: SimPlatform,
+    guest: SimGuest,
+}
+
+impl SimEvidence {
+    /// Loads the platform in `dir` and, if present, `dir/guest.toml` (else the
+    /// [`SimGuest::default`]).
+    pub fn open(dir: &Path) -> Result<Self, SimError> {
+        let platform = SimPlatform::load(dir)?;
+        let guest_path = dir.join(GUEST_FILE);
+        let guest = if guest_path.exists() {
+            SimGuest::load(&guest_path)?
+        } else {
+            SimGuest::default()
+        };
+        Ok(Self::new(platform, guest))
+    }
+
+    /// An already loaded platform and guest description.
+    pub fn new(platform: SimPlatform, guest: SimGuest) -> Self {
+        Self { platform, guest }
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &SimPlatform {
+        &self.platform
+    }
+
+    /// The guest it reports as.
+    pub fn guest(&self) -> &SimGuest {
+        &self.guest
+    }
+
+    /// A signed report binding `report_data`, and the certificate table
+    /// (VCEK, ASK, ARK).
+    pub fn evidence(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<u8>), SimError> {
+        Ok((
+            self.platform.report(report_data, &self.guest)?,
+            self.platform.cert_table(),
+        ))
     }
 }
