@@ -781,6 +781,8 @@ fn rotate_cmd(args: RotateArgs) -> u8 {
 /// happen, the human line before a rotation, and the crash-point test hook.
 struct Console {
     mode: crate::unlock::Mode,
+    #[cfg(feature = "failpoints")]
+    failpoint: crate::failpoint::Failpoint,
 }
 
 impl crate::unlock::Progress for Console {
@@ -802,7 +804,8 @@ impl crate::unlock::Progress for Console {
 
     fn rotation_step(&mut self, step: &crate::rotation::StepDone) -> std::ops::ControlFlow<()> {
         crate::events::emit(&crate::events::rotation(step));
-        crate::rotation::env_crash_point(step.step);
+        #[cfg(feature = "failpoints")]
+        self.failpoint.after(step.step);
         std::ops::ControlFlow::Continue(())
     }
 }
@@ -959,7 +962,11 @@ fn open_devices(
         }
     };
     let rt = &rt;
-    let mut console = Console { mode };
+    let mut console = Console {
+        mode,
+        #[cfg(feature = "failpoints")]
+        failpoint: crate::failpoint::Failpoint::from_process(),
+    };
     let fetch = &mut |group: &u::Group, ids: &VolumeIds| {
         let cfg = config::resolve(config::RawConfig {
             brokers: group.brokers.iter().map(ToString::to_string).collect(),

@@ -134,6 +134,12 @@ pub fn rotation(s: &StepDone) -> String {
     )
 }
 
+/// `event=crash-point point=` (test builds with crash points only).
+#[cfg(feature = "failpoints")]
+pub fn crash_point(point: &str) -> String {
+    line("crash-point", &[("point", value(point))])
+}
+
 /// `event=done unlocked= locked= secs=`.
 pub fn done(unlocked: usize, locked: usize, secs: f64) -> String {
     line(

@@ -21,6 +21,8 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod evidence;
+#[cfg(feature = "failpoints")]
+mod failpoint;
 pub mod flow;
 pub mod luks;
 pub mod rotation;

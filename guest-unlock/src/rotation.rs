@@ -36,17 +36,10 @@
 //! open with a key the broker still releases and the keyslot itself opens
 //! with none of them.
 //!
-//! # Crash points (test hook)
-//!
-//! With `KEYBROKER_CRASH_AT=<point>` in the environment (the initramfs sets
-//! it from `keybroker.crash_at=<point>` on the kernel command line),
-//! `guest-unlock` prints `guest-unlock: crash point <point> reached` and
-//! `guest-unlock: event=crash-point v=1 point=<point>` on standard error
-//! right after that step and kills itself with `SIGKILL`,
-//! so that tests can prove the next unlock recovers. Points:
-//! `guest-after-keyslot-add`, `guest-after-token-update`,
-//! `guest-after-confirm`, `guest-after-old-slot-removed`. Without the
-//! variable nothing happens; it is a test hook, not a feature.
+//! Each completed step is told to a [`StepObserver`], which can stop the
+//! rotation right there, leaving the header as a crash would: the tests do
+//! that at every step. Test builds (cargo feature `failpoints`) also kill
+//! the process there on request (`guest-unlock`'s crash points).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -64,9 +57,6 @@ use crate::token::{BrokerToken, SlotVersion};
 /// How long `ConfirmRotation` may take before the guest gives up for this
 /// boot (the volume is already open; the next unlock tries again).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The environment variable naming a crash point (tests only).
-pub const CRASH_ENV: &str = "KEYBROKER_CRASH_AT";
 
 /// A rotation step, as the `step=` of the `event=rotation` line names it.
 /// Each is one header write, or the broker's confirmation.
@@ -101,17 +91,6 @@ impl RotationStep {
             Self::OldSlotRemoved => "old-slot-removed",
         }
     }
-
-    /// The crash point right after this step, as `KEYBROKER_CRASH_AT` and
-    /// `keybroker.crash_at=` name it.
-    pub fn crash_point(self) -> &'static str {
-        match self {
-            Self::KeyslotAdded => "guest-after-keyslot-add",
-            Self::TokenUpdated => "guest-after-token-update",
-            Self::Confirmed => "guest-after-confirm",
-            Self::OldSlotRemoved => "guest-after-old-slot-removed",
-        }
-    }
 }
 
 /// A rotation step that completed on one device.
@@ -132,20 +111,6 @@ pub struct StepDone {
 /// Told of each completed step; [`ControlFlow::Break`] stops the rotation
 /// there, leaving the header as a crash would (tests).
 pub type StepObserver<'a> = dyn FnMut(&StepDone) -> ControlFlow<()> + 'a;
-
-/// Kills the process when `KEYBROKER_CRASH_AT` names the crash point right
-/// after `step` (the test hook described above); otherwise does nothing.
-pub fn env_crash_point(step: RotationStep) {
-    let p = step.crash_point();
-    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == p) {
-        eprintln!("guest-unlock: crash point {p} reached");
-        eprintln!("guest-unlock: event=crash-point v=1 point={p}");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL cannot be caught; should kill() itself fail, still stop here.
-        std::process::abort();
-    }
-}
 
 /// Sends `ConfirmRotation` for an enrolled pending key in the session that
 /// released it.

@@ -35,6 +35,17 @@ const PIN: &str = "sha256:000102030405060708090a0b0c0d0e0f101112131415161718191a
 const K1: [u8; 64] = [0x11; 64];
 const K2: [u8; 64] = [0x22; 64];
 
+/// The crash point right after a rotation step, as `KEYBROKER_CRASH_AT`
+/// names it (test builds with the `failpoints` feature).
+fn crash_point(step: RotationStep) -> &'static str {
+    match step {
+        RotationStep::KeyslotAdded => "guest-after-keyslot-add",
+        RotationStep::TokenUpdated => "guest-after-token-update",
+        RotationStep::Confirmed => "guest-after-confirm",
+        RotationStep::OldSlotRemoved => "guest-after-old-slot-removed",
+    }
+}
+
 // ------------------------------------------------------------ fake broker
 
 /// What the fake broker holds for volume `root`.
@@ -851,14 +862,14 @@ fn the_binary_killed_at_each_crash_point_recovers() {
     };
     for point in RotationStep::ALL {
         *broker.state() = BrokerState::rotating();
-        let dev = bound_image_for(dir.path(), point.crash_point(), &url, &pin.to_string());
-        let out = run(&dev, Some(point.crash_point()));
+        let dev = bound_image_for(dir.path(), crash_point(point), &url, &pin.to_string());
+        let out = run(&dev, Some(crash_point(point)));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(9), "{point:?}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "guest-unlock: crash point {} reached",
-                point.crash_point()
+                crash_point(point)
             )),
             "{stderr}"
         );
@@ -869,7 +880,7 @@ fn the_binary_killed_at_each_crash_point_recovers() {
             .collect();
         assert_eq!(
             events.last().copied(),
-            Some(format!("crash-point v=1 point={}", point.crash_point()).as_str()),
+            Some(format!("crash-point v=1 point={}", crash_point(point)).as_str()),
             "{stderr}"
         );
         let step = format!(

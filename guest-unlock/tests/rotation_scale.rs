@@ -186,7 +186,7 @@ fn rotation_of_100_volumes() {
             "GUEST_UNLOCK_LOG",
             "warn,guest_unlock::flow=debug,guest_unlock::rotation=info",
         )
-        .env_remove(guest_unlock::rotation::CRASH_ENV)
+        .env_remove("KEYBROKER_CRASH_AT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
