@@ -134,40 +134,54 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))
 }
 
-/// Checks a raw configuration and applies defaults.
-pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
-    if raw.brokers.is_empty() {
+/// The settings of an attestation besides where the brokers are: what
+/// `unlock` takes from the configuration file while the brokers and pins
+/// come from each device's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Limit for one TCP connect plus TLS handshake (at most `timeout`).
+    pub connect_timeout: Duration,
+    /// Limit for the whole unlock.
+    pub timeout: Duration,
+    /// Where the attestation report comes from.
+    pub evidence: ProviderConfig,
+    /// VMPL of the requested report.
+    pub vmpl: u32,
+}
+
+/// A broker or pin list must name 1 to [`MAX_BROKERS`] entries.
+fn check_list(setting: &'static str, len: usize) -> Result<(), ConfigError> {
+    if len == 0 {
         return Err(ConfigError::Missing {
-            setting: "brokers",
-            hint: "list the broker URLs, e.g. brokers = [\"https://broker.example:8443\"]",
+            setting,
+            hint: if setting == "brokers" {
+                "list the broker URLs, e.g. brokers = [\"https://broker.example:8443\"]"
+            } else {
+                "pin the broker's TLS key: pins = [\"sha256:<SHA-256 of its SubjectPublicKeyInfo>\"] \
+                 (there is no CA fallback)"
+            },
         });
     }
-    if raw.brokers.len() > MAX_BROKERS {
+    if len > MAX_BROKERS {
+        let what = if setting == "brokers" { "URLs" } else { "pins" };
         return Err(invalid(
-            "brokers",
-            &format!("{} URLs", raw.brokers.len()),
-            format!("at most {MAX_BROKERS} brokers"),
+            setting,
+            &format!("{len} {what}"),
+            format!("at most {MAX_BROKERS} {setting}"),
         ));
     }
+    Ok(())
+}
+
+/// Checks a raw configuration and applies defaults.
+pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
+    check_list("brokers", raw.brokers.len())?;
     let brokers = raw
         .brokers
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<BrokerUrl>, _>>()?;
-    if raw.pins.is_empty() {
-        return Err(ConfigError::Missing {
-            setting: "pins",
-            hint: "pin the broker's TLS key: pins = [\"sha256:<SHA-256 of its SubjectPublicKeyInfo>\"] \
-                   (there is no CA fallback)",
-        });
-    }
-    if raw.pins.len() > MAX_BROKERS {
-        return Err(invalid(
-            "pins",
-            &format!("{} pins", raw.pins.len()),
-            format!("at most {MAX_BROKERS} pins"),
-        ));
-    }
+    check_list("pins", raw.pins.len())?;
     let pins = raw
         .pins
         .iter()
@@ -176,6 +190,12 @@ pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
                 .map_err(|e| invalid("pins", s, e.to_string()))
         })
         .collect::<Result<Vec<SpkiPin>, _>>()?;
+    GuestConfig::new(brokers, pins, &resolve_settings(&raw)?)
+}
+
+/// Checks the settings of a raw configuration other than `brokers` and
+/// `pins` (which it ignores), and applies defaults.
+pub fn resolve_settings(raw: &RawConfig) -> Result<Settings, ConfigError> {
     let secs = |setting: &'static str, v: Option<u64>, default: Duration| match v {
         None => Ok(default),
         Some(0) => Err(invalid(setting, "0", "must be at least 1 second")),
@@ -193,7 +213,7 @@ pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
     )?;
     let timeout = secs("timeout_secs", raw.timeout_secs, DEFAULT_TIMEOUT)?;
     let connect_timeout = connect_timeout.min(timeout);
-    let evidence = match raw.evidence {
+    let evidence = match &raw.evidence {
         None => {
             return Err(ConfigError::Missing {
                 setting: "evidence",
@@ -202,21 +222,39 @@ pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
         }
         Some(s) => s
             .parse::<ProviderConfig>()
-            .map_err(|e| invalid("evidence", &s, e.to_string()))?,
+            .map_err(|e| invalid("evidence", s, e.to_string()))?,
     };
     let vmpl = match raw.vmpl {
         None => 0,
         Some(v @ 0..=3) => v,
         Some(v) => return Err(invalid("vmpl", &v.to_string(), "must be 0, 1, 2 or 3")),
     };
-    Ok(GuestConfig {
-        brokers,
-        pins,
+    Ok(Settings {
         connect_timeout,
         timeout,
         evidence,
         vmpl,
     })
+}
+
+impl GuestConfig {
+    /// Brokers and pins (from a token, say) with `settings`.
+    pub fn new(
+        brokers: Vec<BrokerUrl>,
+        pins: Vec<SpkiPin>,
+        settings: &Settings,
+    ) -> Result<Self, ConfigError> {
+        check_list("brokers", brokers.len())?;
+        check_list("pins", pins.len())?;
+        Ok(GuestConfig {
+            brokers,
+            pins,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+            evidence: settings.evidence.clone(),
+            vmpl: settings.vmpl,
+        })
+    }
 }
 
 /// Reads, parses and resolves a configuration file.
@@ -465,6 +503,39 @@ vmpl = 1
         ] {
             assert!(bad.parse::<BrokerUrl>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn settings_without_brokers_and_configs_from_typed_lists() {
+        let raw = parse("evidence = \"configfs-tsm\"\ntimeout_secs = 7\n").unwrap();
+        let st = resolve_settings(&raw).unwrap();
+        assert_eq!(st.timeout, Duration::from_secs(7));
+        assert_eq!(st.connect_timeout, DEFAULT_CONNECT_TIMEOUT.min(st.timeout));
+        assert!(matches!(
+            resolve_settings(&parse("timeout_secs = 7").unwrap()),
+            Err(ConfigError::Missing {
+                setting: "evidence",
+                ..
+            })
+        ));
+        let broker: BrokerUrl = "https://kb:1".parse().unwrap();
+        let pin: SpkiPin = PIN_HEX.parse().unwrap();
+        let c = GuestConfig::new(vec![broker.clone()], vec![pin], &st).unwrap();
+        assert_eq!((c.timeout, c.vmpl), (st.timeout, 0));
+        assert!(matches!(
+            GuestConfig::new(vec![], vec![pin], &st),
+            Err(ConfigError::Missing {
+                setting: "brokers",
+                ..
+            })
+        ));
+        assert!(matches!(
+            GuestConfig::new(vec![broker; MAX_BROKERS + 1], vec![pin], &st),
+            Err(ConfigError::Invalid {
+                setting: "brokers",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -40,7 +40,9 @@ use crate::evidence::{EvidenceError, EvidenceProvider};
 /// pending during a rotation, with room to spare).
 const MAX_VERSIONS_PER_VOLUME: usize = 4;
 
-/// A volume key, unwrapped. Its bytes are zeroized on drop and never printed.
+/// A volume key, unwrapped. Its bytes are zeroized on drop, never printed
+/// (there is no `Debug`, `Clone` or `Serialize`) and read only through
+/// [`UnwrappedKey::expose_secret`].
 pub struct UnwrappedKey {
     /// The volume.
     pub volume: VolumeId,
@@ -48,19 +50,46 @@ pub struct UnwrappedKey {
     pub version: u32,
     /// Current, or pending during a rotation.
     pub state: KeyState,
-    /// The volume key.
-    pub key: Zeroizing<Vec<u8>>,
+    key: Zeroizing<Vec<u8>>,
 }
 
-impl fmt::Debug for UnwrappedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnwrappedKey")
-            .field("volume", &self.volume)
-            .field("version", &self.version)
-            .field("state", &self.state)
-            .field("key", &format_args!("<{} bytes redacted>", self.key.len()))
-            .finish()
+impl UnwrappedKey {
+    /// A key of `volume` at `version` (its bytes move in; they are
+    /// zeroized when this is dropped).
+    pub fn new(volume: VolumeId, version: u32, state: KeyState, key: Zeroizing<Vec<u8>>) -> Self {
+        Self {
+            volume,
+            version,
+            state,
+            key,
+        }
     }
+
+    /// The key bytes: to open a keyslot or prove possession, never to
+    /// print or store.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// What may be shown of a key: everything but its bytes.
+struct KeyLabel<'a>(&'a UnwrappedKey);
+
+impl fmt::Debug for KeyLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} v{} ({:?}, {} bytes)",
+            self.0.volume,
+            self.0.version,
+            self.0.state,
+            self.0.key.len()
+        )
+    }
+}
+
+fn key_labels(keys: &[UnwrappedKey]) -> Vec<KeyLabel<'_>> {
+    keys.iter().map(KeyLabel).collect()
 }
 
 /// A volume the broker refused, with its reason codes.
@@ -72,8 +101,8 @@ pub struct Denied {
     pub reason_codes: Vec<String>,
 }
 
-/// What one attestation obtained.
-#[derive(Debug)]
+/// What one attestation obtained (its `Debug` names the keys, never their
+/// bytes).
 pub struct FetchOutcome {
     /// The broker that answered.
     pub broker: BrokerUrl,
@@ -89,6 +118,18 @@ pub struct FetchOutcome {
     pub refusal: Option<String>,
 }
 
+impl fmt::Debug for FetchOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchOutcome")
+            .field("broker", &self.broker)
+            .field("keys", &key_labels(&self.keys))
+            .field("denied", &self.denied)
+            .field("decision_id", &self.decision_id)
+            .field("refusal", &self.refusal)
+            .finish()
+    }
+}
+
 impl FetchOutcome {
     /// Whether every requested volume got at least one key.
     pub fn all_granted(&self) -> bool {
@@ -102,6 +143,9 @@ pub enum UnlockError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The ephemeral key pair could not be generated.
     #[error("cannot generate this attempt's X25519 key pair: {0}")]
     KeyPair(WrapError),
@@ -182,6 +226,9 @@ pub enum UnlockError {
         #[source]
         source: WrapError,
     },
+    /// The brokers and pins recorded in a token make no configuration.
+    #[error("the token's broker settings: {0}")]
+    Config(#[from] crate::config::ConfigError),
     /// No broker could be reached in time.
     #[error("no broker answered within {timeout:?} ({attempts} attempts): {}; check the network, the broker URLs and pins, or raise timeout_secs", .last_errors.join("; "))]
     Unreachable {
@@ -346,8 +393,7 @@ pub struct Attested {
     volumes: VolumeIds,
 }
 
-/// Every granted key opened.
-#[derive(Debug)]
+/// Every granted key opened (its `Debug` names the keys, never their bytes).
 pub struct Unwrapped {
     /// Granted keys, in request order.
     pub keys: Vec<UnwrappedKey>,
@@ -358,6 +404,16 @@ pub struct Unwrapped {
     /// What a rotation proof in this session is bound to (taken by
     /// [`attest_session`]).
     binding: Option<SessionBinding>,
+}
+
+impl fmt::Debug for Unwrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unwrapped")
+            .field("keys", &key_labels(&self.keys))
+            .field("denied", &self.denied)
+            .field("decision_id", &self.decision_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The nonce and REPORT_DATA of an Attest that released keys.
@@ -403,7 +459,7 @@ impl<B: BrokerRpc> RotationSession<B> {
         timeout: Duration,
     ) -> Result<u32, UnlockError> {
         let proof = rotation_proof(
-            &key.key,
+            key.expose_secret(),
             &self.binding.report_data,
             &key.volume,
             key.version,
@@ -577,12 +633,7 @@ impl Attested {
                     "more than {MAX_VERSIONS_PER_VOLUME} key versions for volume {volume}"
                 )));
             }
-            entry.push(UnwrappedKey {
-                volume,
-                version: wk.key_version,
-                state,
-                key,
-            });
+            entry.push(UnwrappedKey::new(volume, wk.key_version, state, key));
         }
 
         let mut denied: BTreeMap<usize, Denied> = BTreeMap::new();
@@ -1056,15 +1107,15 @@ pub(crate) mod tests {
         let u = run(Twist::None).await.unwrap();
         assert_eq!(u.keys.len(), 2);
         assert_eq!(u.keys[0].volume.as_str(), "root");
-        assert_eq!(&u.keys[0].key[..], &[1; 64]);
+        assert_eq!(u.keys[0].expose_secret(), &[1; 64]);
         assert_eq!(u.keys[1].volume.as_str(), "data");
-        assert_eq!(&u.keys[1].key[..], &[2; 64]);
+        assert_eq!(u.keys[1].expose_secret(), &[2; 64]);
         assert_eq!(u.keys[0].state, KeyState::Current);
         assert!(u.denied.is_empty());
         assert_eq!(u.decision_id, "d-2");
         // Debug never shows key bytes.
-        let dbg = format!("{:?}", u.keys[0]);
-        assert!(dbg.contains("redacted") && !dbg.contains("[1, 1"), "{dbg}");
+        let dbg = format!("{u:?}");
+        assert!(dbg.contains("root v1") && !dbg.contains("1, 1"), "{dbg}");
     }
 
     #[tokio::test]
@@ -1323,7 +1374,7 @@ pub(crate) mod tests {
         assert_eq!(out.broker, good);
         assert!(out.all_granted());
         assert_eq!(out.keys.len(), 2);
-        assert_eq!(&out.keys[1].key[..], &[2; 64]);
+        assert_eq!(out.keys[1].expose_secret(), &[2; 64]);
         assert_eq!(out.decision_id, "d-2");
     }
 

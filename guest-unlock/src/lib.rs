@@ -1,4 +1,10 @@
-//! Guest side of the attested disk-key broker: library behind `guest-unlock`.
+//! Guest side of the attested disk-key broker: the library behind the
+//! `guest-unlock` command (whose command line lives in the binary).
+//!
+//! One entry point does what a caller other than the command line needs
+//! (a libcryptsetup token plugin, say): [`fetch_keys_blocking`] attests for
+//! some volumes with a [`GuestConfig`] and gives back the unwrapped keys
+//! and the denials; [`fetch_keys`] is the same for async callers.
 //!
 //! - [`config`]: the guest configuration (brokers, key pins, timeouts,
 //!   evidence provider);
@@ -11,27 +17,46 @@
 //! - [`token`]: the `sev-keybroker` LUKS2 token format;
 //! - [`unlock`]: finding bound devices and opening them at boot;
 //! - [`rotation`]: enrolling a pending key version, confirming it, removing
-//!   the retired keyslot (and the crash-point test hook);
-//! - [`status`]: is SEV-SNP active in this guest;
-//! - [`cli`]: the command line (exit codes documented there).
+//!   the retired keyslot;
+//! - [`status`]: is SEV-SNP active in this guest.
+//!
+//! Errors are typed, per module; nothing here prints, exits or reads the
+//! process's arguments.
 #![deny(unsafe_code)]
 
-pub mod cli;
 pub mod client;
 pub mod config;
-pub mod events;
 pub mod evidence;
-#[cfg(feature = "failpoints")]
-mod failpoint;
 pub mod flow;
 pub mod luks;
 pub mod rotation;
 #[cfg(feature = "sim")]
 pub use keybroker_sim as sim;
-#[cfg(feature = "sim")]
-mod sim_cli;
 pub mod status;
 pub mod token;
 pub mod unlock;
 
+pub use config::GuestConfig;
 pub use flow::{fetch_keys, Denied, FetchOutcome, UnlockError, UnwrappedKey};
+
+/// Attests once for `volumes` with `cfg` (its evidence provider, brokers,
+/// pins and time limits) and returns the unwrapped keys and the denials,
+/// blocking the calling thread: the whole of what a volume-unlocking
+/// caller needs, without any command-line code. Keys are zeroized when the
+/// outcome is dropped.
+pub fn fetch_keys_blocking(
+    cfg: &GuestConfig,
+    volumes: &keybroker_proto::VolumeIds,
+) -> Result<FetchOutcome, UnlockError> {
+    let provider = evidence::open_provider_at_vmpl(&cfg.evidence, cfg.vmpl).map_err(|source| {
+        UnlockError::Evidence {
+            provider: "configured",
+            source,
+        }
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(UnlockError::Runtime)?;
+    rt.block_on(fetch_keys(cfg, provider.as_ref(), volumes))
+}

@@ -50,7 +50,7 @@ use keybroker_proto::pb::KeyState;
 use keybroker_proto::VolumeId;
 
 use crate::client::BrokerRpc;
-use crate::flow::{RotationSession, UnwrappedKey};
+use crate::flow::{RotationSession, UnlockError, UnwrappedKey};
 use crate::luks::{read_tokens, BindError, Device, LuksError, Pbkdf};
 use crate::token::{BrokerToken, SlotVersion};
 
@@ -116,7 +116,22 @@ pub type StepObserver<'a> = dyn FnMut(&StepDone) -> ControlFlow<()> + 'a;
 /// released it.
 pub trait Confirmer {
     /// Returns the broker's new current version, or why it was not confirmed.
-    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, String>;
+    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, UnlockError>;
+}
+
+/// Why a pending key was not confirmed (its keyslot and the old one stay;
+/// the next unlock tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum NotConfirmed {
+    /// Enrolling the pending key failed on a device of the volume.
+    #[error("enrolling it failed on a device of this volume")]
+    EnrollFailed,
+    /// No session of the attestation that released the key is left.
+    #[error("no broker session to confirm it in")]
+    NoSession,
+    /// The broker did not confirm.
+    #[error(transparent)]
+    Broker(#[from] UnlockError),
 }
 
 /// A [`Confirmer`] over a [`RotationSession`], blocking on `rt`.
@@ -133,10 +148,8 @@ impl<'r, B> SessionConfirmer<'r, B> {
 }
 
 impl<B: BrokerRpc> Confirmer for SessionConfirmer<'_, B> {
-    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, String> {
-        self.rt
-            .block_on(self.session.confirm(key, CONFIRM_TIMEOUT))
-            .map_err(|e| e.to_string())
+    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, UnlockError> {
+        self.rt.block_on(self.session.confirm(key, CONFIRM_TIMEOUT))
     }
 }
 
@@ -306,7 +319,7 @@ pub fn find_slot(
         .filter(|s| dev.keyslot_is_pbkdf2(*s))
         .collect();
     for slot in recorded.into_iter().chain(others) {
-        match dev.check_passphrase(Some(slot), &key.key) {
+        match dev.check_passphrase(Some(slot), key.expose_secret()) {
             Ok(s) => return Ok(Some(s)),
             Err(LuksError::WrongPassphrase { .. }) => {}
             Err(e) => return Err(e),
@@ -359,7 +372,11 @@ pub fn enroll(
             Some(s) => s,
             None => {
                 let s = with_backup(&mut dev, |d| {
-                    d.add_keyslot(&auth.key, &p.key, Pbkdf::MinimalPbkdf2)
+                    d.add_keyslot(
+                        auth.expose_secret(),
+                        p.expose_secret(),
+                        Pbkdf::MinimalPbkdf2,
+                    )
                 })?;
                 out.added = true;
                 tracing::info!(device = %device.display(), %volume, keyslot = s,
@@ -375,7 +392,7 @@ pub fn enroll(
             }
         };
         // The new keyslot must open before the broker hears of it.
-        dev.check_passphrase(Some(slot), &p.key)?;
+        dev.check_passphrase(Some(slot), p.expose_secret())?;
         let sv = SlotVersion {
             keyslot: slot,
             key_version: p.version,
@@ -470,7 +487,7 @@ pub fn cleanup(
         // token says about it.
         let mut opens = false;
         for k in released {
-            match dev.check_passphrase(Some(e.keyslot), &k.key) {
+            match dev.check_passphrase(Some(e.keyslot), k.expose_secret()) {
                 Ok(_) => opens = true,
                 Err(LuksError::WrongPassphrase { .. }) => {}
                 Err(err) => return Err(err.into()),

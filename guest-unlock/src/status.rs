@@ -12,10 +12,13 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::config::ConfigError;
+use crate::evidence::{EvidenceError, EvidenceProvider};
 
 /// The observations, as plain data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Status {
     /// `sev` in the CPU flags.
     pub sev: bool,
@@ -27,9 +30,52 @@ pub struct Status {
     pub sev_guest_device: bool,
     /// The configfs-tsm report directory exists.
     pub configfs_tsm: bool,
-    /// A test report, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<Result<ReportSummary, String>>,
+    /// A test report, when asked for (in JSON: `{"Ok": {...}}` or
+    /// `{"Err": "why"}`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "report_json"
+    )]
+    pub report: Option<Result<ReportSummary, ReportError>>,
+}
+
+/// Why no test report could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The configuration names no usable provider.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The provider failed.
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    /// What it returned is not a report.
+    #[error(transparent)]
+    Parse(#[from] ReportParseError),
+}
+
+fn report_json<S: Serializer>(
+    r: &Option<Result<ReportSummary, ReportError>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    enum Shown<'a> {
+        Ok(&'a ReportSummary),
+        Err(String),
+    }
+    match r {
+        Some(Ok(summary)) => Shown::Ok(summary).serialize(s),
+        Some(Err(e)) => Shown::Err(e.to_string()).serialize(s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Asks `provider` for a report (with a fixed REPORT_DATA: it is shown,
+/// never sent anywhere) and decodes what `status` shows of it.
+pub fn sample_report(provider: &dyn EvidenceProvider) -> Result<ReportSummary, ReportError> {
+    let mut rd = [0u8; 64];
+    rd[..16].copy_from_slice(b"guest-unlock sta");
+    let ev = provider.get_evidence(&rd)?;
+    Ok(summarize_report(&ev.report)?)
 }
 
 impl Status {
@@ -253,7 +299,14 @@ mod tests {
         std::fs::write(d.path().join("dev/sev-guest"), "").unwrap();
         let mut s = observe(d.path());
         assert!(s.snp_active());
-        s.report = Some(Err("no provider".into()));
+        s.report = Some(Err(ReportError::Parse(ReportParseError(
+            "no provider".into(),
+        ))));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["report"]["Err"],
+            "not an SEV-SNP attestation report: no provider"
+        );
         assert!(!s.snp_active());
         assert!(s.lines().last().unwrap().ends_with("NO"));
     }

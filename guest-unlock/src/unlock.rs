@@ -24,8 +24,8 @@ use crate::config::BrokerUrl;
 use crate::flow::{FetchOutcome, UnlockError, UnreachableCause, UnwrappedKey};
 use crate::luks::{mapping_active, read_tokens, ActivateFlags, BindError, Device, LuksError};
 use crate::rotation::{
-    cleanup, enroll, pending_key, Confirmer, Enrolled, Opened, RotationError, RotationStep,
-    StepDone,
+    cleanup, enroll, pending_key, Confirmer, Enrolled, NotConfirmed, Opened, RotationError,
+    RotationStep, StepDone,
 };
 use crate::token::BrokerToken;
 
@@ -227,6 +227,25 @@ pub fn resolve_spec(spec: &DeviceSpec) -> Option<PathBuf> {
     std::fs::canonicalize(link).ok()
 }
 
+/// Why a command-line item names no device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceLookupError {
+    /// Neither a path nor a crypttab name.
+    #[error("{name:?} is neither a device path nor a crypttab name")]
+    Unknown {
+        /// The item (control characters escaped).
+        name: String,
+    },
+    /// A crypttab name whose device does not exist (yet).
+    #[error("crypttab line {line} ({name}): its device was not found")]
+    NotFound {
+        /// The crypttab line.
+        line: usize,
+        /// Its mapping name.
+        name: String,
+    },
+}
+
 /// The device a command-line item names: a path (it contains `/`), else
 /// the name of a crypttab entry, whose device is resolved with `resolve`,
 /// else an existing file of that name.
@@ -234,7 +253,7 @@ pub fn device_for(
     item: &std::ffi::OsStr,
     crypttab: &[CrypttabEntry],
     resolve: &dyn Fn(&DeviceSpec) -> Option<PathBuf>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, DeviceLookupError> {
     let text = item.to_string_lossy();
     if text.contains('/') {
         return Ok(PathBuf::from(item));
@@ -242,17 +261,16 @@ pub fn device_for(
     if !crypttab.iter().any(|e| e.name == text) && Path::new(item).exists() {
         return Ok(PathBuf::from(item));
     }
-    let entry = crypttab.iter().find(|e| e.name == text).ok_or_else(|| {
-        format!(
-            "{:?} is neither a device path nor a crypttab name",
-            crate::flow::printable(&text)
-        )
-    })?;
-    resolve(&entry.device).ok_or_else(|| {
-        format!(
-            "crypttab line {} ({}): its device was not found",
-            entry.line, entry.name
-        )
+    let entry =
+        crypttab
+            .iter()
+            .find(|e| e.name == text)
+            .ok_or_else(|| DeviceLookupError::Unknown {
+                name: crate::flow::printable(&text),
+            })?;
+    resolve(&entry.device).ok_or_else(|| DeviceLookupError::NotFound {
+        line: entry.line,
+        name: entry.name.clone(),
     })
 }
 
@@ -522,7 +540,7 @@ impl FailureKind {
 impl From<&UnlockError> for FailureKind {
     fn from(e: &UnlockError) -> Self {
         match e {
-            UnlockError::Tls(_) | UnlockError::KeyPair(_) => Self::Setup,
+            UnlockError::Tls(_) | UnlockError::KeyPair(_) | UnlockError::Runtime(_) => Self::Setup,
             UnlockError::Evidence { .. } | UnlockError::EvidenceMismatch { .. } => Self::Evidence,
             UnlockError::VersionMismatch { .. } => Self::VersionMismatch,
             // A refusal becomes an outcome before it gets here; it is the
@@ -531,6 +549,7 @@ impl From<&UnlockError> for FailureKind {
             UnlockError::BrokerFault { .. } => Self::BrokerFault,
             UnlockError::BadResponse { .. } => Self::BadResponse,
             UnlockError::KeyDidNotOpen { .. } => Self::KeyDidNotOpen,
+            UnlockError::Config(_) => Self::Config,
             UnlockError::Unreachable { cause, .. } => match cause {
                 UnreachableCause::PinMismatch => Self::PinMismatch,
                 UnreachableCause::Timeout => Self::Timeout,
@@ -938,7 +957,7 @@ fn rotate_opened<'a>(
         };
         let mine = || works.iter().filter(|w| w.volume == v);
         let result = if mine().any(|w| w.enrolled.is_none()) {
-            Err("enrolling it failed on a device of this volume".to_owned())
+            Err(NotConfirmed::EnrollFailed)
         } else {
             let gi = keys
                 .iter()
@@ -948,8 +967,8 @@ fn rotate_opened<'a>(
                 .and_then(|gi| confirmers.get_mut(gi))
                 .and_then(Option::as_mut)
             {
-                Some(c) => c.confirm(p),
-                None => Err("no broker session to confirm it in".to_owned()),
+                Some(c) => c.confirm(p).map_err(NotConfirmed::from),
+                None => Err(NotConfirmed::NoSession),
             }
         };
         match result {
@@ -1106,8 +1125,8 @@ fn open_target(
         // The recorded keyslots, then any keyslot.
         for slot in slots.into_iter().map(Some).chain(std::iter::once(None)) {
             let r = match mode {
-                Mode::Activate => dev.activate(&t.name, slot, &k.key, t.flags),
-                Mode::CheckOnly | Mode::Rotate => dev.check_passphrase(slot, &k.key),
+                Mode::Activate => dev.activate(&t.name, slot, k.expose_secret(), t.flags),
+                Mode::CheckOnly | Mode::Rotate => dev.check_passphrase(slot, k.expose_secret()),
             };
             match r {
                 Ok(s) => {
@@ -1200,10 +1219,17 @@ l LABEL=secret none luks,same-cpu-crypt,,no-read-workqueue
         let dev = |s: &str| device_for(std::ffi::OsStr::new(s), &entries, &resolve);
         assert_eq!(dev("/dev/vdb"), Ok(PathBuf::from("/dev/vdb")));
         assert_eq!(dev("root_crypt"), Ok(PathBuf::from("/dev/vda2")));
-        assert!(dev("other").unwrap_err().contains("neither a device path"));
+        assert!(dev("other")
+            .unwrap_err()
+            .to_string()
+            .contains("neither a device path"));
         let (missing, _) = parse_crypttab("data UUID=bbbb none luks\n");
         let e = device_for(std::ffi::OsStr::new("data"), &missing, &resolve).unwrap_err();
-        assert!(e.contains("its device was not found"), "{e}");
+        assert!(
+            matches!(e, DeviceLookupError::NotFound { line: 1, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("its device was not found"), "{e}");
     }
 
     #[test]

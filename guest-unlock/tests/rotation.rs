@@ -642,12 +642,12 @@ fn cleanup_removes_nothing_unless_a_released_key_was_checked_to_open() {
     // the volume: cleanup must refuse and leave the header as it is.
     let dir = tempfile::tempdir().unwrap();
     let dev = bound_image(dir.path(), "unanchored.img");
-    let k2 = guest_unlock::flow::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version: 2,
-        state: KeyState::Current,
-        key: zeroize::Zeroizing::new(K2.to_vec()),
-    };
+    let k2 = guest_unlock::flow::UnwrappedKey::new(
+        VolumeId::new("root").unwrap(),
+        2,
+        KeyState::Current,
+        zeroize::Zeroizing::new(K2.to_vec()),
+    );
     let before = std::fs::read(&dev).unwrap();
     let err = guest_unlock::rotation::cleanup(
         &dev,
@@ -939,11 +939,13 @@ fn the_pending_key_is_not_tried_on_argon2_keyslots() {
     assert!(!d.keyslot_is_pbkdf2(1));
     assert!(d.keyslot_is_pbkdf2(2));
     assert!(!d.keyslot_is_pbkdf2(7), "inactive");
-    let key = |k: &[u8; 64], version| guest_unlock::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version,
-        state: KeyState::Pending,
-        key: zeroize::Zeroizing::new(k.to_vec()),
+    let key = |k: &[u8; 64], version| {
+        guest_unlock::UnwrappedKey::new(
+            VolumeId::new("root").unwrap(),
+            version,
+            KeyState::Pending,
+            zeroize::Zeroizing::new(k.to_vec()),
+        )
     };
     // Not recorded anywhere: found among the PBKDF2 keyslots.
     assert_eq!(
@@ -951,12 +953,12 @@ fn the_pending_key_is_not_tried_on_argon2_keyslots() {
         Some(2)
     );
     // The passphrase is in an argon2 keyslot only: not found, by design.
-    let pass_as_key = guest_unlock::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version: 3,
-        state: KeyState::Pending,
-        key: zeroize::Zeroizing::new(PASSPHRASE.to_vec()),
-    };
+    let pass_as_key = guest_unlock::UnwrappedKey::new(
+        VolumeId::new("root").unwrap(),
+        3,
+        KeyState::Pending,
+        zeroize::Zeroizing::new(PASSPHRASE.to_vec()),
+    );
     assert_eq!(
         guest_unlock::rotation::find_slot(&mut d, &[], &pass_as_key).unwrap(),
         None

@@ -15,8 +15,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::rotation::StepDone;
-use crate::unlock::{FailureKind, LockCause, StillLocked, Unlocked};
+use guest_unlock::rotation::StepDone;
+use guest_unlock::unlock::{FailureKind, LockCause, StillLocked, Unlocked};
 
 /// The version of the line format (`v=`).
 pub const VERSION: u32 = 1;
@@ -60,7 +60,7 @@ fn number(n: Option<u32>) -> String {
 }
 
 /// The volumes of a line: one id, or several joined by `,` (as
-/// [`crate::unlock::Target::volumes`] writes them); `?` (unknown) is `-`.
+/// [`guest_unlock::unlock::Target::volumes`] writes them); `?` (unknown) is `-`.
 fn volumes(v: &str) -> String {
     list(v.split(',').filter(|s| *s != "?"))
 }
@@ -161,7 +161,7 @@ pub fn emit(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rotation::RotationStep;
+    use guest_unlock::rotation::RotationStep;
     use keybroker_proto::VolumeId;
     use std::path::PathBuf;
 

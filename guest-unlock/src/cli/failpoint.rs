@@ -15,7 +15,7 @@
 
 use std::ffi::OsStr;
 
-use crate::rotation::RotationStep;
+use guest_unlock::rotation::RotationStep;
 
 /// The environment variable naming a crash point.
 pub const ENV: &str = "KEYBROKER_CRASH_AT";
@@ -80,7 +80,7 @@ impl Failpoint {
         let p = point(step);
         if self.armed.as_deref() == Some(p) {
             eprintln!("guest-unlock: crash point {p} reached");
-            crate::events::emit(&crate::events::crash_point(p));
+            super::events::emit(&super::events::crash_point(p));
             let _ = rustix::process::kill_process(
                 rustix::process::getpid(),
                 rustix::process::Signal::KILL,
