@@ -18,7 +18,8 @@
 //! - [`unlock`]: finding bound devices and opening them at boot;
 //! - [`rotation`]: enrolling a pending key version, confirming it, removing
 //!   the retired keyslot;
-//! - [`status`]: is SEV-SNP active in this guest.
+//! - [`sev_detect`]: is SEV-SNP active in this guest (what `guest-unlock
+//!   status` shows).
 //!
 //! Errors are typed, per module; nothing here prints, exits or reads the
 //! process's arguments.
@@ -32,7 +33,7 @@ pub mod luks;
 pub mod rotation;
 #[cfg(feature = "sim")]
 pub use keybroker_sim as sim;
-pub mod status;
+pub mod sev_detect;
 pub mod token;
 pub mod unlock;
 

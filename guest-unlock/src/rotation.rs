@@ -50,7 +50,7 @@ use keybroker_proto::pb::KeyState;
 use keybroker_proto::VolumeId;
 
 use crate::client::BrokerRpc;
-use crate::flow::{RotationSession, UnlockError, UnwrappedKey};
+use crate::flow::{AttestedSession, UnlockError, UnwrappedKey};
 use crate::luks::{read_tokens, BindError, Device, LuksError, Pbkdf};
 use crate::token::{BrokerToken, SlotVersion};
 
@@ -134,15 +134,15 @@ pub enum NotConfirmed {
     Broker(#[from] UnlockError),
 }
 
-/// A [`Confirmer`] over a [`RotationSession`], blocking on `rt`.
+/// A [`Confirmer`] over a [`AttestedSession`], blocking on `rt`.
 pub struct SessionConfirmer<'r, B> {
     rt: &'r tokio::runtime::Runtime,
-    session: RotationSession<B>,
+    session: AttestedSession<B>,
 }
 
 impl<'r, B> SessionConfirmer<'r, B> {
     /// Confirms in `session`, running the call on `rt`.
-    pub fn new(rt: &'r tokio::runtime::Runtime, session: RotationSession<B>) -> Self {
+    pub fn new(rt: &'r tokio::runtime::Runtime, session: AttestedSession<B>) -> Self {
         Self { rt, session }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use guest_unlock::evidence::{open_provider_at_vmpl, ProviderConfig};
-use guest_unlock::status::{self as detect, ReportError, ReportSummary};
+use guest_unlock::sev_detect::{self as detect, ReportError, ReportSummary};
 
 use super::settings::boot_raw_config;
 use super::{EXIT_FAILED, EXIT_GRANTED};

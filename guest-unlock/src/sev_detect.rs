@@ -1,4 +1,5 @@
-//! `guest-unlock status`: is memory encryption really on in this guest?
+//! SEV detection, what `guest-unlock status` shows: is memory encryption
+//! really on in this guest?
 //!
 //! Checks that need neither root nor dmesg: the CPU flags the kernel
 //! exposes in `/proc/cpuinfo` (`sev`, `sev_es`, `sev_snp`: in a guest the
