@@ -10,7 +10,7 @@
 //!   evidence provider);
 //! - [`evidence`]: where the SEV-SNP report comes from (`sev-guest`,
 //!   `configfs-tsm`; in test builds, cargo feature `sim`, also the simulated
-//!   platform, [`keybroker_sim`], only when configured);
+//!   platform of `keybroker-sim`, only when configured);
 //! - [`client`]: gRPC over TLS pinned to the broker's key;
 //! - [`flow`]: the unlock flow as explicit states, and [`flow::fetch_keys`];
 //! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);

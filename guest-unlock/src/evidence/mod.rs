@@ -4,7 +4,7 @@
 //! Two providers exist, and one is chosen only by explicit configuration
 //! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate) and
 //! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`). Test builds (cargo feature
-//! `sim`) add a third, `sim` (a simulated platform directory, [`keybroker_sim`]); a build
+//! `sim`) add a third, `sim` (a simulated platform directory, `keybroker-sim`); a build
 //! without it refuses `sim:DIR` with a message that says so. [`open_provider`] never falls
 //! back to another provider, least of all to `sim`, when hardware is absent: it fails with
 //! an error that says what is missing and what to do.

@@ -45,7 +45,8 @@ pub enum UnlockError {
         message: String,
     },
     /// The broker refused the whole request (`PERMISSION_DENIED`).
-    /// [`fetch_keys`] turns this into a [`FetchOutcome`] with every volume denied.
+    /// [`fetch_keys`](super::fetch_keys) turns this into a
+    /// [`FetchOutcome`](super::FetchOutcome) with every volume denied.
     #[error("broker {broker} refused the request: {message} [{}]", .denial.as_ref().map(|d| d.reason_codes.join(",")).unwrap_or_default())]
     Refused {
         /// The broker.

@@ -6,7 +6,8 @@
 //! device-mapper: [`parse_crypttab`] and [`crypttab_entry_for`] (names and
 //! options), [`scan_block_devices`] (`--all`), [`probe`] (is this a LUKS2
 //! device with a `sev-keybroker` token?), [`group_targets`] (one
-//! attestation per broker list and per [`MAX_VOLUMES`] volumes), and
+//! attestation per broker list and per
+//! [`MAX_VOLUMES`](keybroker_proto::MAX_VOLUMES) volumes), and
 //! [`unlock_targets`], which takes the
 //! attestation as a function and can check keyslots instead of activating
 //! (`--dry-run`).

@@ -180,7 +180,7 @@ impl std::fmt::Display for RotationNote {
     }
 }
 
-/// The result of [`unlock_targets`].
+/// The result of [`unlock_targets`](super::unlock_targets).
 #[derive(Debug, Default)]
 pub struct UnlockReport {
     /// Devices opened (or found already open).
@@ -190,6 +190,6 @@ pub struct UnlockReport {
     /// Key rotation on the opened devices (nothing when none was under way).
     pub rotation: Vec<RotationNote>,
     /// The progress observer stopped the rotation after this step (see
-    /// [`Progress::rotation_step`]).
+    /// [`Progress::rotation_step`](super::Progress::rotation_step)).
     pub stopped: Option<RotationStep>,
 }
