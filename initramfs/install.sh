@@ -9,8 +9,9 @@
 #   /usr/share/initramfs-tools/hooks/guest-unlock
 #   /usr/share/initramfs-tools/scripts/local-top/guest-unlock
 #   /usr/lib/dracut/modules.d/90guest-unlock/
-# The guest-unlock binary itself is installed separately (for example
-# `install -m 0755 target/release/guest-unlock /usr/local/bin/`), and
+# The guest-unlock binary itself is built and installed separately (for
+# example `cargo build --profile ship -p guest-unlock`, then
+# `install -m 0755 target/ship/guest-unlock /usr/local/bin/`), and
 # /etc/guest-unlock/config.toml is written by the administrator: without it
 # neither initramfs generator adds anything. Then rebuild the initramfs:
 # `update-initramfs -u` or `dracut -f`.

@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use keybroker_proto::SpkiPin;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
@@ -65,8 +66,8 @@ pub struct Generated {
     pub cert_pem: String,
     /// Private key, PEM (secret).
     pub key_pem: Zeroizing<String>,
-    /// `sha256:<hex>` of the certificate's SubjectPublicKeyInfo.
-    pub spki_pin: String,
+    /// The pin of the certificate's key (`sha256:<hex>` of its SubjectPublicKeyInfo).
+    pub spki_pin: SpkiPin,
 }
 
 /// Generates an ECDSA P-256 key and a self-signed certificate for `sans`.
@@ -93,12 +94,9 @@ pub fn self_signed(sans: &[String]) -> Result<Generated, TlsError> {
     })
 }
 
-/// `sha256:<hex>` of a DER certificate's SubjectPublicKeyInfo.
-pub fn spki_pin(cert_der: &[u8]) -> Result<String, TlsError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
-    Ok(format!("sha256:{}", hex::encode(digest.as_ref())))
+/// The pin of a DER certificate's key, which guests pin.
+pub fn spki_pin(cert_der: &[u8]) -> Result<SpkiPin, TlsError> {
+    SpkiPin::of_certificate(cert_der).map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
 /// Loads the certificate chain and private key; refuses a key file that
@@ -160,7 +158,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(spki_pin(&der).unwrap(), g.spki_pin);
-        assert!(g.spki_pin.starts_with("sha256:") && g.spki_pin.len() == 7 + 64);
+        let text = g.spki_pin.to_string();
+        assert!(text.starts_with("sha256:") && text.len() == 7 + 64);
+        assert_eq!(text.parse::<SpkiPin>().unwrap(), g.spki_pin);
         let other = self_signed(&["localhost".into()]).unwrap();
         assert_ne!(other.spki_pin, g.spki_pin);
     }

@@ -7,25 +7,27 @@
 //! pinned private key can complete the handshake. TLS 1.3 only, ALPN `h2`,
 //! rustls with the aws-lc-rs provider.
 //!
-//! The channel is built with [`tonic::transport::Endpoint::connect_with_connector`]
-//! and a connector that does its own TCP connect and TLS handshake, so tonic's
-//! own TLS support (and its CA handling) is not involved.
+//! The channel comes from [`keybroker_rt::channel`], which does its own TCP
+//! connect and TLS handshake, so tonic's own TLS support (and its CA
+//! handling) is not involved.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use keybroker_proto::pb;
 use keybroker_proto::pb::key_broker_client::KeyBrokerClient;
+use keybroker_rt::error_chain;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::config::{BrokerUrl, SpkiPin};
+use keybroker_proto::SpkiPin;
+
+use crate::config::BrokerUrl;
 
 /// Accepts a server certificate iff the SHA-256 of its SubjectPublicKeyInfo
 /// equals one of the pins. Expiry, issuer and names are not consulted (the
@@ -79,12 +81,6 @@ impl PinnedServerVerifier {
     }
 }
 
-/// The pin of a DER certificate's SubjectPublicKeyInfo.
-pub fn certificate_pin(cert_der: &[u8]) -> Result<SpkiPin, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
-    Ok(SpkiPin::of_spki(cert.tbs_certificate.subject_pki.raw))
-}
-
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
 }
@@ -98,7 +94,8 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = certificate_pin(end_entity).map_err(|e| other(BadCertificate(e)))?;
+        let found = SpkiPin::of_certificate(end_entity)
+            .map_err(|e| other(BadCertificate(e.to_string())))?;
         if self.pins.contains(&found) {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -167,60 +164,70 @@ pub enum ConnectError {
     /// TCP connect, TLS handshake or HTTP/2 setup failed or timed out.
     #[error("{0}")]
     Transport(String),
+    /// The broker's TLS key matches none of the pins (the message is the
+    /// whole error chain, naming the key found).
+    #[error("{message}")]
+    PinMismatch {
+        /// The pin of the key the broker presented.
+        found: SpkiPin,
+        /// The error chain, in one line.
+        message: String,
+    },
 }
 
-/// Walks an error's source chain into one line (tonic wraps the interesting
-/// cause, such as a pin mismatch, several levels deep).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
+impl ConnectError {
+    /// Whether the broker presented a TLS key that no pin matches.
+    pub fn is_pin_mismatch(&self) -> bool {
+        matches!(self, Self::PinMismatch { .. })
     }
-    out
+
+    fn from_transport(e: &(dyn std::error::Error + 'static)) -> Self {
+        let message = error_chain(e);
+        match pin_mismatch_in(e) {
+            Some(found) => Self::PinMismatch { found, message },
+            None => Self::Transport(message),
+        }
+    }
 }
 
-/// Connects to one broker: TCP (no Nagle), TLS with `tls`, then HTTP/2.
-/// `connect_timeout` bounds the TCP connect plus TLS handshake.
+/// The [`PinMismatch`] somewhere in an error's source chain (tonic wraps
+/// the connector's `io::Error`, which wraps the rustls error, which carries
+/// the verifier's error).
+fn pin_mismatch_in(e: &(dyn std::error::Error + 'static)) -> Option<SpkiPin> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = pin_mismatch_in(inner) {
+                return Some(found);
+            }
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            let inner: &(dyn std::error::Error + 'static) = &*o.0;
+            if let Some(pm) = inner.downcast_ref::<PinMismatch>() {
+                return Some(pm.found);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Connects to one broker: TCP (no Nagle), TLS with `tls`, then HTTP/2
+/// ([`keybroker_rt::channel::connect`]). `connect_timeout` bounds the TCP
+/// connect plus TLS handshake.
 pub async fn connect(
     url: &BrokerUrl,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<KeyBrokerClient<Channel>, ConnectError> {
-    let transport = |e: &(dyn std::error::Error + 'static)| ConnectError::Transport(error_chain(e));
-    // tonic only sees a plain `http` URI (it must not try TLS itself); requests
-    // carry the real `https` origin.
-    let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))
-        .map_err(|e| transport(&e))?
-        .origin(
-            format!("https://{}", url.authority())
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| transport(&e))?,
-        )
-        .connect_timeout(connect_timeout);
-    let server_name = ServerName::try_from(url.host().to_owned())
-        .map_err(|e| transport(&e))?
-        .to_owned();
-    let (host, port) = (url.host().to_owned(), url.port());
-    let connector = tower::service_fn(move |_uri: http::Uri| {
-        let tls = tokio_rustls::TlsConnector::from(tls.clone());
-        let (host, server_name) = (host.clone(), server_name.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = tls.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    });
-    let channel = endpoint
-        .connect_with_connector(connector)
+    let channel = keybroker_rt::channel::connect(url.host(), url.port(), tls, connect_timeout)
         .await
-        .map_err(|e| transport(&e))?;
+        .map_err(|e| ConnectError::from_transport(&e))?;
     Ok(KeyBrokerClient::new(channel))
 }
 
@@ -339,7 +346,8 @@ pub(crate) mod test_support {
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tonic::transport::server::Connected;
 
-    use crate::config::{BrokerUrl, SpkiPin};
+    use crate::config::BrokerUrl;
+    use keybroker_proto::SpkiPin;
 
     /// A self-signed certificate, its PKCS#8 key and the pin of its key.
     pub(crate) struct TestCert {
@@ -485,13 +493,6 @@ mod tests {
         result
     }
 
-    #[test]
-    fn certificate_pin_is_the_spki_digest() {
-        let c = test_cert();
-        assert_eq!(certificate_pin(&c.cert).unwrap(), c.pin);
-        assert!(certificate_pin(b"not a certificate").is_err());
-    }
-
     #[tokio::test]
     async fn verifier_accepts_a_matching_pin() {
         let c = test_cert();
@@ -571,12 +572,5 @@ mod tests {
                 cap / 2
             );
         }
-    }
-
-    #[test]
-    fn error_chain_joins_sources() {
-        let inner = std::io::Error::other("inner cause");
-        let outer = std::io::Error::other(inner);
-        assert!(error_chain(&outer).contains("inner cause"));
     }
 }

@@ -17,19 +17,21 @@
 //! connect_timeout_secs = 5   # per TCP + TLS connection attempt (default 5)
 //! timeout_secs = 60          # whole unlock, all brokers and retries (default 60)
 //! evidence = "sev-guest"     # or "configfs-tsm", "sev-guest:/dev/sev-guest",
-//!                            # "configfs-tsm:/sys/kernel/config/tsm/report", "sim:DIR"
+//!                            # "configfs-tsm:/sys/kernel/config/tsm/report"
+//!                            # (test builds: "sim:DIR")
 //! vmpl = 0                   # VMPL of the requested report (default 0)
 //! ```
 //!
-//! `evidence` has no default: the simulated platform (`sim:DIR`) is used only
-//! when named, never as a fallback for missing hardware.
+//! `evidence` has no default: the simulated platform (`sim:DIR`, in test
+//! builds only) is used only when named, never as a fallback for missing
+//! hardware.
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use base64::Engine as _;
+use keybroker_proto::SpkiPin;
 use serde::Deserialize;
 
 use crate::evidence::ProviderConfig;
@@ -57,7 +59,8 @@ pub struct RawConfig {
     pub connect_timeout_secs: Option<u64>,
     /// Whole-unlock timeout, seconds.
     pub timeout_secs: Option<u64>,
-    /// Evidence provider: `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]` or `sim:DIR`.
+    /// Evidence provider: `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]` (or, in
+    /// test builds, `sim:DIR`).
     pub evidence: Option<String>,
     /// VMPL of the requested report (0..=3).
     pub vmpl: Option<u32>,
@@ -131,45 +134,68 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))
 }
 
-/// Checks a raw configuration and applies defaults.
-pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
-    if raw.brokers.is_empty() {
+/// The settings of an attestation besides where the brokers are: what
+/// `unlock` takes from the configuration file while the brokers and pins
+/// come from each device's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Limit for one TCP connect plus TLS handshake (at most `timeout`).
+    pub connect_timeout: Duration,
+    /// Limit for the whole unlock.
+    pub timeout: Duration,
+    /// Where the attestation report comes from.
+    pub evidence: ProviderConfig,
+    /// VMPL of the requested report.
+    pub vmpl: u32,
+}
+
+/// A broker or pin list must name 1 to [`MAX_BROKERS`] entries.
+fn check_list(setting: &'static str, len: usize) -> Result<(), ConfigError> {
+    if len == 0 {
         return Err(ConfigError::Missing {
-            setting: "brokers",
-            hint: "list the broker URLs, e.g. brokers = [\"https://broker.example:8443\"]",
+            setting,
+            hint: if setting == "brokers" {
+                "list the broker URLs, e.g. brokers = [\"https://broker.example:8443\"]"
+            } else {
+                "pin the broker's TLS key: pins = [\"sha256:<SHA-256 of its SubjectPublicKeyInfo>\"] \
+                 (there is no CA fallback)"
+            },
         });
     }
-    if raw.brokers.len() > MAX_BROKERS {
+    if len > MAX_BROKERS {
+        let what = if setting == "brokers" { "URLs" } else { "pins" };
         return Err(invalid(
-            "brokers",
-            &format!("{} URLs", raw.brokers.len()),
-            format!("at most {MAX_BROKERS} brokers"),
+            setting,
+            &format!("{len} {what}"),
+            format!("at most {MAX_BROKERS} {setting}"),
         ));
     }
+    Ok(())
+}
+
+/// Checks a raw configuration and applies defaults.
+pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
+    check_list("brokers", raw.brokers.len())?;
     let brokers = raw
         .brokers
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<BrokerUrl>, _>>()?;
-    if raw.pins.is_empty() {
-        return Err(ConfigError::Missing {
-            setting: "pins",
-            hint: "pin the broker's TLS key: pins = [\"sha256:<SHA-256 of its SubjectPublicKeyInfo>\"] \
-                   (there is no CA fallback)",
-        });
-    }
-    if raw.pins.len() > MAX_BROKERS {
-        return Err(invalid(
-            "pins",
-            &format!("{} pins", raw.pins.len()),
-            format!("at most {MAX_BROKERS} pins"),
-        ));
-    }
+    check_list("pins", raw.pins.len())?;
     let pins = raw
         .pins
         .iter()
-        .map(|s| s.parse())
+        .map(|s| {
+            s.parse::<SpkiPin>()
+                .map_err(|e| invalid("pins", s, e.to_string()))
+        })
         .collect::<Result<Vec<SpkiPin>, _>>()?;
+    GuestConfig::new(brokers, pins, &resolve_settings(&raw)?)
+}
+
+/// Checks the settings of a raw configuration other than `brokers` and
+/// `pins` (which it ignores), and applies defaults.
+pub fn resolve_settings(raw: &RawConfig) -> Result<Settings, ConfigError> {
     let secs = |setting: &'static str, v: Option<u64>, default: Duration| match v {
         None => Ok(default),
         Some(0) => Err(invalid(setting, "0", "must be at least 1 second")),
@@ -187,30 +213,48 @@ pub fn resolve(raw: RawConfig) -> Result<GuestConfig, ConfigError> {
     )?;
     let timeout = secs("timeout_secs", raw.timeout_secs, DEFAULT_TIMEOUT)?;
     let connect_timeout = connect_timeout.min(timeout);
-    let evidence = match raw.evidence {
+    let evidence = match &raw.evidence {
         None => {
             return Err(ConfigError::Missing {
                 setting: "evidence",
-                hint: "name the evidence provider: \"sev-guest\", \"configfs-tsm\" or \"sim:DIR\"",
+                hint: "name the evidence provider: \"sev-guest\" or \"configfs-tsm\"",
             })
         }
         Some(s) => s
             .parse::<ProviderConfig>()
-            .map_err(|e| invalid("evidence", &s, e.to_string()))?,
+            .map_err(|e| invalid("evidence", s, e.to_string()))?,
     };
     let vmpl = match raw.vmpl {
         None => 0,
         Some(v @ 0..=3) => v,
         Some(v) => return Err(invalid("vmpl", &v.to_string(), "must be 0, 1, 2 or 3")),
     };
-    Ok(GuestConfig {
-        brokers,
-        pins,
+    Ok(Settings {
         connect_timeout,
         timeout,
         evidence,
         vmpl,
     })
+}
+
+impl GuestConfig {
+    /// Brokers and pins (from a token, say) with `settings`.
+    pub fn new(
+        brokers: Vec<BrokerUrl>,
+        pins: Vec<SpkiPin>,
+        settings: &Settings,
+    ) -> Result<Self, ConfigError> {
+        check_list("brokers", brokers.len())?;
+        check_list("pins", pins.len())?;
+        Ok(GuestConfig {
+            brokers,
+            pins,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+            evidence: settings.evidence.clone(),
+            vmpl: settings.vmpl,
+        })
+    }
 }
 
 /// Reads, parses and resolves a configuration file.
@@ -243,11 +287,7 @@ impl BrokerUrl {
 
     /// The authority, `host:port` (`[v6]:port`).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        keybroker_rt::channel::authority(&self.host, self.port)
     }
 }
 
@@ -302,71 +342,6 @@ impl FromStr for BrokerUrl {
             host: host.to_owned(),
             port,
         })
-    }
-}
-
-/// SHA-256 of a broker's TLS SubjectPublicKeyInfo (DER), written
-/// `sha256:<64 hex digits>` or `sha256:<base64 of the 32 bytes>` (standard or
-/// URL-safe alphabet, padding optional).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SpkiPin([u8; 32]);
-
-impl SpkiPin {
-    /// Wraps a digest.
-    pub fn from_digest(d: [u8; 32]) -> Self {
-        Self(d)
-    }
-
-    /// The pin of a DER SubjectPublicKeyInfo.
-    pub fn of_spki(spki_der: &[u8]) -> Self {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der);
-        let mut b = [0u8; 32];
-        b.copy_from_slice(d.as_ref());
-        Self(b)
-    }
-
-    /// The digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for SpkiPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for SpkiPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for SpkiPin {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| invalid("pins", s, reason);
-        let body = s.strip_prefix("sha256:").ok_or_else(|| {
-            bad("a pin starts with \"sha256:\" followed by the SubjectPublicKeyInfo digest in hex or base64")
-        })?;
-        let bytes = if body.len() == 64 && body.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(body).map_err(|_| bad("bad hex"))?
-        } else {
-            let trimmed = body.trim_end_matches('=');
-            base64::engine::general_purpose::STANDARD_NO_PAD
-                .decode(trimmed)
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed))
-                .map_err(|_| bad("the digest is neither 64 hex digits nor base64"))?
-        };
-        let d: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            bad(&format!(
-                "a SHA-256 digest is 32 bytes, this one is {}",
-                bytes.len()
-            ))
-        })?;
-        Ok(Self(d))
     }
 }
 
@@ -531,29 +506,49 @@ vmpl = 1
     }
 
     #[test]
-    fn pins() {
-        let hex_pin: SpkiPin = PIN_HEX.parse().unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(hex_pin.as_bytes());
-        assert_eq!(format!("sha256:{b64}").parse::<SpkiPin>().unwrap(), hex_pin);
-        let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xfb; 32]);
-        assert!(b64u.contains('-') || b64u.contains('_'));
-        assert_eq!(
-            format!("sha256:{b64u}").parse::<SpkiPin>().unwrap(),
-            SpkiPin::from_digest([0xfb; 32])
+    fn settings_without_brokers_and_configs_from_typed_lists() {
+        let raw = parse("evidence = \"configfs-tsm\"\ntimeout_secs = 7\n").unwrap();
+        let st = resolve_settings(&raw).unwrap();
+        assert_eq!(st.timeout, Duration::from_secs(7));
+        assert_eq!(st.connect_timeout, DEFAULT_CONNECT_TIMEOUT.min(st.timeout));
+        assert!(matches!(
+            resolve_settings(&parse("timeout_secs = 7").unwrap()),
+            Err(ConfigError::Missing {
+                setting: "evidence",
+                ..
+            })
+        ));
+        let broker: BrokerUrl = "https://kb:1".parse().unwrap();
+        let pin: SpkiPin = PIN_HEX.parse().unwrap();
+        let c = GuestConfig::new(vec![broker.clone()], vec![pin], &st).unwrap();
+        assert_eq!((c.timeout, c.vmpl), (st.timeout, 0));
+        assert!(matches!(
+            GuestConfig::new(vec![], vec![pin], &st),
+            Err(ConfigError::Missing {
+                setting: "brokers",
+                ..
+            })
+        ));
+        assert!(matches!(
+            GuestConfig::new(vec![broker; MAX_BROKERS + 1], vec![pin], &st),
+            Err(ConfigError::Invalid {
+                setting: "brokers",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_bad_pin_names_the_setting() {
+        let raw = parse(&format!(
+            "brokers = [\"https://kb\"]\npins = [\"{PIN_HEX}\", \"sha256:0001\"]\nevidence = \"sev-guest\"\n"
+        ))
+        .unwrap();
+        let e = resolve(raw).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Invalid { setting: "pins", ref value, .. } if value == "sha256:0001"),
+            "{e}"
         );
-        assert_eq!(hex_pin.to_string(), PIN_HEX);
-        let upper = PIN_HEX.replace("0a0b", "0A0B");
-        assert_eq!(upper.parse::<SpkiPin>().unwrap(), hex_pin);
-        for bad in [
-            "000102",
-            "sha1:000102030405060708090a0b0c0d0e0f10111213",
-            "sha256:",
-            "sha256:0001",
-            "sha256:zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-            "sha256:AAECAwQFBgcICQoLDA0ODw==",
-            "sha256:!!!",
-        ] {
-            assert!(bad.parse::<SpkiPin>().is_err(), "{bad:?} accepted");
-        }
+        assert!(e.to_string().contains("32 bytes"), "{e}");
     }
 }

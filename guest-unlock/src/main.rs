@@ -1,8 +1,13 @@
-//! `guest-unlock`: see [`guest_unlock::cli`] for commands and exit codes.
+//! `guest-unlock`: the command line over the `guest_unlock` library
+//! (commands, output and exit codes: [`cli`]).
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    let cli = guest_unlock::cli::parse();
+    let cli = cli::parse();
     // Before any key can exist in this process.
-    guest_unlock::hardening::harden();
-    std::process::ExitCode::from(guest_unlock::cli::run(cli))
+    if !keybroker_rt::hardening::harden().no_core_dumps {
+        eprintln!("guest-unlock: warning: could not disable core dumps");
+    }
+    std::process::ExitCode::from(cli::run(cli))
 }

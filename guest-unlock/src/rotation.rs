@@ -36,18 +36,13 @@
 //! open with a key the broker still releases and the keyslot itself opens
 //! with none of them.
 //!
-//! # Crash points (test hook)
-//!
-//! With `KEYBROKER_CRASH_AT=<point>` in the environment (the initramfs sets
-//! it from `keybroker.crash_at=<point>` on the kernel command line),
-//! `guest-unlock` prints `guest-unlock: crash point <point> reached` on
-//! standard error right after that step and kills itself with `SIGKILL`,
-//! so that tests can prove the next unlock recovers. Points:
-//! `guest-after-keyslot-add`, `guest-after-token-update`,
-//! `guest-after-confirm`, `guest-after-old-slot-removed`. Without the
-//! variable nothing happens; it is a test hook, not a feature.
+//! Each completed step is told to a [`StepObserver`], which can stop the
+//! rotation right there, leaving the header as a crash would: the tests do
+//! that at every step. Test builds (cargo feature `failpoints`) also kill
+//! the process there on request (`guest-unlock`'s crash points).
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,7 +50,7 @@ use keybroker_proto::pb::KeyState;
 use keybroker_proto::VolumeId;
 
 use crate::client::BrokerRpc;
-use crate::flow::{RotationSession, UnwrappedKey};
+use crate::flow::{AttestedSession, UnlockError, UnwrappedKey};
 use crate::luks::{read_tokens, BindError, Device, LuksError, Pbkdf};
 use crate::token::{BrokerToken, SlotVersion};
 
@@ -63,84 +58,98 @@ use crate::token::{BrokerToken, SlotVersion};
 /// boot (the volume is already open; the next unlock tries again).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The environment variable naming a crash point (tests only).
-pub const CRASH_ENV: &str = "KEYBROKER_CRASH_AT";
-
-/// A point between two rotation steps where a test may stop the process.
+/// A rotation step, as the `step=` of the `event=rotation` line names it.
+/// Each is one header write, or the broker's confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CrashPoint {
+pub enum RotationStep {
     /// The pending key's keyslot was added (the token does not know it yet).
-    AfterKeyslotAdd,
+    KeyslotAdded,
     /// The token records the new keyslot.
-    AfterTokenUpdate,
+    TokenUpdated,
     /// The broker confirmed; no keyslot was removed yet.
-    AfterConfirm,
+    Confirmed,
     /// An old keyslot was destroyed; the token still has its stale entry.
-    AfterOldSlotRemoved,
+    OldSlotRemoved,
 }
 
-impl CrashPoint {
-    /// Every point, in step order.
-    pub const ALL: [CrashPoint; 4] = [
-        CrashPoint::AfterKeyslotAdd,
-        CrashPoint::AfterTokenUpdate,
-        CrashPoint::AfterConfirm,
-        CrashPoint::AfterOldSlotRemoved,
+impl RotationStep {
+    /// Every step, in order.
+    pub const ALL: [RotationStep; 4] = [
+        RotationStep::KeyslotAdded,
+        RotationStep::TokenUpdated,
+        RotationStep::Confirmed,
+        RotationStep::OldSlotRemoved,
     ];
 
-    /// The name used in `KEYBROKER_CRASH_AT` and `keybroker.crash_at=`.
+    /// The stable name (`keyslot-added`, `token-updated`, `confirmed`,
+    /// `old-slot-removed`).
     pub fn name(self) -> &'static str {
         match self {
-            Self::AfterKeyslotAdd => "guest-after-keyslot-add",
-            Self::AfterTokenUpdate => "guest-after-token-update",
-            Self::AfterConfirm => "guest-after-confirm",
-            Self::AfterOldSlotRemoved => "guest-after-old-slot-removed",
+            Self::KeyslotAdded => "keyslot-added",
+            Self::TokenUpdated => "token-updated",
+            Self::Confirmed => "confirmed",
+            Self::OldSlotRemoved => "old-slot-removed",
         }
     }
 }
 
-/// Called after each step that has a [`CrashPoint`]; returning `false`
-/// stops the rotation there, leaving the header as a crash would (tests).
-pub type Hook<'a> = dyn FnMut(CrashPoint) -> bool + 'a;
-
-/// The production hook: kills the process at the point named by
-/// `KEYBROKER_CRASH_AT`, if any; otherwise continues.
-pub fn env_crash_point(p: CrashPoint) -> bool {
-    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == p.name()) {
-        eprintln!("guest-unlock: crash point {} reached", p.name());
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL cannot be caught; should kill() itself fail, still stop here.
-        std::process::abort();
-    }
-    true
+/// A rotation step that completed on one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDone {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The device.
+    pub device: PathBuf,
+    /// The step.
+    pub step: RotationStep,
+    /// The key version it concerns: the pending key's (keyslot added,
+    /// token updated), the new current one (confirmed), the removed
+    /// keyslot's (old slot removed).
+    pub key_version: u32,
 }
+
+/// Told of each completed step; [`ControlFlow::Break`] stops the rotation
+/// there, leaving the header as a crash would (tests).
+pub type StepObserver<'a> = dyn FnMut(&StepDone) -> ControlFlow<()> + 'a;
 
 /// Sends `ConfirmRotation` for an enrolled pending key in the session that
 /// released it.
 pub trait Confirmer {
     /// Returns the broker's new current version, or why it was not confirmed.
-    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, String>;
+    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, UnlockError>;
 }
 
-/// A [`Confirmer`] over a [`RotationSession`], blocking on `rt`.
+/// Why a pending key was not confirmed (its keyslot and the old one stay;
+/// the next unlock tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum NotConfirmed {
+    /// Enrolling the pending key failed on a device of the volume.
+    #[error("enrolling it failed on a device of this volume")]
+    EnrollFailed,
+    /// No session of the attestation that released the key is left.
+    #[error("no broker session to confirm it in")]
+    NoSession,
+    /// The broker did not confirm.
+    #[error(transparent)]
+    Broker(#[from] UnlockError),
+}
+
+/// A [`Confirmer`] over a [`AttestedSession`], blocking on `rt`.
 pub struct SessionConfirmer<'r, B> {
     rt: &'r tokio::runtime::Runtime,
-    session: RotationSession<B>,
+    session: AttestedSession<B>,
 }
 
 impl<'r, B> SessionConfirmer<'r, B> {
     /// Confirms in `session`, running the call on `rt`.
-    pub fn new(rt: &'r tokio::runtime::Runtime, session: RotationSession<B>) -> Self {
+    pub fn new(rt: &'r tokio::runtime::Runtime, session: AttestedSession<B>) -> Self {
         Self { rt, session }
     }
 }
 
 impl<B: BrokerRpc> Confirmer for SessionConfirmer<'_, B> {
-    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, String> {
-        self.rt
-            .block_on(self.session.confirm(key, CONFIRM_TIMEOUT))
-            .map_err(|e| e.to_string())
+    fn confirm(&mut self, key: &UnwrappedKey) -> Result<u32, UnlockError> {
+        self.rt.block_on(self.session.confirm(key, CONFIRM_TIMEOUT))
     }
 }
 
@@ -166,9 +175,9 @@ pub enum RotationError {
     /// Removing old keyslots would not be safe (nothing was removed).
     #[error("old keyslots kept: {0}")]
     Unsafe(String),
-    /// A test hook stopped the rotation after this step.
+    /// The step observer stopped the rotation after this step.
     #[error("stopped after {}", .0.name())]
-    Stopped(CrashPoint),
+    Stopped(RotationStep),
 }
 
 impl From<LuksError> for RotationError {
@@ -210,11 +219,22 @@ pub struct Cleaned {
     pub tokens_removed: Vec<u32>,
 }
 
-fn stop_after(hook: &mut Hook<'_>, p: CrashPoint) -> Result<(), RotationError> {
-    if hook(p) {
-        Ok(())
-    } else {
-        Err(RotationError::Stopped(p))
+fn tell(
+    observer: &mut StepObserver<'_>,
+    device: &Path,
+    volume: &VolumeId,
+    step: RotationStep,
+    key_version: u32,
+) -> Result<(), RotationError> {
+    let done = StepDone {
+        volume: volume.clone(),
+        device: device.to_owned(),
+        step,
+        key_version,
+    };
+    match observer(&done) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(RotationError::Stopped(step)),
     }
 }
 
@@ -299,7 +319,7 @@ pub fn find_slot(
         .filter(|s| dev.keyslot_is_pbkdf2(*s))
         .collect();
     for slot in recorded.into_iter().chain(others) {
-        match dev.check_passphrase(Some(slot), &key.key) {
+        match dev.check_passphrase(Some(slot), key.expose_secret()) {
             Ok(s) => return Ok(Some(s)),
             Err(LuksError::WrongPassphrase { .. }) => {}
             Err(e) => return Err(e),
@@ -325,7 +345,7 @@ pub fn enroll(
     volume: &VolumeId,
     keys: &[&UnwrappedKey],
     opened: Opened,
-    hook: &mut Hook<'_>,
+    observer: &mut StepObserver<'_>,
 ) -> Result<Enrolled, RotationError> {
     let mut dev = Device::open(device)?;
     let tokens = volume_tokens(&mut dev, volume)?;
@@ -352,17 +372,27 @@ pub fn enroll(
             Some(s) => s,
             None => {
                 let s = with_backup(&mut dev, |d| {
-                    d.add_keyslot(&auth.key, &p.key, Pbkdf::MinimalPbkdf2)
+                    d.add_keyslot(
+                        auth.expose_secret(),
+                        p.expose_secret(),
+                        Pbkdf::MinimalPbkdf2,
+                    )
                 })?;
                 out.added = true;
                 tracing::info!(device = %device.display(), %volume, keyslot = s,
                     version = p.version, "added a keyslot for the pending key");
-                stop_after(hook, CrashPoint::AfterKeyslotAdd)?;
+                tell(
+                    observer,
+                    device,
+                    volume,
+                    RotationStep::KeyslotAdded,
+                    p.version,
+                )?;
                 s
             }
         };
         // The new keyslot must open before the broker hears of it.
-        dev.check_passphrase(Some(slot), &p.key)?;
+        dev.check_passphrase(Some(slot), p.expose_secret())?;
         let sv = SlotVersion {
             keyslot: slot,
             key_version: p.version,
@@ -403,8 +433,9 @@ pub fn enroll(
         }
         let json = t.to_json();
         with_backup(&mut dev, |d| d.set_token(Some(*id), &json))?;
+        let newest = missing.iter().map(|sv| sv.key_version).max().unwrap_or(0);
         out.recorded = missing;
-        stop_after(hook, CrashPoint::AfterTokenUpdate)?;
+        tell(observer, device, volume, RotationStep::TokenUpdated, newest)?;
     }
     Ok(out)
 }
@@ -419,7 +450,7 @@ pub fn cleanup(
     volume: &VolumeId,
     released: &[&UnwrappedKey],
     verified: &[SlotVersion],
-    hook: &mut Hook<'_>,
+    observer: &mut StepObserver<'_>,
 ) -> Result<Cleaned, RotationError> {
     let mut out = Cleaned::default();
     let mut dev = Device::open(device)?;
@@ -456,7 +487,7 @@ pub fn cleanup(
         // token says about it.
         let mut opens = false;
         for k in released {
-            match dev.check_passphrase(Some(e.keyslot), &k.key) {
+            match dev.check_passphrase(Some(e.keyslot), k.expose_secret()) {
                 Ok(_) => opens = true,
                 Err(LuksError::WrongPassphrase { .. }) => {}
                 Err(err) => return Err(err.into()),
@@ -471,7 +502,13 @@ pub fn cleanup(
         tracing::info!(device = %device.display(), %volume, keyslot = e.keyslot,
             version = e.key_version, "removed the retired key's keyslot");
         out.removed.push(e);
-        stop_after(hook, CrashPoint::AfterOldSlotRemoved)?;
+        tell(
+            observer,
+            device,
+            volume,
+            RotationStep::OldSlotRemoved,
+            e.key_version,
+        )?;
     }
 
     // Rewrite the tokens: drop stale entries (keyslots destroyed) and, for

@@ -55,7 +55,9 @@ use std::collections::BTreeSet;
 use keybroker_proto::VolumeId;
 use serde_json::{json, Map, Value};
 
-use crate::config::{BrokerUrl, SpkiPin, MAX_BROKERS};
+use keybroker_proto::SpkiPin;
+
+use crate::config::{BrokerUrl, MAX_BROKERS};
 
 /// The LUKS2 token type.
 pub const TOKEN_TYPE: &str = "sev-keybroker";

@@ -6,12 +6,13 @@
 //! in the `rotate` sense: the current key is checked with libcryptsetup's
 //! check-only activation (`Mode::Rotate`), then the rotation steps run.
 //!
-//! The crash test stops the rotation after each step in turn (the hook
-//! returns `false`, leaving the header exactly as a power cut there would),
+//! The crash test stops the rotation after each step in turn (the progress
+//! observer returns `Break`, leaving the header exactly as a power cut there would),
 //! checks that the volume still opens with one of the two keys, then runs a
 //! normal unlock and checks that the rotation completed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use guest_unlock::evidence::{Evidence, EvidenceError, EvidenceProvider};
 use guest_unlock::flow::{attest_session, FetchOutcome, Session};
 use guest_unlock::luks::{self, Device, LuksError, Pbkdf};
-use guest_unlock::rotation::{CrashPoint, SessionConfirmer};
+use guest_unlock::rotation::{RotationStep, SessionConfirmer, StepDone};
 use guest_unlock::token::{BrokerToken, SlotVersion};
 use guest_unlock::unlock::{self, Fetched, Mode, Probe, Target, UnlockReport};
 use keybroker_proto::pb::{self, KeyState};
@@ -33,6 +34,17 @@ const PASSPHRASE: &[u8] = b"correct horse battery staple";
 const PIN: &str = "sha256:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const K1: [u8; 64] = [0x11; 64];
 const K2: [u8; 64] = [0x22; 64];
+
+/// The crash point right after a rotation step, as `KEYBROKER_CRASH_AT`
+/// names it (test builds with the `failpoints` feature).
+fn crash_point(step: RotationStep) -> &'static str {
+    match step {
+        RotationStep::KeyslotAdded => "guest-after-keyslot-add",
+        RotationStep::TokenUpdated => "guest-after-token-update",
+        RotationStep::Confirmed => "guest-after-confirm",
+        RotationStep::OldSlotRemoved => "guest-after-old-slot-removed",
+    }
+}
 
 // ------------------------------------------------------------ fake broker
 
@@ -204,8 +216,9 @@ impl EvidenceProvider for FakeEvidence {
         "fake"
     }
     fn get_evidence(&self, rd: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-        let mut report = vec![0u8; 1184];
-        report[0x50..0x90].copy_from_slice(rd);
+        use keybroker_snp::report::{offset, REPORT_DATA_LEN, REPORT_LEN};
+        let mut report = vec![0u8; REPORT_LEN];
+        report[offset::REPORT_DATA..offset::REPORT_DATA + REPORT_DATA_LEN].copy_from_slice(rd);
         Ok(Evidence {
             report,
             cert_table: Vec::new(),
@@ -259,16 +272,33 @@ fn target(dev: &Path) -> Target {
     }
 }
 
+/// Stops the rotation when its closure says so.
+struct Steps<'a>(&'a mut dyn FnMut(RotationStep) -> bool);
+
+impl unlock::Progress for Steps<'_> {
+    fn rotation_step(&mut self, s: &StepDone) -> ControlFlow<()> {
+        if (self.0)(s.step) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    }
+}
+
 /// One `rotate`-mode run against `broker`, with `hook` deciding whether to
 /// go on after each step.
-fn run(dev: &Path, broker: &FakeBroker, hook: &mut dyn FnMut(CrashPoint) -> bool) -> UnlockReport {
+fn run(
+    dev: &Path,
+    broker: &FakeBroker,
+    hook: &mut dyn FnMut(RotationStep) -> bool,
+) -> UnlockReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let targets = vec![target(dev)];
     let rt = &rt;
-    unlock::unlock_targets_with(
+    unlock::unlock_targets(
         &targets,
         Mode::Rotate,
         &mut |_group, ids| {
@@ -289,7 +319,7 @@ fn run(dev: &Path, broker: &FakeBroker, hook: &mut dyn FnMut(CrashPoint) -> bool
                 confirmer: Some(Box::new(SessionConfirmer::new(rt, rot))),
             })
         },
-        hook,
+        &mut Steps(hook),
     )
 }
 
@@ -364,7 +394,7 @@ fn full_rotation_in_one_unlock() {
         points.push(p);
         true
     });
-    assert_eq!(points, CrashPoint::ALL);
+    assert_eq!(points, RotationStep::ALL);
     assert_eq!(r.unlocked.len(), 1);
     assert_eq!(r.unlocked[0].key_version, Some(1));
     assert_eq!(r.rotation.len(), 1, "{:?}", r.rotation);
@@ -401,11 +431,11 @@ fn a_crash_after_any_step_is_finished_by_the_next_unlock() {
         });
         let Some(point) = r.stopped else {
             // Ran to the end: every step was interrupted once before.
-            assert_eq!(stop_at, CrashPoint::ALL.len());
+            assert_eq!(stop_at, RotationStep::ALL.len());
             assert_rotated(&dev, &broker);
             break;
         };
-        assert_eq!(point, CrashPoint::ALL[stop_at], "steps run in order");
+        assert_eq!(point, RotationStep::ALL[stop_at], "steps run in order");
         exercised.insert(point);
 
         // The interrupted state: the token still parses, the passphrase
@@ -416,12 +446,12 @@ fn a_crash_after_any_step_is_finished_by_the_next_unlock() {
         let current = broker.state().current.1;
         assert!(opens(&dev, &current).is_some(), "{point:?}: current key");
         match point {
-            CrashPoint::AfterKeyslotAdd => {
+            RotationStep::KeyslotAdded => {
                 // The token does not know keyslot 2 yet.
                 assert_eq!(toks[0].1.slots, [sv(1, 1)]);
                 assert_eq!(opens(&dev, &K2), Some(2));
             }
-            CrashPoint::AfterTokenUpdate => {
+            RotationStep::TokenUpdated => {
                 assert_eq!(toks[0].1.slots, [sv(1, 1), sv(2, 2)]);
                 let line = luks::list(&dev).unwrap()[0].bind_line();
                 assert!(
@@ -429,11 +459,11 @@ fn a_crash_after_any_step_is_finished_by_the_next_unlock() {
                     "{line}"
                 );
             }
-            CrashPoint::AfterConfirm => {
+            RotationStep::Confirmed => {
                 assert_eq!(broker.state().current.0, 2);
                 assert_eq!(toks[0].1.slots, [sv(1, 1), sv(2, 2)]);
             }
-            CrashPoint::AfterOldSlotRemoved => {
+            RotationStep::OldSlotRemoved => {
                 // libcryptsetup dropped keyslot 1 from `keyslots`; the
                 // token's entry for it is stale until the next write.
                 assert_eq!(toks[0].1.slots, [sv(2, 2)]);
@@ -460,7 +490,7 @@ fn a_crash_after_any_step_is_finished_by_the_next_unlock() {
     }
     assert_eq!(
         exercised,
-        CrashPoint::ALL.into_iter().collect::<BTreeSet<_>>(),
+        RotationStep::ALL.into_iter().collect::<BTreeSet<_>>(),
         "every crash point was exercised"
     );
 }
@@ -612,19 +642,19 @@ fn cleanup_removes_nothing_unless_a_released_key_was_checked_to_open() {
     // the volume: cleanup must refuse and leave the header as it is.
     let dir = tempfile::tempdir().unwrap();
     let dev = bound_image(dir.path(), "unanchored.img");
-    let k2 = guest_unlock::flow::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version: 2,
-        state: KeyState::Current,
-        key: zeroize::Zeroizing::new(K2.to_vec()),
-    };
+    let k2 = guest_unlock::flow::UnwrappedKey::new(
+        VolumeId::new("root").unwrap(),
+        2,
+        KeyState::Current,
+        zeroize::Zeroizing::new(K2.to_vec()),
+    );
     let before = std::fs::read(&dev).unwrap();
     let err = guest_unlock::rotation::cleanup(
         &dev,
         &VolumeId::new("root").unwrap(),
         &[&k2],
         &[],
-        &mut |_| true,
+        &mut |_| ControlFlow::Continue(()),
     )
     .unwrap_err();
     assert!(
@@ -649,21 +679,26 @@ fn dry_run_never_changes_the_header() {
         .enable_all()
         .build()
         .unwrap();
-    let r = unlock::unlock_targets(&targets, Mode::CheckOnly, &mut |_g, ids| {
-        let s = Session::new(
-            broker.clone(),
-            "fake",
-            tokio::time::Instant::now() + Duration::from_secs(10),
-        );
-        let (u, _rot) = rt.block_on(attest_session(s, &FakeEvidence, ids))?;
-        Ok(Fetched::from(FetchOutcome {
-            broker: "https://127.0.0.1:1".parse().unwrap(),
-            keys: u.keys,
-            denied: u.denied,
-            decision_id: u.decision_id,
-            refusal: None,
-        }))
-    });
+    let r = unlock::unlock_targets(
+        &targets,
+        Mode::CheckOnly,
+        &mut |_g, ids| {
+            let s = Session::new(
+                broker.clone(),
+                "fake",
+                tokio::time::Instant::now() + Duration::from_secs(10),
+            );
+            let (u, _rot) = rt.block_on(attest_session(s, &FakeEvidence, ids))?;
+            Ok(Fetched::from(FetchOutcome {
+                broker: "https://127.0.0.1:1".parse().unwrap(),
+                keys: u.keys,
+                denied: u.denied,
+                decision_id: u.decision_id,
+                refusal: None,
+            }))
+        },
+        &mut (),
+    );
     assert_eq!(r.unlocked.len(), 1);
     assert!(r.rotation.is_empty());
     assert!(std::fs::read(&dev).unwrap() == before, "the image changed");
@@ -679,9 +714,9 @@ mod grpc {
     use std::time::Duration;
 
     use guest_unlock::client::BrokerRpc;
-    use guest_unlock::config::SpkiPin;
     use keybroker_proto::pb;
     use keybroker_proto::pb::key_broker_server::{KeyBroker, KeyBrokerServer};
+    use keybroker_proto::SpkiPin;
     use rcgen::PublicKeyData;
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -825,18 +860,37 @@ fn the_binary_killed_at_each_crash_point_recovers() {
         }
         cmd.output().unwrap()
     };
-    for point in CrashPoint::ALL {
+    for point in RotationStep::ALL {
         *broker.state() = BrokerState::rotating();
-        let dev = bound_image_for(dir.path(), point.name(), &url, &pin.to_string());
-        let out = run(&dev, Some(point.name()));
+        let dev = bound_image_for(dir.path(), crash_point(point), &url, &pin.to_string());
+        let out = run(&dev, Some(crash_point(point)));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(9), "{point:?}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "guest-unlock: crash point {} reached",
-                point.name()
+                crash_point(point)
             )),
             "{stderr}"
+        );
+        // The event lines: the step, then the crash point, last.
+        let events: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("guest-unlock: event="))
+            .collect();
+        assert_eq!(
+            events.last().copied(),
+            Some(format!("crash-point v=1 point={}", crash_point(point)).as_str()),
+            "{stderr}"
+        );
+        let step = format!(
+            "rotation v=1 volume=root device={} step={}",
+            dev.display(),
+            point.name()
+        );
+        assert!(
+            events[events.len() - 2].starts_with(&step),
+            "{step}: {stderr}"
         );
         let current = broker.state().current.1;
         assert!(opens(&dev, &current).is_some(), "{point:?}");
@@ -885,11 +939,13 @@ fn the_pending_key_is_not_tried_on_argon2_keyslots() {
     assert!(!d.keyslot_is_pbkdf2(1));
     assert!(d.keyslot_is_pbkdf2(2));
     assert!(!d.keyslot_is_pbkdf2(7), "inactive");
-    let key = |k: &[u8; 64], version| guest_unlock::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version,
-        state: KeyState::Pending,
-        key: zeroize::Zeroizing::new(k.to_vec()),
+    let key = |k: &[u8; 64], version| {
+        guest_unlock::UnwrappedKey::new(
+            VolumeId::new("root").unwrap(),
+            version,
+            KeyState::Pending,
+            zeroize::Zeroizing::new(k.to_vec()),
+        )
     };
     // Not recorded anywhere: found among the PBKDF2 keyslots.
     assert_eq!(
@@ -897,12 +953,12 @@ fn the_pending_key_is_not_tried_on_argon2_keyslots() {
         Some(2)
     );
     // The passphrase is in an argon2 keyslot only: not found, by design.
-    let pass_as_key = guest_unlock::UnwrappedKey {
-        volume: VolumeId::new("root").unwrap(),
-        version: 3,
-        state: KeyState::Pending,
-        key: zeroize::Zeroizing::new(PASSPHRASE.to_vec()),
-    };
+    let pass_as_key = guest_unlock::UnwrappedKey::new(
+        VolumeId::new("root").unwrap(),
+        3,
+        KeyState::Pending,
+        zeroize::Zeroizing::new(PASSPHRASE.to_vec()),
+    );
     assert_eq!(
         guest_unlock::rotation::find_slot(&mut d, &[], &pass_as_key).unwrap(),
         None

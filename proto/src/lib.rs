@@ -17,7 +17,9 @@
 //! - [`denial_status`] / [`denial_from_status`]: reason codes carried in the
 //!   details of a refused gRPC call;
 //! - [`rotation_proof`] / [`verify_rotation_proof`]: the MAC with which a guest
-//!   proves it enrolled a pending key (rotation, phase 2).
+//!   proves it enrolled a pending key (rotation, phase 2);
+//! - [`SpkiPin`]: the pin of the broker's TLS key, which guests trust instead
+//!   of a CA.
 //!
 //! `docs/protocol.md` describes all of it byte by byte; a test keeps that
 //! document in step with the `.proto` file.
@@ -46,6 +48,7 @@ pub mod admin_pb {
 
 mod denial;
 mod ids;
+mod pin;
 mod rotation;
 mod transcript;
 mod version;
@@ -56,6 +59,7 @@ pub use ids::{
     GuestPublicKey, Nonce, ParseError, RandomError, ReportData, VolumeId, VolumeIds,
     GUEST_PUBLIC_KEY_LEN, MAX_VOLUMES, MAX_VOLUME_ID_LEN, NONCE_LEN, REPORT_DATA_LEN,
 };
+pub use pin::{PinError, SpkiPin};
 pub use rotation::{
     rotation_proof, verify_rotation_proof, ROTATION_PROOF_LABEL, ROTATION_PROOF_LEN,
     ROTATION_PROOF_SALT,

@@ -38,7 +38,9 @@ impl Exe {
     /// Cargo features the tests need in this executable.
     fn features(self) -> &'static [&'static str] {
         match self {
-            Exe::Broker | Exe::GuestUnlock => &[],
+            Exe::Broker => &[],
+            // The simulated platform and the crash points of the tests.
+            Exe::GuestUnlock => &["sim", "failpoints"],
         }
     }
 

@@ -119,7 +119,7 @@ impl BrokerDir {
             dir,
             config_path,
             sim,
-            pin: tls.spki_pin,
+            pin: tls.spki_pin.to_string(),
         })
     }
 

@@ -174,7 +174,7 @@ async fn keys_of(
                 k.volume.as_str().to_owned(),
                 k.version,
                 k.state,
-                k.key.to_vec(),
+                k.expose_secret().to_vec(),
             )
         })
         .collect()

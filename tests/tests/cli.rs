@@ -504,7 +504,7 @@ fn init_creates_a_broker_directory() {
         "{pin}"
     );
     let (certs, _key) = broker::tls::load(&d.join("tls/cert.pem"), &d.join("tls/key.pem")).unwrap();
-    assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap(), pin);
+    assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap().to_string(), pin);
 
     // The config it wrote is usable as is, with the admin socket asked for.
     let cfg = broker::config::Config::load(&d.join("config.toml")).unwrap();

@@ -206,7 +206,7 @@ fn logs_and_database_never_hold_key_material() {
         .expect("release");
     assert!(outcome.all_granted(), "{outcome:?}");
     assert_eq!(outcome.keys.len(), 1);
-    let key: Vec<u8> = outcome.keys[0].key.to_vec();
+    let key: Vec<u8> = outcome.keys[0].expose_secret().to_vec();
     assert_eq!(key.len(), 64);
     assert_ne!(key, vec![0u8; 64]);
     let decision_id = outcome.decision_id.clone();

@@ -9,14 +9,27 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Parser as _;
-use guest_unlock::cli::{self, Cli, Command, EXIT_FAILED, EXIT_GRANTED, EXIT_USAGE};
 use guest_unlock::luks::{self, BindError, Device, LuksError, Pbkdf};
 use keybroker_tests::exe::Exe;
 use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions, RunningBroker};
 use serde_json::json;
 
 const PASSPHRASE: &[u8] = b"correct horse battery staple";
+/// guest-unlock's exit codes.
+const EXIT_GRANTED: u8 = 0;
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+/// The crash point right after a rotation step, as `KEYBROKER_CRASH_AT`
+/// names it (test builds with the `failpoints` feature).
+fn crash_point(step: guest_unlock::rotation::RotationStep) -> &'static str {
+    match step {
+        guest_unlock::rotation::RotationStep::KeyslotAdded => "guest-after-keyslot-add",
+        guest_unlock::rotation::RotationStep::TokenUpdated => "guest-after-token-update",
+        guest_unlock::rotation::RotationStep::Confirmed => "guest-after-confirm",
+        guest_unlock::rotation::RotationStep::OldSlotRemoved => "guest-after-old-slot-removed",
+    }
+}
 
 struct Env {
     _server_rt: tokio::runtime::Runtime,
@@ -90,10 +103,18 @@ impl Env {
         p
     }
 
+    /// Runs the `guest-unlock` binary; returns its exit code.
     fn run(&self, args: &[&str]) -> u8 {
-        let cli = Cli::try_parse_from(std::iter::once("guest-unlock").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        cli::run(cli)
+        let out = std::process::Command::new(keybroker_tests::exe::Exe::GuestUnlock.path())
+            .args(args)
+            .env_remove("KEYBROKER_CRASH_AT")
+            .output()
+            .unwrap();
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("{args:?} killed: {out:?}"));
+        u8::try_from(code).unwrap()
     }
 
     fn bind(&self, dev: &Path, volume: &str, key_file: Option<&Path>) -> u8 {
@@ -191,18 +212,16 @@ fn bind_list_unlock_unbind() {
         assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_FAILED)
     });
 
-    // list's line parses back into the same bind arguments.
-    let line = b.bind_line();
-    let (cmd, comment) = line.split_once("  # ").unwrap();
-    assert_eq!(comment, "keyslot 1, key version 1, token 0");
-    let cli = Cli::try_parse_from(std::iter::once("guest-unlock").chain(cmd.split(' '))).unwrap();
-    let Command::Bind(args) = cli.command else {
-        panic!("not a bind line: {line}")
-    };
-    assert_eq!(args.device, dev);
-    assert_eq!(args.brokers, b.brokers);
-    assert_eq!(args.volume, "root");
-    assert_eq!(args.pins, b.spki_pins);
+    // list prints the line that recreates the binding (that it parses back
+    // into the same bind arguments: the binary's own tests).
+    let out = std::process::Command::new(keybroker_tests::exe::Exe::GuestUnlock.path())
+        .args(["list", d])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), b.bind_line() + "\n");
+    assert!(b
+        .bind_line()
+        .ends_with("  # keyslot 1, key version 1, token 0"));
     assert_eq!(env.run(&["list", d]), EXIT_GRANTED);
     assert_eq!(env.run(&["list", d, "--json"]), EXIT_GRANTED);
 
@@ -453,12 +472,12 @@ fn a_failed_token_write_restores_the_header() {
             passphrase: Some(zeroize::Zeroizing::new(PASSPHRASE.to_vec())),
             format: false,
         };
-        let key = guest_unlock::UnwrappedKey {
-            volume: "root".parse().unwrap(),
-            version: 1,
-            state: keybroker_proto::pb::KeyState::Current,
-            key: zeroize::Zeroizing::new(env.root_key.clone()),
-        };
+        let key = guest_unlock::UnwrappedKey::new(
+            "root".parse().unwrap(),
+            1,
+            keybroker_proto::pb::KeyState::Current,
+            zeroize::Zeroizing::new(env.root_key.clone()),
+        );
         let err = luks::bind(req, Box::new(move |_| Ok(vec![key]))).unwrap_err();
         assert!(matches!(err, BindError::Restored { .. }), "{err}");
         assert!(err.to_string().contains("restored"), "{err}");
@@ -469,6 +488,120 @@ fn a_failed_token_write_restores_the_header() {
     assert_eq!(dv.active_keyslots(), [0]);
 }
 
+/// `probe` end to end: the binary, the simulated platform, the real broker
+/// over pinned TLS, and the exit codes (0 all granted, 1 a volume denied or
+/// no broker, 2 a usage error); never a key byte on standard output.
+#[test]
+fn probe_exit_codes() {
+    let env = env();
+    let conf = env.config.to_str().unwrap();
+    let probe = |args: &[&str]| {
+        std::process::Command::new(keybroker_tests::exe::Exe::GuestUnlock.path())
+            .arg("probe")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = probe(&["--config", conf, "--volume", "root", "--volume", "data"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout,
+        "granted root version 1 (current)\ngranted data version 1 (current)\n"
+    );
+    for key in [&env.root_key, &env.data_key] {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!stdout.contains(&hex[..16]), "a key on standard output");
+    }
+    let out = probe(&["--config", conf, "--volume", "root", "--volume", "refused"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("denied refused: POLICY_MEASUREMENT_NOT_ALLOWED"));
+    // No broker listening.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("https://127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let evidence = format!("sim:{}", env.dir.sim.dir().display());
+    let out = probe(&[
+        "--broker",
+        &dead,
+        "--pin",
+        &env.dir.pin,
+        "--evidence",
+        &evidence,
+        "--volume",
+        "root",
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no broker answered"));
+    // Usage: a bad volume name.
+    let out = probe(&["--config", conf, "--volume", "../etc"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// The event lines of `unlock`, from the binary against the real broker:
+/// one line per device, in the documented format, then `done`.
+#[test]
+fn unlock_prints_one_event_line_per_device() {
+    let env = env();
+    let good = env.key_file(PASSPHRASE);
+    let ok = env.luks_image("ok.img");
+    assert_eq!(env.bind(&ok, "root", Some(&good)), EXIT_GRANTED);
+    // A device bound to a volume whose policy the guest fails (bound with
+    // a key of our own: the broker would not have released one).
+    let refused = env.luks_image("refused.img");
+    let req = luks::BindRequest {
+        device: &refused,
+        volume: "refused".parse().unwrap(),
+        brokers: vec![env._broker.url().parse().unwrap()],
+        pins: vec![env.dir.pin.parse().unwrap()],
+        passphrase: Some(zeroize::Zeroizing::new(PASSPHRASE.to_vec())),
+        format: false,
+    };
+    let key = guest_unlock::UnwrappedKey::new(
+        "refused".parse().unwrap(),
+        1,
+        keybroker_proto::pb::KeyState::Current,
+        zeroize::Zeroizing::new(vec![0x77; 64]),
+    );
+    luks::bind(req, Box::new(move |_| Ok(vec![key]))).unwrap();
+    let plain = env.luks_image("plain.img");
+    let out = std::process::Command::new(keybroker_tests::exe::Exe::GuestUnlock.path())
+        .args(["unlock", "--dry-run", "--config"])
+        .arg(&env.config)
+        .args([&ok, &refused, &plain])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(EXIT_FAILED)), "{stderr}");
+    let events: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("guest-unlock: event="))
+        .collect();
+    assert_eq!(events.len(), 3, "{stderr}");
+    assert_eq!(
+        events[0],
+        format!(
+            "failed v=1 volume=- device={} reason=no-token",
+            plain.display()
+        )
+    );
+    let prefix = format!(
+        "refused v=1 volume=refused device={} reasons=POLICY_MEASUREMENT_NOT_ALLOWED decision=",
+        refused.display()
+    );
+    assert!(events[1].starts_with(&prefix), "{stderr}");
+    assert_ne!(&events[1][prefix.len()..], "-", "the decision id: {stderr}");
+    assert!(
+        events[2].starts_with("done v=1 unlocked=1 locked=2 secs="),
+        "{stderr}"
+    );
+    // --dry-run activates nothing: no `unlocked` line for the checked device.
+    assert!(!stderr.contains("event=unlocked"), "{stderr}");
+}
+
 /// Key rotation against the real broker (issue #5): the broker's
 /// `rotate_volume` adds a pending version; `guest-unlock rotate` enrolls it,
 /// confirms it with its proof in the same session, and removes the old
@@ -477,7 +610,7 @@ fn a_failed_token_write_restores_the_header() {
 #[test]
 fn rotation_with_the_real_broker() {
     use broker::store::KeyState;
-    use guest_unlock::rotation::CrashPoint;
+    use guest_unlock::rotation::RotationStep;
     use std::os::unix::process::ExitStatusExt as _;
 
     let env = env();
@@ -549,11 +682,11 @@ fn rotation_with_the_real_broker() {
     });
 
     // The binary, killed after each step, then run again.
-    for point in CrashPoint::ALL {
+    for point in RotationStep::ALL {
         let v = broker::lifecycle::rotate_volume(store.as_ref(), &keyring, "root").unwrap();
         let out = std::process::Command::new(Exe::GuestUnlock.path())
             .args(["rotate", "--config", conf, d])
-            .env("KEYBROKER_CRASH_AT", point.name())
+            .env("KEYBROKER_CRASH_AT", crash_point(point))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -561,7 +694,7 @@ fn rotation_with_the_real_broker() {
         assert!(
             stderr.contains(&format!(
                 "guest-unlock: crash point {} reached",
-                point.name()
+                crash_point(point)
             )),
             "{stderr}"
         );

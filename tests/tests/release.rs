@@ -45,8 +45,8 @@ async fn guest_recovers_exactly_the_stored_key() {
     assert!(out.all_granted(), "{out:?}");
     assert_eq!(out.keys.len(), 2);
     assert_eq!(out.keys[0].volume.as_str(), "root");
-    assert_eq!(out.keys[0].key.as_slice(), key_root.as_slice());
-    assert_eq!(out.keys[1].key.as_slice(), key_data.as_slice());
+    assert_eq!(out.keys[0].expose_secret(), key_root.as_slice());
+    assert_eq!(out.keys[1].expose_secret(), key_data.as_slice());
     assert_eq!(out.keys[0].version, 1);
     assert!(!out.decision_id.is_empty());
     broker.stop().await.unwrap();
@@ -111,7 +111,7 @@ async fn partial_grant_releases_only_allowed_volumes() {
     .await
     .unwrap();
     assert_eq!(out.keys.len(), 1);
-    assert_eq!(out.keys[0].key.as_slice(), key.as_slice());
+    assert_eq!(out.keys[0].expose_secret(), key.as_slice());
     let codes: Vec<_> = out
         .denied
         .iter()
@@ -514,6 +514,6 @@ async fn damaged_requests_never_release_a_key() {
     )
     .await
     .unwrap();
-    assert_eq!(out.keys[0].key.as_slice(), key.as_slice());
+    assert_eq!(out.keys[0].expose_secret(), key.as_slice());
     broker.stop().await.unwrap();
 }

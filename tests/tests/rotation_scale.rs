@@ -130,12 +130,12 @@ fn rotation_of_100_volumes() {
             passphrase: Some(zeroize::Zeroizing::new(PASSPHRASE.to_vec())),
             format: false,
         };
-        let key = UnwrappedKey {
-            volume: name.parse().unwrap(),
-            version: 1,
-            state: keybroker_proto::pb::KeyState::Current,
-            key: zeroize::Zeroizing::new(key.clone()),
-        };
+        let key = UnwrappedKey::new(
+            name.parse().unwrap(),
+            1,
+            keybroker_proto::pb::KeyState::Current,
+            zeroize::Zeroizing::new(key.clone()),
+        );
         let bound = luks::bind(req, Box::new(move |_| Ok(vec![key]))).unwrap();
         assert_eq!(bound.len(), 1);
         assert_eq!(bound[0].slots[0].keyslot, 1);
@@ -187,7 +187,7 @@ fn rotation_of_100_volumes() {
             "GUEST_UNLOCK_LOG",
             "warn,guest_unlock::flow=debug,guest_unlock::rotation=info",
         )
-        .env_remove(guest_unlock::rotation::CRASH_ENV)
+        .env_remove("KEYBROKER_CRASH_AT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

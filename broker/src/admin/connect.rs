@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use keybroker_proto::admin_pb::admin_client::AdminClient;
-use rustls::pki_types::ServerName;
+use keybroker_rt::error_chain;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where the admin API is.
@@ -74,21 +74,6 @@ pub enum ConnectError {
         /// What failed.
         cause: String,
     },
-}
-
-/// Walks an error's source chain into one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// An `--admin-url` that is not `https://HOST:PORT`.
@@ -199,7 +184,7 @@ pub async fn connect(target: &Target) -> Result<AdminClient<Channel>, ConnectErr
                 .await
                 .map_err(|e| ConnectError::NoSocket {
                     path: shown,
-                    cause: chain(&e),
+                    cause: error_chain(&e),
                 })?;
             Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
         }
@@ -215,25 +200,9 @@ pub async fn connect(target: &Target) -> Result<AdminClient<Channel>, ConnectErr
                 cause,
             };
             let cfg = Arc::new(tls_client_config(target, cert, key, ca)?);
-            let server_name = ServerName::try_from(host.clone())
-                .map_err(|e| err(e.to_string()))?
-                .to_owned();
-            let (h, p) = (host.clone(), *port);
-            let connector = tower::service_fn(move |_uri: http::Uri| {
-                let tls = tokio_rustls::TlsConnector::from(cfg.clone());
-                let (h, server_name) = (h.clone(), server_name.clone());
-                async move {
-                    let tcp = tokio::net::TcpStream::connect((h.as_str(), p)).await?;
-                    tcp.set_nodelay(true)?;
-                    let stream = tls.connect(server_name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            });
-            let channel = Endpoint::from_static("http://admin.tls")
-                .connect_timeout(Duration::from_secs(10))
-                .connect_with_connector(connector)
+            let channel = keybroker_rt::channel::connect(host, *port, cfg, Duration::from_secs(10))
                 .await
-                .map_err(|e| err(chain(&e)))?;
+                .map_err(|e| err(error_chain(&e)))?;
             Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
         }
     }

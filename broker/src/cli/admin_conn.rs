@@ -144,16 +144,7 @@ impl Session {
                 s.message()
             ),
             code => {
-                let mut why = s.message().to_owned();
-                let mut cur = std::error::Error::source(&s);
-                while let Some(c) = cur {
-                    let m = c.to_string();
-                    if !why.contains(&m) {
-                        why.push_str(": ");
-                        why.push_str(&m);
-                    }
-                    cur = c.source();
-                }
+                let why = keybroker_rt::with_sources(s.message().to_owned(), &s);
                 let hint = match &self.target {
                     Target::Tls { .. } => {
                         "; the broker may have refused the client certificate: --admin-cert \

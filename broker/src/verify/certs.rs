@@ -14,64 +14,8 @@ use x509_parser::prelude::*;
 use super::claims::{Generation, SignerKind};
 use super::error::{malformed, table_malformed, CertRole, CertificatesRejected, EvidenceRejected};
 
-/// Size of one certificate table entry: 16-byte GUID, u32 offset, u32 length.
-pub const TABLE_ENTRY_LEN: usize = 24;
-/// Upper bound on table entries (AMD defines four GUIDs).
-pub const MAX_TABLE_ENTRIES: usize = 64;
-
-/// AMD's certificate table GUIDs in their string form.
-pub const GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
-/// VLEK GUID.
-pub const GUID_VLEK: &str = "a8074bc2-a25a-483e-aae6-39c045a0b8a1";
-/// ASK (or ASVK) GUID.
-pub const GUID_ASK: &str = "4ab7b379-bbac-4fe4-a02f-05aef327c782";
-/// ARK GUID.
-pub const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
-
-/// Parses a GUID string into its 16 bytes in string (RFC 4122) order.
-fn guid_bytes(s: &str) -> [u8; 16] {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let mut out = [0u8; 16];
-    // The constants above are well-formed; a bad one fails the unit tests.
-    if hex::decode_to_slice(hex, &mut out).is_err() {
-        out = [0u8; 16];
-    }
-    out
-}
-
-/// The same GUID in the mixed-endian layout of EFI/Windows `GUID` structs
-/// (first three fields little-endian).
-fn guid_mixed_endian(b: [u8; 16]) -> [u8; 16] {
-    let mut m = b;
-    m[0..4].reverse();
-    m[4..6].reverse();
-    m[6..8].reverse();
-    m
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TableSlot {
-    Vcek,
-    Vlek,
-    Ask,
-    Ark,
-    Other,
-}
-
-fn slot_for(guid: &[u8; 16]) -> TableSlot {
-    for (s, slot) in [
-        (GUID_VCEK, TableSlot::Vcek),
-        (GUID_VLEK, TableSlot::Vlek),
-        (GUID_ASK, TableSlot::Ask),
-        (GUID_ARK, TableSlot::Ark),
-    ] {
-        let b = guid_bytes(s);
-        if *guid == b || *guid == guid_mixed_endian(b) {
-            return slot;
-        }
-    }
-    TableSlot::Other
-}
+use keybroker_snp::cert_table::{self as table, CertEntry, CertKind};
+pub use keybroker_snp::cert_table::{GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK};
 
 /// Certificates (DER) gathered for one report, each with where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,116 +101,48 @@ impl CertSet {
     }
 }
 
-/// Parses the extended-report certificate table (GHCB spec, "certificate
-/// table"): 24-byte entries of GUID, u32 LE offset and u32 LE length from the
-/// start of the buffer, ended by an all-zero entry, then the blobs.
-///
-/// GUIDs are recognised in RFC 4122 byte order (what the `sev` crate,
-/// go-sev-guest and QEMU write) and in the mixed-endian EFI layout. Entries
-/// with other GUIDs are bounds-checked and otherwise ignored. Refused: no
-/// terminator, a terminator with a non-zero offset or length, more than
-/// [`MAX_TABLE_ENTRIES`] entries, a blob that is empty, starts inside the
-/// entry array, runs past the end or overlaps another, and a GUID twice.
-/// An empty buffer means "no table".
-pub fn parse_cert_table(table: &[u8]) -> Result<CertSet, EvidenceRejected> {
+/// Reads the guest's extended-report certificate table
+/// ([`keybroker_snp::cert_table`]: layout, GUID byte order and what is
+/// refused) into a [`CertSet`]. Entries with GUIDs other than AMD's are
+/// checked like the others and then ignored; so are CRLs, which the broker
+/// takes only from its own sources. The ASK entry carries the ASVK when
+/// the report is VLEK-signed: it is classified by its subject. An empty
+/// buffer means "no table".
+pub fn parse_cert_table(bytes: &[u8]) -> Result<CertSet, EvidenceRejected> {
     let mut set = CertSet::default();
-    if table.is_empty() {
-        return Ok(set);
-    }
-    let mut entries: Vec<([u8; 16], usize, usize)> = Vec::new();
-    let mut pos = 0usize;
-    loop {
-        if entries.len() > MAX_TABLE_ENTRIES {
-            return Err(table_malformed(format!(
-                "more than {MAX_TABLE_ENTRIES} entries"
-            )));
-        }
-        let Some(e) = table.get(pos..pos + TABLE_ENTRY_LEN) else {
-            return Err(table_malformed(format!(
-                "no all-zero terminating entry within {} bytes",
-                table.len()
-            )));
+    let source = "the certificate table";
+    for entry in table::decode(bytes).map_err(|e| table_malformed(e.to_string()))? {
+        let role = match entry.kind() {
+            Some(CertKind::Vcek) => CertRole::Vcek,
+            Some(CertKind::Vlek) => CertRole::Vlek,
+            Some(CertKind::Ark) => CertRole::Ark,
+            Some(CertKind::Ask) => match classify(&entry.data) {
+                Some(CertRole::Asvk) => CertRole::Asvk,
+                _ => CertRole::Ask,
+            },
+            Some(CertKind::Crl) | None => continue,
         };
-        let mut guid = [0u8; 16];
-        guid.copy_from_slice(&e[..16]);
-        let offset = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as usize;
-        let length = u32::from_le_bytes([e[20], e[21], e[22], e[23]]) as usize;
-        pos += TABLE_ENTRY_LEN;
-        if guid == [0u8; 16] {
-            if offset != 0 || length != 0 {
-                return Err(table_malformed(
-                    "terminating entry has a zero GUID but a non-zero offset or length",
-                ));
-            }
-            break;
-        }
-        entries.push((guid, offset, length));
-    }
-    let header_end = pos;
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    for (i, (guid, offset, length)) in entries.iter().enumerate() {
-        let end = offset.checked_add(*length).unwrap_or(usize::MAX);
-        if *length == 0 {
-            return Err(table_malformed(format!("entry {i} has length 0")));
-        }
-        if *offset < header_end {
-            return Err(table_malformed(format!(
-                "entry {i} starts at {offset}, inside the entry array (which ends at {header_end})"
-            )));
-        }
-        if end > table.len() {
-            return Err(table_malformed(format!(
-                "entry {i} ({offset}+{length}) runs past the end of the {}-byte table",
-                table.len()
-            )));
-        }
-        if let Some((s, e)) = ranges.iter().find(|(s, e)| *offset < *e && *s < end) {
-            return Err(table_malformed(format!(
-                "entry {i} ({offset}..{end}) overlaps another entry ({s}..{e})"
-            )));
-        }
-        if entries[..i].iter().any(|(g, _, _)| g == guid) {
-            return Err(table_malformed(format!(
-                "GUID {} appears twice",
-                hex::encode(guid)
-            )));
-        }
-        ranges.push((*offset, end));
-        let blob = table[*offset..end].to_vec();
-        let source = "the certificate table";
-        match slot_for(guid) {
-            TableSlot::Vcek => set.put(CertRole::Vcek, blob, source)?,
-            TableSlot::Vlek => set.put(CertRole::Vlek, blob, source)?,
-            TableSlot::Ark => set.put(CertRole::Ark, blob, source)?,
-            TableSlot::Ask => {
-                // The ASK slot carries the ASVK when the report is VLEK-signed.
-                let role = match classify(&blob) {
-                    Some(CertRole::Asvk) => CertRole::Asvk,
-                    _ => CertRole::Ask,
-                };
-                set.put(role, blob, source)?
-            }
-            TableSlot::Other => {}
-        }
+        set.put(role, entry.data, source)?;
     }
     Ok(set)
 }
 
-/// Builds a certificate table in the layout [`parse_cert_table`] reads
-/// (RFC 4122 GUID byte order, as the `sev` crate writes it).
+/// Builds a certificate table from `(GUID, certificate)` pairs (tests and
+/// tools; [`keybroker_snp::cert_table::encode`]).
+///
+/// # Panics
+///
+/// On entries no table may hold (a malformed or repeated GUID, an empty
+/// certificate): the input is the caller's own.
 pub fn build_cert_table(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let header = TABLE_ENTRY_LEN * (entries.len() + 1);
-    let mut table = Vec::new();
-    let mut blobs = Vec::new();
-    for (guid, blob) in entries {
-        table.extend_from_slice(&guid_bytes(guid));
-        table.extend_from_slice(&((header + blobs.len()) as u32).to_le_bytes());
-        table.extend_from_slice(&(blob.len() as u32).to_le_bytes());
-        blobs.extend_from_slice(blob);
-    }
-    table.extend_from_slice(&[0u8; TABLE_ENTRY_LEN]);
-    table.extend_from_slice(&blobs);
-    table
+    let entries: Vec<CertEntry> = entries
+        .iter()
+        .map(|(guid, data)| CertEntry {
+            guid: guid.parse().expect("a GUID"),
+            data: data.to_vec(),
+        })
+        .collect();
+    table::encode(&entries).expect("a valid certificate table")
 }
 
 /// The subject common name of a DER certificate, if it parses.
@@ -714,39 +590,20 @@ mod tests {
     }
 
     #[test]
-    fn guid_constants_are_well_formed() {
-        for g in [GUID_VCEK, GUID_VLEK, GUID_ASK, GUID_ARK] {
-            let b = guid_bytes(g);
-            assert_ne!(b, [0u8; 16]);
-            assert_eq!(hex::encode(b), g.replace('-', ""));
-        }
-        // Layout as the sev crate writes it (uuid::Uuid::as_bytes order).
-        assert_eq!(&guid_bytes(GUID_VCEK)[..4], &[0x63, 0xda, 0x75, 0x8d]);
-        assert_eq!(
-            &guid_mixed_endian(guid_bytes(GUID_VCEK))[..4],
-            &[0x8d, 0x75, 0xda, 0x63]
-        );
-    }
-
-    #[test]
-    fn table_roundtrip_and_mixed_endian() {
+    fn table_roundtrip() {
         let vcek = read("virtee-milan-v2/vcek.der");
         let t = build_cert_table(&[(GUID_VCEK, &vcek)]);
         let s = parse_cert_table(&t).unwrap();
         assert_eq!(s.vcek.as_deref(), Some(&vcek[..]));
-        let mut m = t.clone();
-        let me = guid_mixed_endian(guid_bytes(GUID_VCEK));
-        m[..16].copy_from_slice(&me);
-        assert_eq!(
-            parse_cert_table(&m).unwrap().vcek.as_deref(),
-            Some(&vcek[..])
-        );
         assert_eq!(parse_cert_table(&[]).unwrap(), CertSet::default());
     }
 
     #[test]
-    fn table_ignores_unknown_guids_but_checks_bounds() {
-        let t = build_cert_table(&[("11111111-2222-3333-4444-555555555555", b"xyz")]);
+    fn table_ignores_unknown_guids_and_crls_but_checks_bounds() {
+        let t = build_cert_table(&[
+            ("11111111-2222-3333-4444-555555555555", b"xyz"),
+            (keybroker_snp::cert_table::GUID_CRL, b"crl"),
+        ]);
         assert_eq!(parse_cert_table(&t).unwrap(), CertSet::default());
         let mut bad = t.clone();
         bad[20..24].copy_from_slice(&1000u32.to_le_bytes());
@@ -756,52 +613,24 @@ mod tests {
         );
     }
 
+    /// Every table the codec refuses is refused as malformed evidence, with
+    /// the codec's reason (the cases themselves: `keybroker_snp`'s tests).
     #[test]
     fn malformed_tables_are_refused() {
         let vcek = read("virtee-milan-v2/vcek.der");
         let ok = build_cert_table(&[(GUID_VCEK, &vcek), (GUID_ARK, b"ark-bytes")]);
-        let code = |t: &[u8]| parse_cert_table(t).map(|_| ()).unwrap_err().reason_code();
-        // Truncated inside the entries, and inside the blobs.
-        assert_eq!(code(&ok[..30]), "EVIDENCE_CERT_TABLE_MALFORMED");
-        assert_eq!(code(&ok[..ok.len() - 1]), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // No terminator at all.
-        assert_eq!(code(&[0xAA; 24 * 3]), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Overlap: second entry points into the first blob.
-        let mut o = ok.clone();
-        o[24 + 16..24 + 20].copy_from_slice(&(72u32 + 10).to_le_bytes());
-        assert_eq!(code(&o), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Offset inside the entry array.
-        let mut h = ok.clone();
-        h[16..20].copy_from_slice(&8u32.to_le_bytes());
-        assert_eq!(code(&h), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Zero length.
-        let mut z = ok.clone();
-        z[20..24].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(code(&z), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Length overflowing u32 arithmetic.
-        let mut w = ok.clone();
-        w[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        w[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(code(&w), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Terminator with a non-zero length.
-        let mut n = ok.clone();
-        n[48 + 20] = 1;
-        assert_eq!(code(&n), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // The same GUID twice.
-        let d = build_cert_table(&[(GUID_ARK, b"a"), (GUID_ARK, b"b")]);
-        assert_eq!(code(&d), "EVIDENCE_CERT_TABLE_MALFORMED");
-        // Too many entries.
-        let many: Vec<(String, Vec<u8>)> = (0..70)
-            .map(|i| (format!("11111111-2222-3333-4444-{i:012}"), vec![1u8]))
-            .collect();
-        let refs: Vec<(&str, &[u8])> = many
-            .iter()
-            .map(|(g, b)| (g.as_str(), b.as_slice()))
-            .collect();
-        assert_eq!(
-            code(&build_cert_table(&refs)),
-            "EVIDENCE_CERT_TABLE_MALFORMED"
-        );
+        let refused = |t: &[u8]| {
+            let e = parse_cert_table(t).map(|_| ()).unwrap_err();
+            assert_eq!(e.reason_code(), "EVIDENCE_CERT_TABLE_MALFORMED", "{e}");
+            e.to_string()
+        };
+        refused(&ok[..30]);
+        refused(&ok[..ok.len() - 1]);
+        refused(&[0xAA; 24 * 3]);
+        // The VCEK GUID in the EFI mixed-endian byte order.
+        let mut m = ok.clone();
+        m[..16].copy_from_slice(&CertKind::Vcek.guid().mixed_endian().0);
+        assert!(refused(&m).contains("mixed-endian"));
     }
 
     #[test]

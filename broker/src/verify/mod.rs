@@ -220,7 +220,10 @@ impl Verifier {
         // 4. The signature over the raw bytes 0x000..0x2A0.
         let sig = decoded
             .signature_fixed()
-            .map_err(|detail| EvidenceRejected::ReportSignature { signer, detail })?;
+            .map_err(|e| EvidenceRejected::ReportSignature {
+                signer,
+                detail: e.to_string(),
+            })?;
         chain.verify_report_signature(decoded.signed_bytes(), &sig)?;
 
         Ok(VerifiedReport {

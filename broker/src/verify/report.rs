@@ -7,36 +7,16 @@
 //! raw bytes are kept: the signature is checked over them, never over a
 //! re-serialisation. Nothing here decides policy.
 
+use keybroker_snp::report::{self as layout, offset, TcbLayout};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
 
 use super::claims::{FirmwareVersion, Generation, GuestPolicyBits, ReportClaims, SignerKind, Tcb};
 use super::error::{EvidenceRejected, ReportRejected};
 
-/// Length of an SEV-SNP attestation report (AMD ABI, all versions).
-pub const REPORT_LEN: usize = 1184;
-/// End of the signed area: the signature covers bytes `0..SIGNED_LEN`.
-pub const SIGNED_LEN: usize = 0x2A0;
+pub use keybroker_snp::report::{reserved_ranges, REPORT_LEN, SIGNED_LEN};
 /// Report versions this verifier accepts.
-pub const ACCEPTED_VERSIONS: [u32; 3] = [2, 3, 5];
-
-const OFF_SIG_ALGO: usize = 0x34;
-const OFF_KEY_INFO: usize = 0x48;
-const OFF_REPORTED_TCB: usize = 0x180;
-const OFF_CPUID_FAMILY: usize = 0x188;
-const OFF_CPUID_MODEL: usize = 0x189;
-const OFF_CHIP_ID: usize = 0x1A0;
-const OFF_CURRENT_TCB: usize = 0x38;
-const OFF_COMMITTED_TCB: usize = 0x1E0;
-const OFF_LAUNCH_TCB: usize = 0x1F0;
-/// Offset of the signature's R component (72 bytes, little-endian).
-pub const OFF_SIG_R: usize = 0x2A0;
-/// Offset of the signature's S component (72 bytes, little-endian).
-pub const OFF_SIG_S: usize = 0x2E8;
-const SIG_COMPONENT_LEN: usize = 72;
-/// End of the signature's R and S fields; the rest of the report is reserved.
-const SIG_END: usize = OFF_SIG_S + SIG_COMPONENT_LEN;
-const P384_SCALAR_LEN: usize = 48;
+pub const ACCEPTED_VERSIONS: [u32; 3] = keybroker_snp::report::VERSIONS;
 
 /// CPUID identification carried by v3 and later reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -119,32 +99,16 @@ pub struct DecodedReport {
     pub current_mit_vector: Option<u64>,
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+/// The little-endian u32 at `off` of a report already checked to be
+/// [`REPORT_LEN`] bytes long.
+fn u32_at(b: &[u8; REPORT_LEN], off: usize) -> u32 {
+    layout::u32_at(b, off).unwrap_or_default()
 }
 
-fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&b[off..off + N]);
-    a
-}
-
-/// Signed-area byte ranges the AMD ABI reserves (must be zero) per version.
-pub fn reserved_ranges(version: u32) -> Vec<std::ops::Range<usize>> {
-    let mut r = vec![0x4C..0x50, 0x1EB..0x1EC, 0x1EF..0x1F0];
-    if version >= 3 {
-        r.push(0x18B..0x1A0);
-    } else {
-        r.push(0x188..0x1A0);
-    }
-    if version >= 5 {
-        r.push(0x208..SIGNED_LEN);
-    } else {
-        r.push(0x1F8..SIGNED_LEN);
-    }
-    r
+/// The `N` bytes at `off` of a report already checked to be [`REPORT_LEN`]
+/// bytes long.
+fn arr<const N: usize>(b: &[u8; REPORT_LEN], off: usize) -> [u8; N] {
+    layout::bytes_at(b, off).unwrap_or([0; N])
 }
 
 /// Generation from CPUID family and model (AMD's published model ranges).
@@ -159,23 +123,19 @@ pub fn generation_from_cpuid(family: u8, model: u8) -> Option<Generation> {
 
 /// Decodes one 8-byte TCB field with the generation's layout:
 /// Milan/Genoa `bl, tee, rsvd x4, snp, ucode`; Turin `fmc, bl, tee, snp,
-/// rsvd x3, ucode`.
+/// rsvd x3, ucode` ([`keybroker_snp::report::decode_tcb`]).
 pub fn decode_tcb(raw: [u8; 8], generation: Generation) -> Tcb {
-    match generation {
-        Generation::Milan | Generation::Genoa => Tcb {
-            fmc: None,
-            bootloader: raw[0],
-            tee: raw[1],
-            snp: raw[6],
-            microcode: raw[7],
-        },
-        Generation::Turin => Tcb {
-            fmc: Some(raw[0]),
-            bootloader: raw[1],
-            tee: raw[2],
-            snp: raw[3],
-            microcode: raw[7],
-        },
+    let layout = match generation {
+        Generation::Milan | Generation::Genoa => TcbLayout::MilanGenoa,
+        Generation::Turin => TcbLayout::Turin,
+    };
+    let p = layout::decode_tcb(raw, layout);
+    Tcb {
+        fmc: p.fmc,
+        bootloader: p.bootloader,
+        tee: p.tee,
+        snp: p.snp,
+        microcode: p.microcode,
     }
 }
 
@@ -186,26 +146,26 @@ pub fn decode_tcb(raw: [u8; 8], generation: Generation) -> Tcb {
 /// CPUID family/model that is not Milan, Genoa or Turin, and non-zero
 /// reserved bytes in the signed area ([`reserved_ranges`]).
 pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
-    if bytes.len() != REPORT_LEN {
+    let Ok(bytes) = <&[u8; REPORT_LEN]>::try_from(bytes) else {
         return Err(ReportRejected::Length {
             expected: REPORT_LEN,
             actual: bytes.len(),
         }
         .into());
-    }
-    let version = u32_at(bytes, 0);
+    };
+    let version = u32_at(bytes, offset::VERSION);
     if !ACCEPTED_VERSIONS.contains(&version) {
         return Err(ReportRejected::Version { actual: version }.into());
     }
-    let sig_algo = u32_at(bytes, OFF_SIG_ALGO);
-    if sig_algo != 1 {
+    let sig_algo = u32_at(bytes, offset::SIG_ALGO);
+    if sig_algo != layout::SIG_ALGO_ECDSA_P384_SHA384 {
         return Err(ReportRejected::SigAlgo { actual: sig_algo }.into());
     }
     let (generation, cpuid) = if version >= 3 {
         let c = Cpuid {
-            family: bytes[OFF_CPUID_FAMILY],
-            model: bytes[OFF_CPUID_MODEL],
-            stepping: bytes[OFF_CPUID_MODEL + 1],
+            family: bytes[offset::CPUID_FAMILY],
+            model: bytes[offset::CPUID_MODEL],
+            stepping: bytes[offset::CPUID_STEPPING],
         };
         let g = generation_from_cpuid(c.family, c.model).ok_or_else(|| {
             ReportRejected::GenerationUnknown {
@@ -236,13 +196,10 @@ pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
     // The sev crate refuses a v2 report whose chip_id is all zero (masked);
     // the chip_id is not needed from it (it is read from the raw bytes
     // below), so it decodes a copy with a placeholder in that case.
-    let mut for_sev = arr::<REPORT_LEN>(bytes, 0);
-    if version == 2
-        && for_sev[OFF_CHIP_ID..OFF_CHIP_ID + 64]
-            .iter()
-            .all(|&b| b == 0)
-    {
-        for_sev[OFF_CHIP_ID..OFF_CHIP_ID + 64].fill(0xff);
+    let chip_id = offset::CHIP_ID..offset::CHIP_ID + layout::CHIP_ID_LEN;
+    let mut for_sev = *bytes;
+    if version == 2 && for_sev[chip_id.clone()].iter().all(|&b| b == 0) {
+        for_sev[chip_id].fill(0xff);
     }
     let r = AttestationReport::from_bytes(&for_sev).map_err(|e| {
         // Framing above rules out every error the decoder is known to raise.
@@ -251,7 +208,7 @@ pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
         })
     })?;
 
-    let key_info = u32_at(bytes, OFF_KEY_INFO);
+    let key_info = u32_at(bytes, offset::KEY_INFO);
     let signer = match (key_info >> 2) & 0x7 {
         0 => Some(SignerKind::Vcek),
         1 => Some(SignerKind::Vlek),
@@ -263,7 +220,7 @@ pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
         build: v.build,
     };
     Ok(DecodedReport {
-        raw: Box::new(arr::<REPORT_LEN>(bytes, 0)),
+        raw: Box::new(*bytes),
         version,
         generation,
         cpuid,
@@ -282,12 +239,12 @@ pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
         report_data: r.report_data,
         report_id: r.report_id,
         report_id_ma: r.report_id_ma,
-        chip_id: arr(bytes, OFF_CHIP_ID),
+        chip_id: arr(bytes, offset::CHIP_ID),
         tcbs: RawTcbs {
-            current: arr(bytes, OFF_CURRENT_TCB),
-            reported: arr(bytes, OFF_REPORTED_TCB),
-            committed: arr(bytes, OFF_COMMITTED_TCB),
-            launch: arr(bytes, OFF_LAUNCH_TCB),
+            current: arr(bytes, offset::CURRENT_TCB),
+            reported: arr(bytes, offset::REPORTED_TCB),
+            committed: arr(bytes, offset::COMMITTED_TCB),
+            launch: arr(bytes, offset::LAUNCH_TCB),
         },
         current_firmware: fw(r.current),
         committed_firmware: fw(r.committed),
@@ -313,29 +270,11 @@ impl DecodedReport {
     }
 
     /// The signature as a fixed-size big-endian `r || s` (96 bytes) for
-    /// ECDSA P-384. The components are 72-byte little-endian fields of which
-    /// only the first 48 bytes may be non-zero, and the reserved bytes after
-    /// them must be zero (so that no byte of the report can change unnoticed).
-    pub fn signature_fixed(&self) -> Result<[u8; 96], String> {
-        if self.raw[SIG_END..].iter().any(|&b| b != 0) {
-            return Err(format!(
-                "reserved bytes {SIG_END:#x}..{REPORT_LEN:#x} after the signature are not zero"
-            ));
-        }
-        let mut out = [0u8; 96];
-        for (i, off) in [OFF_SIG_R, OFF_SIG_S].into_iter().enumerate() {
-            let field = &self.raw[off..off + SIG_COMPONENT_LEN];
-            if field[P384_SCALAR_LEN..].iter().any(|&b| b != 0) {
-                return Err(format!(
-                    "signature component {} has non-zero bytes past its 48 significant bytes",
-                    if i == 0 { "R" } else { "S" }
-                ));
-            }
-            for (j, b) in field[..P384_SCALAR_LEN].iter().rev().enumerate() {
-                out[i * P384_SCALAR_LEN + j] = *b;
-            }
-        }
-        Ok(out)
+    /// ECDSA P-384 ([`keybroker_snp::report::signature::to_fixed`]: every
+    /// padding byte must be zero, so that no byte of the report can change
+    /// unnoticed).
+    pub fn signature_fixed(&self) -> Result<[u8; 96], layout::signature::LayoutError> {
+        layout::signature::to_fixed(&self.raw[..])
     }
 
     /// Claims for a report whose generation and signer are established.
@@ -409,7 +348,7 @@ mod tests {
         let r = fixture("oak-turin-v5");
         for a in [0u32, 2, 0x101] {
             let mut m = r.clone();
-            m[OFF_SIG_ALGO..OFF_SIG_ALGO + 4].copy_from_slice(&a.to_le_bytes());
+            m[offset::SIG_ALGO..offset::SIG_ALGO + 4].copy_from_slice(&a.to_le_bytes());
             assert_eq!(
                 decode_report(&m).unwrap_err().reason_code(),
                 "EVIDENCE_SIG_ALGO"
@@ -423,8 +362,8 @@ mod tests {
         // Venice (0x1A/0x50), Rome-era family 0x17, and an unassigned model.
         for (f, m) in [(0x1Au8, 0x50u8), (0x17, 0x31), (0x19, 0x20), (0, 0)] {
             let mut b = r.clone();
-            b[OFF_CPUID_FAMILY] = f;
-            b[OFF_CPUID_MODEL] = m;
+            b[offset::CPUID_FAMILY] = f;
+            b[offset::CPUID_MODEL] = m;
             assert_eq!(
                 decode_report(&b).unwrap_err().reason_code(),
                 "EVIDENCE_GENERATION_UNKNOWN"
@@ -459,7 +398,7 @@ mod tests {
     #[test]
     fn v2_with_masked_chip_id_decodes() {
         let mut r = fixture("virtee-milan-v2");
-        r[OFF_CHIP_ID..OFF_CHIP_ID + 64].fill(0);
+        r[offset::CHIP_ID..offset::CHIP_ID + 64].fill(0);
         let d = decode_report(&r).unwrap();
         assert!(d.chip_id_masked());
         assert_eq!(d.generation, None);
@@ -489,37 +428,21 @@ mod tests {
     }
 
     #[test]
-    fn tcb_layouts() {
+    fn tcb_layout_per_generation() {
         let raw = [1, 2, 3, 4, 5, 6, 7, 8];
-        let m = decode_tcb(raw, Generation::Milan);
-        assert_eq!(
-            (m.fmc, m.bootloader, m.tee, m.snp, m.microcode),
-            (None, 1, 2, 7, 8)
-        );
+        for g in [Generation::Milan, Generation::Genoa] {
+            assert_eq!((decode_tcb(raw, g).fmc, decode_tcb(raw, g).snp), (None, 7));
+        }
         let t = decode_tcb(raw, Generation::Turin);
-        assert_eq!(
-            (t.fmc, t.bootloader, t.tee, t.snp, t.microcode),
-            (Some(1), 2, 3, 4, 8)
-        );
+        assert_eq!((t.fmc, t.snp), (Some(1), 4));
     }
 
     #[test]
     fn signature_padding_must_be_zero() {
+        use keybroker_snp::report::signature;
         let r = fixture("oak-genoa-v5");
-        let d = decode_report(&r).unwrap();
-        let sig = d.signature_fixed().unwrap();
-        // R is the first 48 bytes of the LE field, reversed.
-        assert_eq!(sig[47], r[OFF_SIG_R]);
-        assert_eq!(sig[0], r[OFF_SIG_R + 47]);
-        assert_eq!(sig[95], r[OFF_SIG_S]);
-        for off in [
-            OFF_SIG_R + 48,
-            OFF_SIG_R + 71,
-            OFF_SIG_S + 48,
-            OFF_SIG_S + 71,
-            SIG_END,
-            REPORT_LEN - 1,
-        ] {
+        assert!(decode_report(&r).unwrap().signature_fixed().is_ok());
+        for off in [signature::R + 48, signature::S + 71, signature::END] {
             let mut m = r.clone();
             m[off] = 1;
             assert!(decode_report(&m).unwrap().signature_fixed().is_err());

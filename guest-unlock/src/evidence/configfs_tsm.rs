@@ -10,7 +10,9 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Evidence, EvidenceError, EvidenceProvider, REPORT_LEN};
+use keybroker_snp::report::REPORT_LEN;
+
+use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// How often a request is repeated when `generation` changes underneath it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -212,7 +214,7 @@ impl EvidenceProvider for ConfigfsTsmProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{SimGuest, SimParams, SimPlatform};
+    use keybroker_sim::{SimGuest, SimParams, SimPlatform};
     use std::fs;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;

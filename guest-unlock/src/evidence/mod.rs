@@ -1,16 +1,17 @@
 //! Evidence providers: where the guest obtains its SNP attestation report and the
 //! certificate table of the extended report.
 //!
-//! Three providers exist, and one is chosen only by explicit configuration
-//! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate),
-//! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`) and `sim` (a simulated platform
-//! directory, for tests and demos). [`open_provider`] never falls back to another provider,
-//! least of all to `sim`, when hardware is absent: it fails with an error that says what is
-//! missing and what to do.
+//! Two providers exist, and one is chosen only by explicit configuration
+//! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate) and
+//! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`). Test builds (cargo feature
+//! `sim`) add a third, `sim` (a simulated platform directory, `keybroker-sim`); a build
+//! without it refuses `sim:DIR` with a message that says so. [`open_provider`] never falls
+//! back to another provider, least of all to `sim`, when hardware is absent: it fails with
+//! an error that says what is missing and what to do.
 
-pub mod cert_table;
 mod configfs_tsm;
 mod sev_guest;
+#[cfg(feature = "sim")]
 mod sim_provider;
 
 use std::fmt;
@@ -19,17 +20,27 @@ use std::str::FromStr;
 
 pub use configfs_tsm::ConfigfsTsmProvider;
 pub use sev_guest::SevGuestProvider;
+#[cfg(feature = "sim")]
 pub use sim_provider::SimProvider;
 
-use crate::sim::SimError;
-use cert_table::CertTableError;
+use keybroker_snp::cert_table::CertTableError;
+use keybroker_snp::report::REPORT_LEN;
 
 /// Default device of the `sev-guest` provider.
 pub const DEFAULT_SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
 /// Default root of the `configfs-tsm` provider.
 pub const DEFAULT_CONFIGFS_TSM_ROOT: &str = "/sys/kernel/config/tsm/report";
-/// Size of an SNP attestation report as the platform returns it.
-pub const REPORT_LEN: usize = 1184;
+/// Whether this build has the simulated platform (cargo feature `sim`, tests only).
+pub const SIM_BUILT_IN: bool = cfg!(feature = "sim");
+/// The provider forms this build accepts, for messages.
+pub const PROVIDER_FORMS: &str = if SIM_BUILT_IN {
+    "sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR"
+} else {
+    "sev-guest[:DEVICE] or configfs-tsm[:ROOT]"
+};
+/// Why a build without the simulated platform refuses `sim:DIR`.
+pub const NO_SIM: &str = "this guest-unlock was built without the simulated platform (cargo \
+    feature `sim`), which exists only for tests; use sev-guest or configfs-tsm";
 
 /// What a provider returns: the raw report and the raw certificate table (empty when the
 /// platform offers no certificates; the broker then uses its own copies).
@@ -37,7 +48,8 @@ pub const REPORT_LEN: usize = 1184;
 pub struct Evidence {
     /// The attestation report, exactly as the platform produced it.
     pub report: Vec<u8>,
-    /// The extended report's certificate table ([`cert_table`] layout), possibly empty.
+    /// The extended report's certificate table ([`keybroker_snp::cert_table`] layout),
+    /// possibly empty.
     pub cert_table: Vec<u8>,
 }
 
@@ -51,7 +63,7 @@ pub trait EvidenceProvider: Send + Sync {
 }
 
 /// Which evidence provider to use. Parsed from `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]`
-/// or `sim:DIR`.
+/// or, in test builds, `sim:DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderConfig {
     /// The SEV guest device, through the `sev` crate.
@@ -64,7 +76,8 @@ pub enum ProviderConfig {
         /// The `tsm/report` directory.
         root: PathBuf,
     },
-    /// A simulated platform directory (see [`crate::sim`]).
+    /// A simulated platform directory (see [`keybroker_sim`]; test builds only).
+    #[cfg(feature = "sim")]
     Sim {
         /// The platform directory.
         dir: PathBuf,
@@ -75,6 +88,14 @@ impl FromStr for ProviderConfig {
     type Err = EvidenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s, SIM_BUILT_IN)
+    }
+}
+
+impl ProviderConfig {
+    /// Parses a provider, `sim:DIR` only when `sim` (a build with the
+    /// simulated platform).
+    fn parse(s: &str, sim: bool) -> Result<Self, EvidenceError> {
         let invalid = |reason: &str| EvidenceError::InvalidConfig {
             input: s.to_string(),
             reason: reason.to_string(),
@@ -93,15 +114,15 @@ impl FromStr for ProviderConfig {
             ("configfs-tsm", p) => Ok(Self::ConfigfsTsm {
                 root: PathBuf::from(p.unwrap_or(DEFAULT_CONFIGFS_TSM_ROOT)),
             }),
+            ("sim", _) if !sim => Err(invalid(NO_SIM)),
+            #[cfg(feature = "sim")]
             ("sim", Some(p)) => Ok(Self::Sim {
                 dir: PathBuf::from(p),
             }),
             ("sim", None) => Err(invalid(
                 "the simulated platform needs its directory: sim:DIR",
             )),
-            _ => Err(invalid(
-                "expected sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR",
-            )),
+            _ => Err(invalid(&format!("expected {PROVIDER_FORMS}"))),
         }
     }
 }
@@ -111,6 +132,7 @@ impl fmt::Display for ProviderConfig {
         match self {
             Self::SevGuest { device } => write!(f, "sev-guest:{}", device.display()),
             Self::ConfigfsTsm { root } => write!(f, "configfs-tsm:{}", root.display()),
+            #[cfg(feature = "sim")]
             Self::Sim { dir } => write!(f, "sim:{}", dir.display()),
         }
     }
@@ -139,6 +161,7 @@ pub fn open_provider_at_vmpl(
             root,
             (vmpl != 0).then_some(vmpl),
         )?),
+        #[cfg(feature = "sim")]
         ProviderConfig::Sim { dir } => Box::new(SimProvider::open(dir)?),
     })
 }
@@ -231,9 +254,10 @@ pub enum EvidenceError {
     /// The platform's certificate table could not be converted.
     #[error("the platform's certificate table is malformed: {0}")]
     CertTable(#[from] CertTableError),
-    /// The simulated platform failed.
+    /// The simulated platform failed (test builds only).
+    #[cfg(feature = "sim")]
     #[error("simulated platform: {0}")]
-    Sim(#[from] SimError),
+    Sim(#[from] keybroker_sim::SimError),
 }
 
 #[cfg(test)]
@@ -242,7 +266,7 @@ mod tests {
 
     #[test]
     fn provider_config_parses_and_prints() {
-        let cases = [
+        let mut cases = vec![
             (
                 "sev-guest",
                 ProviderConfig::SevGuest {
@@ -267,13 +291,14 @@ mod tests {
                     root: "/tmp/r".into(),
                 },
             ),
-            (
-                "sim:/tmp/p",
-                ProviderConfig::Sim {
-                    dir: "/tmp/p".into(),
-                },
-            ),
         ];
+        #[cfg(feature = "sim")]
+        cases.push((
+            "sim:/tmp/p",
+            ProviderConfig::Sim {
+                dir: "/tmp/p".into(),
+            },
+        ));
         for (text, want) in cases {
             let got: ProviderConfig = text.parse().unwrap();
             assert_eq!(got, want, "{text}");
@@ -299,8 +324,28 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let msg = "sim".parse::<ProviderConfig>().unwrap_err().to_string();
+        let msg = ProviderConfig::parse("sim", true).unwrap_err().to_string();
         assert!(msg.contains("sim:DIR"), "{msg}");
+    }
+
+    /// What the shipped build (no `sim` feature) says to `sim:DIR`.
+    #[test]
+    fn a_build_without_the_simulator_refuses_sim_and_says_why() {
+        for text in ["sim:/tmp/p", "sim"] {
+            let err = ProviderConfig::parse(text, false).unwrap_err();
+            assert!(
+                matches!(err, EvidenceError::InvalidConfig { .. }),
+                "{text}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("built without the simulated platform")
+                    && msg.contains("cargo feature `sim`")
+                    && msg.contains("use sev-guest or configfs-tsm"),
+                "{msg}"
+            );
+        }
+        assert!(ProviderConfig::parse("sev-guest", false).is_ok());
     }
 
     #[test]
@@ -317,16 +362,9 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("mount -t configfs"));
-        let err = open_provider(&ProviderConfig::Sim { dir: missing })
-            .err()
-            .unwrap();
-        assert!(
-            matches!(err, EvidenceError::Sim(SimError::Missing { .. })),
-            "{err}"
-        );
         let err = open_provider_at_vmpl(
-            &ProviderConfig::Sim {
-                dir: tmp.path().into(),
+            &ProviderConfig::ConfigfsTsm {
+                root: tmp.path().into(),
             },
             4,
         )

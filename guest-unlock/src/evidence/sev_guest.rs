@@ -8,8 +8,10 @@ use sev::firmware::guest::Firmware;
 use sev::firmware::host::CertTableEntry;
 use sev::parser::ByteParser;
 
-use super::cert_table::{encode_cert_table, CertEntry};
-use super::{Evidence, EvidenceError, EvidenceProvider, DEFAULT_SEV_GUEST_DEVICE, REPORT_LEN};
+use keybroker_snp::cert_table::{self, CertEntry, Guid};
+use keybroker_snp::report::REPORT_LEN;
+
+use super::{Evidence, EvidenceError, EvidenceProvider, DEFAULT_SEV_GUEST_DEVICE};
 
 /// Reports from `/dev/sev-guest`.
 #[derive(Debug)]
@@ -71,11 +73,11 @@ pub(crate) fn table_from_sev_entries(entries: &[CertTableEntry]) -> Result<Vec<u
             ))
         })?;
         out.push(CertEntry {
-            guid,
+            guid: Guid(guid),
             data: e.data.clone(),
         });
     }
-    Ok(encode_cert_table(&out)?)
+    Ok(cert_table::encode(&out)?)
 }
 
 impl EvidenceProvider for SevGuestProvider {
@@ -103,7 +105,7 @@ impl EvidenceProvider for SevGuestProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::cert_table::parse_cert_table;
+    use keybroker_snp::cert_table::CertKind;
     use sev::firmware::host::CertType;
 
     #[test]
@@ -117,9 +119,9 @@ mod tests {
         // The sev crate's own encoder of the layout the kernel hands to the PSP.
         let theirs = CertTableEntry::cert_table_to_vec_bytes(&entries).unwrap();
         assert_eq!(ours, theirs);
-        let parsed = parse_cert_table(&ours).unwrap();
+        let parsed = cert_table::decode(&ours).unwrap();
         assert_eq!(parsed.len(), 3);
-        assert_eq!(parsed[1].kind(), Some("ask"));
+        assert_eq!(parsed[1].kind(), Some(CertKind::Ask));
         assert_eq!(parsed[1].data, vec![0x30; 17]);
     }
 

@@ -1,44 +1,36 @@
-//! The `sim` provider: reports signed by a simulated platform directory (see [`crate::sim`]),
-//! as the guest described by the directory's optional `guest.toml`.
+//! The `sim` provider (test builds only, cargo feature `sim`): reports signed by a
+//! simulated platform directory ([`keybroker_sim`]), as the guest described by the
+//! directory's optional `guest.toml`.
 
 use std::path::Path;
 
-use crate::sim::{SimGuest, SimPlatform, GUEST_FILE};
+use keybroker_sim::{SimEvidence, SimGuest, SimPlatform};
 
 use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// Reports from a simulated platform. Proves nothing about the machine it runs on.
 #[derive(Debug)]
-pub struct SimProvider {
-    platform: SimPlatform,
-    guest: SimGuest,
-}
+pub struct SimProvider(SimEvidence);
 
 impl SimProvider {
     /// Loads the platform in `dir` and, if present, `dir/guest.toml`.
     pub fn open(dir: &Path) -> Result<Self, EvidenceError> {
-        let platform = SimPlatform::load(dir)?;
-        let guest_path = dir.join(GUEST_FILE);
-        let guest = if guest_path.exists() {
-            SimGuest::load(&guest_path)?
-        } else {
-            SimGuest::default()
-        };
+        let sim = SimEvidence::open(dir)?;
         tracing::warn!(
             dir = %dir.display(),
             "using a SIMULATED SEV-SNP platform: its reports prove nothing about this machine"
         );
-        Ok(Self::new(platform, guest))
+        Ok(Self(sim))
     }
 
     /// Uses an already loaded platform and guest description.
     pub fn new(platform: SimPlatform, guest: SimGuest) -> Self {
-        Self { platform, guest }
+        Self(SimEvidence::new(platform, guest))
     }
 
     /// The simulated guest this provider reports as.
     pub fn guest(&self) -> &SimGuest {
-        &self.guest
+        self.0.guest()
     }
 }
 
@@ -48,37 +40,24 @@ impl EvidenceProvider for SimProvider {
     }
 
     fn get_evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-        Ok(Evidence {
-            report: self.platform.report(report_data, &self.guest)?,
-            cert_table: self.platform.cert_table(),
-        })
+        let (report, cert_table) = self.0.evidence(report_data)?;
+        Ok(Evidence { report, cert_table })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::cert_table::{parse_cert_table, GUID_VCEK};
     use crate::evidence::{open_provider, ProviderConfig};
-    use crate::sim::{SimError, SimParams};
     use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
-
-    fn verify(report: &[u8], vcek_der: &[u8]) {
-        let cert = crate::sim::der::parse_cert(vcek_der).unwrap();
-        let mut sig = [0u8; 96];
-        for i in 0..48 {
-            sig[i] = report[0x2A0 + 47 - i];
-            sig[48 + i] = report[0x2E8 + 47 - i];
-        }
-        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, cert.public_key)
-            .verify(&report[..0x2A0], &sig)
-            .expect("report signature verifies under the VCEK from the certificate table");
-    }
+    use keybroker_sim::{SimError, SimParams, GUEST_FILE};
+    use keybroker_snp::cert_table::{self, CertKind};
+    use keybroker_snp::report::{self as layout, offset, signature, SIGNED_RANGE};
 
     #[test]
     fn evidence_verifies_and_uses_guest_toml() {
         let dir = tempfile::tempdir().unwrap();
-        SimPlatform::generate(dir.path(), &SimParams::default()).unwrap();
+        let p = SimPlatform::generate(dir.path(), &SimParams::default()).unwrap();
         std::fs::write(
             dir.path().join(GUEST_FILE),
             format!(
@@ -94,16 +73,37 @@ mod tests {
         assert_eq!(provider.name(), "sim");
         let data = [0x42; 64];
         let ev = provider.get_evidence(&data).unwrap();
-        let table = parse_cert_table(&ev.cert_table).unwrap();
-        let vcek = table.iter().find(|e| e.guid == GUID_VCEK).unwrap();
-        verify(&ev.report, &vcek.data);
-        assert_eq!(u32::from_le_bytes(ev.report[0..4].try_into().unwrap()), 3);
+        let table = cert_table::decode(&ev.cert_table).unwrap();
+        let vcek = table
+            .iter()
+            .find(|e| e.kind() == Some(CertKind::Vcek))
+            .unwrap();
+        assert_eq!(vcek.data, p.vcek_der());
+        let sig = signature::to_fixed(&ev.report).unwrap();
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, p.vcek_public_key())
+            .verify(&ev.report[SIGNED_RANGE], &sig)
+            .expect("report signature verifies under the platform's VCEK");
+        assert_eq!(layout::u32_at(&ev.report, offset::VERSION), Some(3));
+        assert_eq!(layout::u32_at(&ev.report, offset::VMPL), Some(1));
         assert_eq!(
-            u32::from_le_bytes(ev.report[0x30..0x34].try_into().unwrap()),
-            1
+            layout::bytes_at(&ev.report, offset::MEASUREMENT),
+            Some([0xab; 48])
         );
-        assert_eq!(&ev.report[0x90..0xC0], &[0xab; 48]);
-        assert_eq!(&ev.report[0x50..0x90], &data);
+        assert_eq!(layout::report_data(&ev.report), Some(&data[..]));
+    }
+
+    #[test]
+    fn a_missing_platform_is_an_error_not_a_fallback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = open_provider(&ProviderConfig::Sim {
+            dir: tmp.path().join("missing"),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, EvidenceError::Sim(SimError::Missing { .. })),
+            "{err}"
+        );
     }
 
     #[test]

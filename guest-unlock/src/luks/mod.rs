@@ -37,7 +37,9 @@ pub use device::{
     MIN_PBKDF2_ITERATIONS, RAW_HEAD_BYTES, VOLUME_KEY_BYTES,
 };
 
-use crate::config::{BrokerUrl, SpkiPin};
+use keybroker_proto::SpkiPin;
+
+use crate::config::BrokerUrl;
 use crate::flow::{UnlockError, UnwrappedKey};
 use crate::token::{is_broker_token, BrokerToken, SlotVersion, TokenError};
 
@@ -420,7 +422,7 @@ fn add_bindings(
     let id = dev.set_token(None, &token.to_json())?;
     let out = vec![Binding::new(req.device, id, &token)];
     for (slot, key) in slots {
-        dev.check_passphrase(Some(*slot), &key.key)?;
+        dev.check_passphrase(Some(*slot), key.expose_secret())?;
     }
     // Read back through the strict parser: what unlock will see.
     let written = read_tokens(dev)?;
@@ -446,7 +448,7 @@ fn bind_existing(
 ) -> Result<Vec<Binding>, BindError> {
     let mut slots = Vec::new();
     for k in keys {
-        let slot = dev.add_keyslot(pass, &k.key, Pbkdf::MinimalPbkdf2)?;
+        let slot = dev.add_keyslot(pass, k.expose_secret(), Pbkdf::MinimalPbkdf2)?;
         slots.push((slot, *k));
     }
     add_bindings(dev, req, &slots)
@@ -461,17 +463,21 @@ fn bind_format(
     let dev = dev_out.insert(Device::format(path)?);
     let first = keys[0];
     let mut slots = vec![(
-        dev.add_keyslot_after_format(&first.key, Pbkdf::MinimalPbkdf2)?,
+        dev.add_keyslot_after_format(first.expose_secret(), Pbkdf::MinimalPbkdf2)?,
         first,
     )];
     for k in &keys[1..] {
         slots.push((
-            dev.add_keyslot(&first.key, &k.key, Pbkdf::MinimalPbkdf2)?,
+            dev.add_keyslot(
+                first.expose_secret(),
+                k.expose_secret(),
+                Pbkdf::MinimalPbkdf2,
+            )?,
             *k,
         ));
     }
     if let Some(p) = &req.passphrase {
-        dev.add_keyslot(&first.key, p, Pbkdf::Default)?;
+        dev.add_keyslot(first.expose_secret(), p, Pbkdf::Default)?;
     }
     add_bindings(dev, req, &slots)
 }

@@ -123,19 +123,14 @@ fn thread_cpu() -> Duration {
 fn p384_verify_cost(sim: &SimPlatform, n: usize) -> anyhow::Result<Duration> {
     use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
     let report = sim.report(&[7u8; 64], &default_guest())?;
-    let mut sig = [0u8; 96];
-    for (i, off) in [0x2A0usize, 0x2E8].into_iter().enumerate() {
-        let le = &report[off..off + 48];
-        for j in 0..48 {
-            sig[i * 48 + j] = le[47 - j];
-        }
-    }
+    use keybroker_snp::report::{signature, SIGNED_RANGE};
+    let sig = signature::to_fixed(&report)?;
     let key = UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, sim.vcek_public_key().to_vec());
-    key.verify(&report[..0x2A0], &sig)
+    key.verify(&report[SIGNED_RANGE], &sig)
         .map_err(|_| anyhow::anyhow!("simulated report does not verify"))?;
     let start = thread_cpu();
     for _ in 0..n {
-        key.verify(std::hint::black_box(&report[..0x2A0]), &sig)
+        key.verify(std::hint::black_box(&report[SIGNED_RANGE]), &sig)
             .map_err(|_| anyhow::anyhow!("verify failed"))?;
     }
     Ok((thread_cpu() - start) / n as u32)

@@ -3,7 +3,9 @@
 //!
 //! It exists for tests, the demo and VM end-to-end runs without AMD hardware. It proves
 //! nothing about a machine: the broker trusts it only when its configuration names this
-//! platform's ARK explicitly, and `guest-unlock` uses it only when told to (`sim:DIR`).
+//! platform's ARK explicitly, and `guest-unlock` uses it only when built with its `sim`
+//! feature (test builds) and told to (`sim:DIR`); the shipped `guest-unlock` does not
+//! contain it.
 //!
 //! A platform lives in a directory:
 //! - `ark.pem`: self-signed root, subject `CN=ARK-Sim-<Generation>, O=keybroker simulated platform`;
@@ -15,6 +17,8 @@
 //!
 //! All three keys are ECDSA P-384. Real AMD ARKs and ASKs are RSA-4096 (RSA-PSS signatures);
 //! the broker verifies both.
+
+#![forbid(unsafe_code)]
 
 pub mod certs;
 pub(crate) mod der;
@@ -35,18 +39,11 @@ use sev::firmware::host::TcbVersion;
 use sev::parser::ByteParser;
 use time::{Duration, OffsetDateTime};
 
-use crate::evidence::cert_table::{encode_cert_table, CertEntry, GUID_ARK, GUID_ASK, GUID_VCEK};
+use keybroker_snp::cert_table::{self, CertEntry, CertKind};
+use keybroker_snp::report::{signature, REPORT_LEN, SIGNED_RANGE};
 
 pub use files::{ARK_FILE, ASK_FILE, GUEST_FILE, KEY_FILE, PLATFORM_FILE, VCEK_FILE};
 
-/// Size of an SNP attestation report.
-pub const REPORT_LEN: usize = 0x4A0;
-/// End of the signed area: the signature covers bytes `0..SIGNED_LEN`.
-pub const SIGNED_LEN: usize = 0x2A0;
-/// Offset of the signature's R component (72 bytes, little-endian).
-pub const SIG_R_OFFSET: usize = 0x2A0;
-/// Offset of the signature's S component (72 bytes, little-endian).
-pub const SIG_S_OFFSET: usize = 0x2E8;
 /// Default guest policy: SMT allowed (bit 16), reserved bit 17 set; debug and migration
 /// agent not allowed, ABI 0.0.
 pub const DEFAULT_POLICY: u64 = 0x30000;
@@ -471,7 +468,7 @@ impl SimPlatform {
     }
 
     /// The extended-report certificate table holding VCEK, ASK and ARK, in that order
-    /// (layout and GUID byte order: [`crate::evidence::cert_table`]).
+    /// (layout and GUID byte order: [`keybroker_snp::cert_table`]).
     pub fn cert_table(&self) -> Vec<u8> {
         self.cert_table.clone()
     }
@@ -536,40 +533,28 @@ impl SimPlatform {
         Ok(bytes)
     }
 
-    /// Signs `report[..0x2A0]` and writes the signature fields.
+    /// Signs the signed range and writes the signature fields
+    /// ([`keybroker_snp::report::signature`]).
     fn sign_in_place(&self, report: &mut [u8]) -> Result<(), SimError> {
+        if report.len() != REPORT_LEN {
+            return Err(SimError::Crypto("unexpected report size"));
+        }
         let sig = self
             .vcek_key
-            .sign(&SystemRandom::new(), &report[..SIGNED_LEN])
+            .sign(&SystemRandom::new(), &report[SIGNED_RANGE])
             .map_err(|_| SimError::Crypto("ECDSA P-384 signing failed"))?;
-        let sig = sig.as_ref();
-        if sig.len() != 96 || report.len() != REPORT_LEN {
-            return Err(SimError::Crypto("unexpected signature or report size"));
-        }
-        for (field, half) in [(SIG_R_OFFSET, &sig[..48]), (SIG_S_OFFSET, &sig[48..])] {
-            let out = &mut report[field..field + 72];
-            out.fill(0);
-            for (o, b) in out.iter_mut().zip(half.iter().rev()) {
-                *o = *b;
-            }
-        }
-        Ok(())
+        let sig: &[u8; 96] = sig
+            .as_ref()
+            .try_into()
+            .map_err(|_| SimError::Crypto("unexpected signature size"))?;
+        signature::write_fixed(report, sig).map_err(|_| SimError::Crypto("unexpected report size"))
     }
 
     fn from_parts(parts: files::Parts) -> Result<Self, SimError> {
-        let cert_table = encode_cert_table(&[
-            CertEntry {
-                guid: GUID_VCEK,
-                data: parts.vcek_der.clone(),
-            },
-            CertEntry {
-                guid: GUID_ASK,
-                data: parts.ask_der.clone(),
-            },
-            CertEntry {
-                guid: GUID_ARK,
-                data: parts.ark_der.clone(),
-            },
+        let cert_table = cert_table::encode(&[
+            CertEntry::new(CertKind::Vcek, parts.vcek_der.clone()),
+            CertEntry::new(CertKind::Ask, parts.ask_der.clone()),
+            CertEntry::new(CertKind::Ark, parts.ark_der.clone()),
         ])
         .map_err(|e| SimError::Malformed {
             path: parts.dir.clone(),
@@ -621,5 +606,52 @@ impl SimGuest {
             }
             other => other,
         })
+    }
+}
+
+/// A platform and the guest it reports as: what the `sim` evidence provider of
+/// `guest-unlock` serves.
+#[derive(Debug)]
+pub struct SimEvidence {
+    platform: SimPlatform,
+    guest: SimGuest,
+}
+
+impl SimEvidence {
+    /// Loads the platform in `dir` and, if present, `dir/guest.toml` (else the
+    /// [`SimGuest::default`]).
+    pub fn open(dir: &Path) -> Result<Self, SimError> {
+        let platform = SimPlatform::load(dir)?;
+        let guest_path = dir.join(GUEST_FILE);
+        let guest = if guest_path.exists() {
+            SimGuest::load(&guest_path)?
+        } else {
+            SimGuest::default()
+        };
+        Ok(Self::new(platform, guest))
+    }
+
+    /// An already loaded platform and guest description.
+    pub fn new(platform: SimPlatform, guest: SimGuest) -> Self {
+        Self { platform, guest }
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &SimPlatform {
+        &self.platform
+    }
+
+    /// The guest it reports as.
+    pub fn guest(&self) -> &SimGuest {
+        &self.guest
+    }
+
+    /// A signed report binding `report_data`, and the certificate table
+    /// (VCEK, ASK, ARK).
+    pub fn evidence(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<u8>), SimError> {
+        Ok((
+            self.platform.report(report_data, &self.guest)?,
+            self.platform.cert_table(),
+        ))
     }
 }

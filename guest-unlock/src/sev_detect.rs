@@ -1,4 +1,5 @@
-//! `guest-unlock status`: is memory encryption really on in this guest?
+//! SEV detection, what `guest-unlock status` shows: is memory encryption
+//! really on in this guest?
 //!
 //! Checks that need neither root nor dmesg: the CPU flags the kernel
 //! exposes in `/proc/cpuinfo` (`sev`, `sev_es`, `sev_snp`: in a guest the
@@ -12,10 +13,13 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::config::ConfigError;
+use crate::evidence::{EvidenceError, EvidenceProvider};
 
 /// The observations, as plain data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Status {
     /// `sev` in the CPU flags.
     pub sev: bool,
@@ -27,9 +31,52 @@ pub struct Status {
     pub sev_guest_device: bool,
     /// The configfs-tsm report directory exists.
     pub configfs_tsm: bool,
-    /// A test report, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<Result<ReportSummary, String>>,
+    /// A test report, when asked for (in JSON: `{"Ok": {...}}` or
+    /// `{"Err": "why"}`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "report_json"
+    )]
+    pub report: Option<Result<ReportSummary, ReportError>>,
+}
+
+/// Why no test report could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The configuration names no usable provider.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The provider failed.
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    /// What it returned is not a report.
+    #[error(transparent)]
+    Parse(#[from] ReportParseError),
+}
+
+fn report_json<S: Serializer>(
+    r: &Option<Result<ReportSummary, ReportError>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    enum Shown<'a> {
+        Ok(&'a ReportSummary),
+        Err(String),
+    }
+    match r {
+        Some(Ok(summary)) => Shown::Ok(summary).serialize(s),
+        Some(Err(e)) => Shown::Err(e.to_string()).serialize(s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Asks `provider` for a report (with a fixed REPORT_DATA: it is shown,
+/// never sent anywhere) and decodes what `status` shows of it.
+pub fn sample_report(provider: &dyn EvidenceProvider) -> Result<ReportSummary, ReportError> {
+    let mut rd = [0u8; 64];
+    rd[..16].copy_from_slice(b"guest-unlock sta");
+    let ev = provider.get_evidence(&rd)?;
+    Ok(summarize_report(&ev.report)?)
 }
 
 impl Status {
@@ -174,63 +221,57 @@ pub struct ReportSummary {
 #[error("not an SEV-SNP attestation report: {0}")]
 pub struct ReportParseError(pub String);
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-/// Decodes the fields `status` shows (offsets of the SEV-SNP ABI's
-/// ATTESTATION_REPORT; report versions 2, 3 and 5).
+/// Decodes the fields `status` shows ([`keybroker_snp::report`] layout;
+/// report versions 2 to 5).
 pub fn summarize_report(b: &[u8]) -> Result<ReportSummary, ReportParseError> {
-    if b.len() != crate::evidence::REPORT_LEN {
+    use keybroker_snp::report::{self as layout, offset, policy, TcbLayout, REPORT_LEN};
+    if b.len() != REPORT_LEN {
         return Err(ReportParseError(format!(
-            "{} bytes, expected {}",
-            b.len(),
-            crate::evidence::REPORT_LEN
+            "{} bytes, expected {REPORT_LEN}",
+            b.len()
         )));
     }
-    let version = u32_at(b, 0x00);
+    // The length is checked: every field below is inside the report.
+    let u32_at = |off| layout::u32_at(b, off).unwrap_or_default();
+    let u64_at = |off| layout::u64_at(b, off).unwrap_or_default();
+    let version = u32_at(offset::VERSION);
     if !matches!(version, 2..=5) {
         return Err(ReportParseError(format!(
             "unknown report version {version}"
         )));
     }
-    let policy = u64::from(u32_at(b, 0x08)) | (u64::from(u32_at(b, 0x0c)) << 32);
-    let vmpl = u32_at(b, 0x30);
-    let raw = u64::from(u32_at(b, 0x180)) | (u64::from(u32_at(b, 0x184)) << 32);
-    let t = raw.to_le_bytes();
-    // CPUID family (reports v3+): Turin (0x1A) lays the TCB out with FMC first.
-    let turin = version >= 3 && b[0x188] == 0x1a;
-    let reported_tcb = if turin {
-        Tcb {
-            raw,
-            fmc: Some(t[0]),
-            bootloader: t[1],
-            tee: t[2],
-            snp: t[3],
-            microcode: t[7],
-        }
+    let policy = u64_at(offset::POLICY);
+    let raw = u64_at(offset::REPORTED_TCB);
+    // The CPUID family (reports v3+) tells Turin's TCB layout apart.
+    let tcb_layout = if version >= 3 {
+        TcbLayout::for_cpuid_family(b[offset::CPUID_FAMILY])
     } else {
-        Tcb {
-            raw,
-            fmc: None,
-            bootloader: t[0],
-            tee: t[1],
-            snp: t[6],
-            microcode: t[7],
-        }
+        TcbLayout::MilanGenoa
     };
+    let t = layout::decode_tcb(raw.to_le_bytes(), tcb_layout);
+    let (abi_major, abi_minor) = policy::abi(policy);
     Ok(ReportSummary {
         version,
         policy,
-        debug_allowed: policy & (1 << 19) != 0,
-        migrate_ma_allowed: policy & (1 << 18) != 0,
-        smt_allowed: policy & (1 << 16) != 0,
-        single_socket: policy & (1 << 20) != 0,
-        abi_major: ((policy >> 8) & 0xff) as u8,
-        abi_minor: (policy & 0xff) as u8,
-        vmpl,
-        reported_tcb,
-        measurement: hex::encode(&b[0x90..0x90 + 48]),
+        debug_allowed: policy & policy::DEBUG != 0,
+        migrate_ma_allowed: policy & policy::MIGRATE_MA != 0,
+        smt_allowed: policy & policy::SMT != 0,
+        single_socket: policy & policy::SINGLE_SOCKET != 0,
+        abi_major,
+        abi_minor,
+        vmpl: u32_at(offset::VMPL),
+        reported_tcb: Tcb {
+            raw,
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+            fmc: t.fmc,
+        },
+        measurement: hex::encode(
+            layout::bytes_at::<{ layout::MEASUREMENT_LEN }>(b, offset::MEASUREMENT)
+                .unwrap_or([0; layout::MEASUREMENT_LEN]),
+        ),
     })
 }
 
@@ -259,19 +300,26 @@ mod tests {
         std::fs::write(d.path().join("dev/sev-guest"), "").unwrap();
         let mut s = observe(d.path());
         assert!(s.snp_active());
-        s.report = Some(Err("no provider".into()));
+        s.report = Some(Err(ReportError::Parse(ReportParseError(
+            "no provider".into(),
+        ))));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["report"]["Err"],
+            "not an SEV-SNP attestation report: no provider"
+        );
         assert!(!s.snp_active());
         assert!(s.lines().last().unwrap().ends_with("NO"));
     }
 
     #[test]
     fn report_fields() {
-        let p = crate::sim::SimPlatform::generate(
+        let p = keybroker_sim::SimPlatform::generate(
             &tempfile::tempdir().unwrap().path().join("p"),
-            &crate::sim::SimParams::default(),
+            &keybroker_sim::SimParams::default(),
         )
         .unwrap();
-        let guest = crate::sim::SimGuest::default();
+        let guest = keybroker_sim::SimGuest::default();
         let bytes = p.report(&[7u8; 64], &guest).unwrap();
         let r = summarize_report(&bytes).unwrap();
         assert_eq!(r.measurement, hex::encode(guest.measurement));

@@ -11,7 +11,8 @@ use sev::parser::ByteParser;
 use super::certs::{amd_oid, AMD_OID_PREFIX};
 use super::der::{self, oid_contents};
 use super::*;
-use crate::evidence::cert_table::{parse_cert_table, GUID_ARK, GUID_ASK, GUID_VCEK};
+use keybroker_snp::cert_table::{self, CertKind};
+use keybroker_snp::report::signature;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,22 +26,15 @@ fn gen(params: &SimParams) -> (tempfile::TempDir, SimPlatform) {
     (dir, p)
 }
 
-/// Verifies the report signature the way the broker must: over the raw bytes 0..0x2A0,
-/// with R and S converted from 72-byte little-endian fields.
+/// Verifies the report signature the way the broker must: over the raw signed range,
+/// with R and S converted from their 72-byte little-endian fields.
 fn verify_report(report: &[u8], vcek_der: &[u8]) -> bool {
     let cert = der::parse_cert(vcek_der).unwrap();
-    if report[0x2A0 + 48..0x2A0 + 72].iter().any(|b| *b != 0)
-        || report[0x2E8 + 48..0x2E8 + 72].iter().any(|b| *b != 0)
-    {
+    let Ok(sig) = signature::to_fixed(report) else {
         return false;
-    }
-    let mut sig = [0u8; 96];
-    for i in 0..48 {
-        sig[i] = report[0x2A0 + 47 - i];
-        sig[48 + i] = report[0x2E8 + 47 - i];
-    }
+    };
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, cert.public_key)
-        .verify(&report[..SIGNED_LEN], &sig)
+        .verify(&report[SIGNED_RANGE], &sig)
         .is_ok()
 }
 
@@ -266,9 +260,16 @@ fn chain_is_signed_and_named_as_specified() {
 #[test]
 fn cert_table_holds_vcek_ask_ark() {
     let (_dir, p) = gen(&SimParams::default());
-    let table = parse_cert_table(&p.cert_table()).unwrap();
-    let guids: Vec<_> = table.iter().map(|e| e.guid).collect();
-    assert_eq!(guids, vec![GUID_VCEK, GUID_ASK, GUID_ARK]);
+    let table = cert_table::decode(&p.cert_table()).unwrap();
+    let kinds: Vec<_> = table.iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            Some(CertKind::Vcek),
+            Some(CertKind::Ask),
+            Some(CertKind::Ark)
+        ]
+    );
     assert_eq!(table[0].data, p.vcek_der());
     assert_eq!(table[1].data, p.ask_der());
     assert_eq!(table[2].data, p.ark_der());

@@ -1,12 +1,13 @@
-//! `guest-unlock sim-platform`: create and describe a simulated SEV-SNP
-//! platform for tests and demos. A broker trusts it only when its config
-//! names the platform's `ark.pem` under `[attestation.simulated]`.
+//! `guest-unlock sim-platform` (test builds only, cargo feature `sim`):
+//! create and describe a simulated SEV-SNP platform for tests and demos. A
+//! broker trusts it only when its config names the platform's `ark.pem`
+//! under `[attestation.simulated]`.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::sim::{Generation, SimGuest, SimParams, SimPlatform, GUEST_FILE};
+use keybroker_sim::{Generation, SimError, SimGuest, SimParams, SimPlatform, GUEST_FILE};
 
 /// `guest-unlock sim-platform ...`
 #[derive(Debug, Subcommand)]
@@ -29,12 +30,11 @@ pub enum SimCommand {
     },
 }
 
-/// Runs a sim-platform command; returns the exit code.
-pub fn run(cmd: SimCommand) -> Result<(), String> {
+/// Runs a sim-platform command.
+pub fn run(cmd: SimCommand) -> Result<(), SimError> {
     match cmd {
         SimCommand::Init { dir, generation } => {
-            let p = SimPlatform::generate(&dir, &SimParams::new(generation))
-                .map_err(|e| e.to_string())?;
+            let p = SimPlatform::generate(&dir, &SimParams::new(generation))?;
             println!(
                 "created simulated {} platform in {}",
                 p.generation(),
@@ -47,10 +47,10 @@ pub fn run(cmd: SimCommand) -> Result<(), String> {
             Ok(())
         }
         SimCommand::Show { dir } => {
-            let p = SimPlatform::load(&dir).map_err(|e| e.to_string())?;
+            let p = SimPlatform::load(&dir)?;
             let guest_path = dir.join(GUEST_FILE);
             let guest = if guest_path.exists() {
-                SimGuest::load(&guest_path).map_err(|e| e.to_string())?
+                SimGuest::load(&guest_path)?
             } else {
                 SimGuest::default()
             };
