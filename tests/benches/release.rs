@@ -92,8 +92,10 @@ fn release(c: &mut Criterion) {
                 let report = dir.sim.report(rd.as_bytes(), &guest).unwrap();
                 let input = broker::release::AttestInput {
                     nonce: grant.nonce,
-                    report,
-                    cert_table: table.clone(),
+                    evidence: broker::verify::Evidence::SnpReport {
+                        report,
+                        cert_table: table.clone(),
+                    },
                     guest_public_key: key.public(),
                     volumes: volumes.clone(),
                 };
