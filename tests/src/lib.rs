@@ -9,7 +9,8 @@
 //! - [`exe`]: the real `broker` and `guest-unlock` executables, run in a
 //!   temporary directory, ripgrep `tests/util.rs` style;
 //! - [`snapshot`]: snapshots of what an executable printed;
-//! - [`fixtures`]: the real AMD report sets of `tests/fixtures/snp-real/`;
+//! - [`fixtures`]: the real AMD report sets of `tests/fixtures/snp-real/`
+//!   and the real Azure captures of `tests/fixtures/azure-snp-vtpm/`;
 //! - [`store_conformance`]: the suite every store implementation passes.
 
 pub mod exe;

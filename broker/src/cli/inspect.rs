@@ -32,8 +32,8 @@ impl EvidenceInput {
     /// Reads `path`: JSON (an object) is an Azure vTPM evidence file,
     /// anything else a raw report.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read report {}", path.display()))?;
         if bytes.trim_ascii_start().first() == Some(&b'{') {
             let file = EvidenceFile::parse(&bytes)
                 .with_context(|| format!("{} is JSON but no evidence file", path.display()))?;

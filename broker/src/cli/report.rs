@@ -184,6 +184,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
             Some(e) => println!("authenticity:  REFUSED {}: {e}", e.reason_code()),
         }
         match found.binding {
+            // As before 1.2, a raw report's output says nothing of it.
+            Binding::NotChecked if !azure => {}
             Binding::NotChecked => println!("binding:       not checked (give --report-data HEX)"),
             Binding::Ok if azure => {
                 println!("binding:       ok (the quote's qualifying data is --report-data)")
