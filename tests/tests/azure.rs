@@ -27,9 +27,11 @@ use keybroker_tests::{
 };
 
 /// A broker directory, its simulated platform's paravisor in front of a
-/// provisioned swtpm; `None` when swtpm is absent (skipped). The broker
-/// finds the VCEK in its certificate directory: an Azure guest sends none.
-fn setup(opts: &BrokerOptions) -> Option<(BrokerDir, SimVtpm)> {
+/// provisioned swtpm, and policy `azure` admitting the paravisor and the
+/// PCR set `guest-unlock status --pcrs` printed (returned too); `None` when
+/// swtpm is absent (skipped). The broker finds the VCEK in its certificate
+/// directory: an Azure guest sends none.
+fn setup(opts: &BrokerOptions) -> Option<(BrokerDir, SimVtpm, String)> {
     let dir = BrokerDir::create(&BrokerOptions {
         sim_certs_dir: true,
         ..opts.clone()
@@ -37,7 +39,10 @@ fn setup(opts: &BrokerOptions) -> Option<(BrokerDir, SimVtpm)> {
     .unwrap();
     let paravisor = SimParavisor::new(SimPlatform::load(dir.sim.dir()).unwrap());
     let vtpm = SimVtpm::start(Arc::new(paravisor), &dir.dir.path().join("vtpm")).unwrap()?;
-    Some((dir, vtpm))
+    let entry = pcr_set_from_status(vtpm.socket());
+    dir.set_policy("azure", &vtpm_policy_for(&paravisor_measurement(), &entry))
+        .unwrap();
+    Some((dir, vtpm, entry))
 }
 
 /// `guest-unlock status --pcrs=0-9 --tpm SOCKET`: the policy entry it prints.
@@ -84,12 +89,9 @@ fn denied_codes(out: &guest_unlock::FetchOutcome) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_with_the_reference_pcrs_gets_its_key_and_others_do_not() {
-    let Some((dir, vtpm)) = setup(&BrokerOptions::default()) else {
+    let Some((dir, vtpm, entry)) = setup(&BrokerOptions::default()) else {
         return;
     };
-    let entry = pcr_set_from_status(vtpm.socket());
-    dir.set_policy("azure", &vtpm_policy_for(&paravisor_measurement(), &entry))
-        .unwrap();
     // The same guest, but the policy pins another PCR 0.
     let other: Vec<String> = entry
         .lines()
@@ -131,12 +133,9 @@ async fn a_guest_with_the_reference_pcrs_gets_its_key_and_others_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_data_the_hcl_report_does_not_carry_is_refused() {
-    let Some((dir, vtpm)) = setup(&BrokerOptions::default()) else {
+    let Some((dir, vtpm, _)) = setup(&BrokerOptions::default()) else {
         return;
     };
-    let entry = pcr_set_from_status(vtpm.socket());
-    dir.set_policy("azure", &vtpm_policy_for(&paravisor_measurement(), &entry))
-        .unwrap();
     dir.add_volume("root", "azure").unwrap();
     // Straight to swtpm, no paravisor: the guest's write of the transcript
     // hash leaves the HCL report as provisioned (user data zero). The
@@ -180,12 +179,9 @@ async fn the_simulated_paravisor_is_trusted_only_when_configured() {
         trust_simulated: false,
         ..BrokerOptions::default()
     };
-    let Some((dir, vtpm)) = setup(&opts) else {
+    let Some((dir, vtpm, _)) = setup(&opts) else {
         return;
     };
-    let entry = pcr_set_from_status(vtpm.socket());
-    dir.set_policy("azure", &vtpm_policy_for(&paravisor_measurement(), &entry))
-        .unwrap();
     dir.add_volume("root", "azure").unwrap();
     let broker = RunningBroker::start(&dir).await.unwrap();
     let out = attest(&dir, &broker, vtpm.socket()).await.unwrap();
