@@ -2,7 +2,7 @@
 # tests/vm: what the guest said, read from machine-readable lines only.
 #
 # guest-unlock prints one line per event on the console (the contract is
-# in tests/vm/README.md, "Event lines"):
+# in docs/operations.md, "Event lines"):
 #   guest-unlock: event=unlocked v=1 volume=root device=/dev/vda name=root keyslot=1 key-version=1 decision=7
 # and the test root prints its own markers:
 #   KEYBROKER-ROOT-OK root=/dev/mapper/root      the root it was started from
