@@ -34,16 +34,17 @@ rot_survived() {
     ROT_SURVIVED=$((ROT_SURVIVED + 1))
 }
 
-# rot_versions: "current=N pending=M" (null when none) from the broker.
+# rot_versions [FILE]: "current=N pending=M" (null when none), from the
+# running broker or from a saved `broker volume show root --json`.
 rot_versions() {
-    broker_cli volume show root --json 2>/dev/null |
-        jq -r '.rotation | "current=\(.current_version) pending=\(.pending_version)"'
+    if [ -n "${1:-}" ]; then cat "$1"; else broker_cli volume show root --json 2>/dev/null; fi |
+        jq -r '.rotation | "current=\(.current_version) pending=\(.pending_version)"' 2>/dev/null
 }
 
-rot_expect_versions() { # WHEN CURRENT
+rot_expect_versions() { # WHEN CURRENT [FILE]
     local v
-    v=$(rot_versions)
-    [ "$v" = "current=$2 pending=null" ] || fail "$1 the broker has $v, expected current=$2 and none pending"
+    v=$(rot_versions "${3:-}")
+    [ "$v" = "current=$2 pending=null" ] || fail "$1 the broker has ${v:-nothing}, expected current=$2 and none pending"
 }
 
 fx_rotation() {
@@ -103,6 +104,9 @@ fx_rotation() {
     # The last boot goes all the way to the root.
     boot rot-final "${IMAGE[it-root]}" "$STOP_RE" "$dir/root.img"
     root_mounted "${BOOT[log]}" || { no_root; return 1; }
+    # The broker's end state, for the check (the broker stops with the fixture).
+    broker_cli volume show root --json >"$dir/volume.json" 2>&1 ||
+        { fail "broker volume show failed: $(cat "$dir/volume.json")"; return 1; }
     broker_cli status --json >"$dir/status.json" 2>&1 || { fail "broker status failed: $(cat "$dir/status.json")"; return 1; }
 }
 
@@ -113,7 +117,7 @@ scenario rotation rotation check_rotation \
 # rotation under way.
 check_rotation() {
     local dir=$1 slots
-    rot_expect_versions "at the end" 3 || return 1
+    rot_expect_versions "at the end" 3 "$dir/volume.json" || return 1
     slots=$("$G" list "$dir/root.img" --json 2>&1 | jq -c '[.[] | .slots[]]') ||
         { fail "guest-unlock list --json failed: $slots"; return 1; }
     [ "$(jq -r 'length' <<<"$slots")" = 1 ] && [ "$(jq -r '.[0].key_version' <<<"$slots")" = 3 ] ||
