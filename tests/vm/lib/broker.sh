@@ -2,7 +2,7 @@
 # tests/vm: the broker of a fixture, on the host's 127.0.0.1, administered
 # through its admin socket. One broker at a time.
 
-declare -A BROKER=() # dir cfg pin port pid log
+declare -A BROKER=() # dir cfg pin port pid log error
 
 # broker_new DIR: init, the simulated ARK trusted, serve, policy "vm"
 # admitting the simulated platform's measurement.
@@ -33,14 +33,19 @@ broker_serve() {
     BROKER[pid]=$!
     disown "${BROKER[pid]}" # no job report when a scenario kills it
     track "${BROKER[pid]}"
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 300); do
         grep -q '^listening on ' "$dir/serve.out" 2>/dev/null && break
         kill -0 "${BROKER[pid]}" 2>/dev/null || break
         sleep 0.1
     done
     addr=$(awk '/^listening on / { print $3; exit }' "$dir/serve.out")
-    [ -n "$addr" ] || { tail -n 20 "${BROKER[log]}" >&2; return 1; }
-    BROKER[port]=${addr##*:}
+    if [ -z "$addr" ]; then
+        # why, for the scenario's FAIL line
+        if kill -0 "${BROKER[pid]}" 2>/dev/null; then BROKER[error]="not listening after 30 s"; else BROKER[error]="exited at once"; fi
+        BROKER[error]+=", last log line: $(tail -n 1 "${BROKER[log]}")"
+        return 1
+    fi
+    BROKER[port]=${addr##*:} BROKER[error]=
 }
 
 # broker_stop [SIGNAL]: SIGTERM drains (bounded here to 3 s); KILL is a crash.

@@ -5,7 +5,7 @@
 fixture unlock it-root-data
 fx_unlock() {
     local dir=$1 mark
-    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed"; return 1; }
+    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed: ${BROKER[error]:-see its log}"; return 1; }
     enrolled_disks "$dir" root data || return 1
     mark=$(audit_mark)
     boot unlock "${IMAGE[it-root-data]}" "$STOP_RE" "$dir/root.img" "$dir/data.img"

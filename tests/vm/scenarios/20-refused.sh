@@ -9,7 +9,7 @@ OTHER_MEASUREMENT=$(printf '%096d' 0 | tr 0 e)
 # admitted the guest; now the policy names another image.
 fx_refused_on() {
     local variant=$1 name=$2 dir=$3 mark
-    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed"; return 1; }
+    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed: ${BROKER[error]:-see its log}"; return 1; }
     enrolled_disks "$dir" root || return 1
     policy_set vm "$OTHER_MEASUREMENT" || { fail "broker policy set failed"; return 1; }
     mark=$(audit_mark)
@@ -52,7 +52,7 @@ BROKER_DOWN_BUDGET=10
 fixture broker-down it-root
 fx_broker_down() {
     local dir=$1
-    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed"; return 1; }
+    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed: ${BROKER[error]:-see its log}"; return 1; }
     enrolled_disks "$dir" root || return 1
     broker_stop KILL # the broker crashed: nothing listens on its port any more
     BOOT_APPEND="guest_unlock.timeout=$BROKER_DOWN_BUDGET" \

@@ -5,7 +5,7 @@
 fixture dracut-unlock dracut-root
 fx_dracut_unlock() {
     local dir=$1 mark
-    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed"; return 1; }
+    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed: ${BROKER[error]:-see its log}"; return 1; }
     enrolled_disks "$dir" root || return 1
     mark=$(audit_mark)
     BOOT_APPEND=rd.neednet=1 boot dracut-unlock "${IMAGE[dracut-root]}" "$STOP_RE" "$dir/root.img"
