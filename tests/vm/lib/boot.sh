@@ -28,7 +28,8 @@ qemu_accel() {
 # (2-3 s a boot under TCG); -smp 2 measured no faster on a 2-core host.
 # Boots until qemu exits (the test root powers off) or until STOP_RE
 # appears on the console (then qemu is stopped). BOOT_APPEND adds to the
-# kernel command line; BOOT_BROKER_PORT overrides the broker's port.
+# kernel command line, BOOT_QEMU_ARGS (words) to qemu's (a TPM, say);
+# BOOT_BROKER_PORT overrides the broker's port.
 boot() {
     local name=$1 initrd=$2 want=$3
     shift 3
@@ -37,14 +38,14 @@ boot() {
     local t0 qpid
     t0=$(now)
     rm -f "$log"
-    # shellcheck disable=SC2046 # qemu_accel is several words by design
+    # shellcheck disable=SC2046,SC2086 # qemu_accel and BOOT_QEMU_ARGS are several words
     timeout "$BOOT_TIMEOUT" qemu-system-x86_64 $(qemu_accel) -m 512 -smp 1 -nodefaults \
         -display none -monitor none -no-reboot -serial "file:$log" \
         -kernel "${VM[boot_kernel]}" -initrd "$initrd" \
         -append "$KERNEL_APPEND ${BOOT_APPEND:-} ${KEYBROKER_VM_APPEND:-}" \
         "${drives[@]}" \
         -netdev "user,id=n0,restrict=on,guestfwd=tcp:$GUEST_BROKER_IP:$GUEST_BROKER_PORT-cmd:socat -lf $LOGS/$name.socat.log - TCP:127.0.0.1:$port" \
-        -device virtio-net-pci,netdev=n0,romfile= \
+        -device virtio-net-pci,netdev=n0,romfile= ${BOOT_QEMU_ARGS:-} \
         </dev/null >"$LOGS/$name.qemu.log" 2>&1 &
     qpid=$!
     track "$qpid"

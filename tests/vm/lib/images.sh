@@ -18,13 +18,14 @@
 
 declare -A IMAGE=()       # variant -> image file
 declare -A IMAGE_ERR=()   # variant -> why it could not be built
-declare -A IMAGE_BUILDER=() IMAGE_VOLUMES=()
+declare -A IMAGE_BUILDER=() IMAGE_VOLUMES=() IMAGE_EVIDENCE=()
 KEYFILE_KEY=$W/initrd/keyfile-baseline.key # the keyfile variant's key
 
-# image_def VARIANT BUILDER VOLUMES: BUILDER is initramfs-tools, dracut or
-# keyfile; VOLUMES the crypttab's entries (root on /dev/vda, data on
-# /dev/vdb).
-image_def() { IMAGE_BUILDER[$1]=$2; IMAGE_VOLUMES[$1]=$3; }
+# image_def VARIANT BUILDER VOLUMES [EVIDENCE]: BUILDER is initramfs-tools,
+# dracut or keyfile; VOLUMES the crypttab's entries (root on /dev/vda, data
+# on /dev/vdb); EVIDENCE the guest config's provider (default: the
+# simulated platform, which the image then carries).
+image_def() { IMAGE_BUILDER[$1]=$2 IMAGE_VOLUMES[$1]=$3 IMAGE_EVIDENCE[$1]=${4:-sim:/etc/guest-unlock/sim}; }
 
 image_def it-root initramfs-tools root
 image_def it-root-data initramfs-tools "root data"
@@ -52,20 +53,22 @@ in_build_ns() {
     ' build-ns "${#layers[@]}" "${layers[@]}" "$@"
 }
 
-# The guest's configuration, as the initramfs carries it.
+# write_guest_config FILE EVIDENCE: the guest's configuration, as the
+# initramfs carries it.
 write_guest_config() {
     cat >"$1" <<TOML
-# VM tests only: the simulated platform's directory is in the initramfs.
-evidence = "sim:/etc/guest-unlock/sim"
+# VM tests only.
+evidence = "$2"
 timeout_secs = $GUEST_TIMEOUT_SECS
 connect_timeout_secs = $GUEST_CONNECT_TIMEOUT_SECS
 TOML
 }
 
-# config_layer DIR VOLUMES [KEYFILE]: /etc/crypttab and /etc/guest-unlock.
-# With KEYFILE, Debian's own cryptroot opens the root with it (no project).
+# config_layer DIR VOLUMES EVIDENCE [KEYFILE]: /etc/crypttab and
+# /etc/guest-unlock. With KEYFILE, Debian's own cryptroot opens the root
+# with it (no project).
 config_layer() {
-    local d=$1 vols=$2 keyfile=${3:-}
+    local d=$1 vols=$2 evidence=$3 keyfile=${4:-}
     rm -rf "$d" && mkdir -p "$d/etc" || return 1
     if [ -n "$keyfile" ]; then
         printf 'root\t/dev/vda\t%s\tluks,initramfs\n' "$keyfile" >"$d/etc/crypttab"
@@ -76,9 +79,9 @@ config_layer() {
     : >"$d/etc/crypttab"
     [[ " $vols " != *" root "* ]] || printf 'root\t/dev/vda\tnone\tluks,initramfs\n' >>"$d/etc/crypttab"
     [[ " $vols " != *" data "* ]] || printf 'data\t/dev/vdb\tnone\tluks,initramfs\n' >>"$d/etc/crypttab"
-    mkdir -p "$d/etc/guest-unlock" &&
-        write_guest_config "$d/etc/guest-unlock/config.toml" &&
-        cp -a "${VM[sim]}" "$d/etc/guest-unlock/sim" && rm -f "$d/etc/guest-unlock/sim/.done"
+    mkdir -p "$d/etc/guest-unlock" && write_guest_config "$d/etc/guest-unlock/config.toml" "$evidence" || return 1
+    [ "$evidence" != sim:/etc/guest-unlock/sim ] ||
+        { cp -a "${VM[sim]}" "$d/etc/guest-unlock/sim" && rm -f "$d/etc/guest-unlock/sim/.done"; }
 }
 
 # The integration under test, installed the way a user installs it (one
@@ -132,13 +135,13 @@ build_image() {
     if [ -n "$kf" ] && [ ! -s "$kf" ]; then
         (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$kf") || return 1
     fi
-    h=$(inputs_hash "$v" "$builder" "$vols" "${kf:+$(cat "$kf")}")
+    h=$(inputs_hash "$v" "$builder" "$vols" "${IMAGE_EVIDENCE[$v]}" "${kf:+$(cat "$kf")}")
     out=$W/initrd/$v.$h.img
     if [ -s "$out" ]; then IMAGE[$v]=$out; return; fi
     rm -f "$W/initrd/$v".*.img
     log=$W/initrd/$v.log
     cfg=$W/layers/config-$v
-    config_layer "$cfg" "$vols" "$kf" || { IMAGE_ERR[$v]="writing the config layer failed"; return; }
+    config_layer "$cfg" "$vols" "${IMAGE_EVIDENCE[$v]}" "$kf" || { IMAGE_ERR[$v]="writing the config layer failed"; return; }
     if [ "$builder" != keyfile ]; then
         project=$(project_layer 2>"$log") || { IMAGE_ERR[$v]="$(cat "$log")"; return; }
     fi
