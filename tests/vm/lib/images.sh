@@ -113,6 +113,7 @@ it_confdir() {
 inputs_hash() {
     {
         sha256sum "${VM[vmlinuz]}" "$VM_HOME/lib/images.sh" "$G"
+        ls -R "${VM[kernel]}/usr/lib/modules" # a layer that lost its modules rebuilds the images
         find "${VM[sim]}" -type f -exec sha256sum {} + | sort
         [ -d "$IRD" ] && (cd "$IRD" && find . -type f -exec sha256sum {} + | sort)
         dpkg-query -W -f '${Package}=${Version}\n' initramfs-tools-core cryptsetup-initramfs \

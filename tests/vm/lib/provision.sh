@@ -30,14 +30,16 @@ provision_kernel() {
     [ -n "$pkg" ] || die "apt-cache depends linux-image-amd64 names no kernel"
     kver=${pkg#linux-image-}
     dir=$W/kernel/$pkg
-    if [ ! -e "$dir/.done" ]; then
+    # The marker names the layout: a kernel extracted by an older harness
+    # (modules under lib/, marker .done) is extracted again.
+    if [ ! -e "$dir/.layer-done" ] || [ ! -d "$dir/usr/lib/modules/$kver" ]; then
         note "fetching $pkg"
         fetch_deb "$pkg" "$dir" || die "apt-get download $pkg failed"
         depmod -b "$dir" "$kver" || die "depmod failed"
         # merged /usr, as the build namespace lays it over /usr/lib
         mkdir -p "$dir/usr/lib" && mv "$dir/lib/modules" "$dir/usr/lib/" && rm -rf "${dir:?}/lib" ||
             die "moving the modules to usr/lib failed"
-        touch "$dir/.done"
+        touch "$dir/.layer-done"
     fi
     VM[kver]=$kver VM[kernel]=$dir VM[vmlinuz]=$dir/boot/vmlinuz-$kver
     [ -r "${VM[vmlinuz]}" ] || die "no ${VM[vmlinuz]}"
