@@ -153,9 +153,9 @@ pub fn done(unlocked: usize, locked: usize, secs: f64) -> String {
 }
 
 /// Prints an event line on standard error, prefixed like every
-/// diagnostic.
+/// diagnostic (in one write).
 pub fn emit(line: &str) {
-    eprintln!("guest-unlock: {line}");
+    super::eprint_err(line);
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ impl Failpoint {
         let cmdline = std::fs::read_to_string(CMDLINE).unwrap_or_default();
         let fp = Self::from_sources(std::env::var_os(ENV).as_deref(), &cmdline);
         if let Some(p) = &fp.armed {
-            eprintln!("guest-unlock: test hook: crash point {p} armed");
+            super::eprint_err(format_args!("test hook: crash point {p} armed"));
         }
         fp
     }
@@ -68,7 +68,9 @@ impl Failpoint {
         let armed = name.filter(|n| {
             let ok = !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
             if !ok {
-                eprintln!("guest-unlock: ignoring crash point {n:?}: not a crash point name");
+                super::eprint_err(format_args!(
+                    "ignoring crash point {n:?}: not a crash point name"
+                ));
             }
             ok
         });
@@ -79,7 +81,7 @@ impl Failpoint {
     pub fn after(&self, step: RotationStep) {
         let p = point(step);
         if self.armed.as_deref() == Some(p) {
-            eprintln!("guest-unlock: crash point {p} reached");
+            super::eprint_err(format_args!("crash point {p} reached"));
             super::events::emit(&super::events::crash_point(p));
             let _ = rustix::process::kill_process(
                 rustix::process::getpid(),

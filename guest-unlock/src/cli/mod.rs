@@ -161,9 +161,13 @@ pub fn parse() -> Cli {
     Cli::parse()
 }
 
-/// Prints a diagnostic on standard error, prefixed like every other.
+/// Prints a diagnostic on standard error, prefixed like every other, in
+/// one `write` so that a kernel message on the boot console cannot split
+/// the line (the VM harness reads the event lines from the console).
 pub fn eprint_err(msg: impl std::fmt::Display) {
-    eprintln!("guest-unlock: {msg}");
+    use std::io::Write as _;
+    let line = format!("guest-unlock: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Runs a parsed command line and returns the process exit code.

@@ -1,0 +1,116 @@
+# shellcheck shell=bash
+# tests/vm: the guests' disks. One LUKS2 template per kind (root, data) is
+# made once (mke2fs -d, then offline encryption: the host has no
+# device-mapper); each fixture copies it and enrolls the copy with
+# `guest-unlock bind` against its own broker.
+
+# The test root: says which root it runs from and whether the data volume
+# opened (tests/vm/lib/events.sh reads these markers), then powers off.
+write_test_init() {
+    cat >"$1" <<EOF
+#!/bin/busybox sh
+B=/bin/busybox
+\$B mount -t proc proc /proc 2>/dev/null
+\$B mount -t sysfs sys /sys 2>/dev/null
+\$B mount -t devtmpfs dev /dev 2>/dev/null
+echo "$MARKER_ROOT root=\$(\$B awk '\$2 == "/" { print \$1 }' /proc/mounts | \$B tail -n 1)"
+for m in /dev/mapper/data /dev/mapper/luks-*; do
+    [ -b "\$m" ] || continue
+    \$B mount -o ro "\$m" /mnt && \$B cat /mnt/marker && \$B umount /mnt
+done
+\$B sync
+\$B poweroff -f
+EOF
+    chmod 755 "$1"
+}
+
+make_rootfs() {
+    local dir=$1
+    rm -rf "$dir" && mkdir -p "$dir"/{bin,sbin,dev,proc,sys,mnt,tmp,run,etc} || return 1
+    cp "${VM[busybox]}" "$dir/bin/busybox" || return 1
+    # systemd's switch-root (dracut) wants an OS tree: os-release.
+    printf 'NAME="keybroker VM test root"\nID=keybroker-test\n' >"$dir/etc/os-release"
+    write_test_init "$dir/sbin/init"
+}
+
+make_datafs() {
+    rm -rf "$1" && mkdir -p "$1" && echo "$MARKER_DATA" >"$1/marker"
+}
+
+# make_luks IMG KEYFILE DIR: ext4 holding DIR, encrypted offline to LUKS2.
+make_luks() {
+    local img=$1 key=$2 dir=$3
+    rm -f "$img"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$key") &&
+        truncate -s 64M "$img" &&
+        quiet mke2fs -q -t ext4 -d "$dir" -F "$img" 48M &&
+        quiet cryptsetup reencrypt --batch-mode --encrypt --type luks2 --pbkdf pbkdf2 \
+            --pbkdf-force-iterations 1000 --reduce-device-size 16M --key-file "$key" "$img"
+}
+
+# The templates, remade when busybox or the test init change.
+provision_disks() {
+    local d=$W/disks h
+    h=$( { sha256sum "${VM[busybox]}" "$VM_HOME/lib/disks.sh" "$VM_HOME/lib/events.sh"; } | sha256sum | cut -c1-16)
+    VM[disks]=$d
+    [ "$(cat "$d/.hash" 2>/dev/null)" = "$h" ] && return 0
+    rm -rf "$d" && mkdir -p "$d" || die "mkdir $d"
+    make_rootfs "$d/rootdir" && make_luks "$d/root.img" "$d/root.key" "$d/rootdir" ||
+        die "making the LUKS2 root template failed"
+    make_datafs "$d/datadir" && make_luks "$d/data.img" "$d/data.key" "$d/datadir" ||
+        die "making the LUKS2 data template failed"
+    rm -rf "$d/rootdir" "$d/datadir"
+    echo "$h" >"$d/.hash"
+}
+
+# disk_copy KIND DIR: DIR/KIND.img and DIR/KIND.key from the template.
+disk_copy() {
+    cp --sparse=always "${VM[disks]}/$1.img" "$2/$1.img" && cp "${VM[disks]}/$1.key" "$2/$1.key"
+}
+
+# bind_volume DIR VOLUME: enrolls DIR/VOLUME.img with the current broker.
+# The token must name the broker as the GUEST dials it (10.0.2.100:8443),
+# so bind runs in a private network namespace where 10.0.2.100 is a local
+# address and a socat there forwards (through a unix socket) to the
+# broker on the host's 127.0.0.1. No packet leaves the host's loopback.
+bind_volume() {
+    local dir=$1 vol=$2 sock=$1/broker-$2.sock spid rc
+    rm -f "$sock"
+    socat "UNIX-LISTEN:$sock,fork" "TCP:127.0.0.1:${BROKER[port]}" 2>/dev/null &
+    spid=$!
+    track "$spid"
+    for _ in $(seq 1 50); do [ -S "$sock" ] && break; sleep 0.05; done
+    unshare -n bash -c '
+        set -u
+        ip link set lo up && ip addr add "$1/32" dev lo || exit 1
+        socat "TCP-LISTEN:$2,bind=$1,fork,reuseaddr" "UNIX-CONNECT:$3" 2>/dev/null &
+        fwd=$!
+        for i in $(seq 1 50); do
+            grep -qi ":$(printf %04X "$2") " /proc/net/tcp 2>/dev/null && break
+            sleep 0.05
+        done
+        shift 3
+        "$@"; rc=$?
+        kill $fwd 2>/dev/null; wait $fwd 2>/dev/null
+        exit $rc
+    ' bind "$GUEST_BROKER_IP" "$GUEST_BROKER_PORT" "$sock" \
+        "$G" bind "$dir/$vol.img" --broker "$GUEST_BROKER_URL" --volume "$vol" --pin "${BROKER[pin]}" \
+        --key-file "$dir/$vol.key" --evidence "sim:${VM[sim]}" >"$dir/bind-$vol.log" 2>&1
+    rc=$?
+    kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+    untrack "$spid"
+    rm -f "$sock"
+    [ $rc -eq 0 ] || { sed 's/^/    bind: /' "$dir/bind-$vol.log" >&2; return 1; }
+}
+
+# enrolled_disks DIR VOLUME...: copies of the templates, each volume added
+# to the broker (policy vm) and bound: DIR/VOLUME.img.
+enrolled_disks() {
+    local dir=$1 v
+    shift
+    for v in "$@"; do
+        broker_cli volume add "$v" --policy vm >/dev/null || { fail "broker volume add $v failed"; return 1; }
+        disk_copy "$v" "$dir" || { fail "copying the $v disk failed"; return 1; }
+        bind_volume "$dir" "$v" || { fail "guest-unlock bind $v failed"; return 1; }
+    done
+}
