@@ -120,11 +120,7 @@ impl Evidence {
             Evidence::AzureVtpm(a) => {
                 let quoted = keybroker_vtpm::tpm::attest::QuoteAttest::parse(&a.quote)
                     .is_ok_and(|q| q.extra_data == report_data);
-                let user_data = keybroker_vtpm::HclReport::parse(&a.hcl_report)
-                    .ok()
-                    .and_then(|h| keybroker_vtpm::RuntimeClaims::parse(h.variable_data()).ok())
-                    .is_some_and(|c| c.user_data == report_data);
-                quoted && user_data
+                quoted && azure_vtpm::carries(&a.hcl_report, report_data)
             }
         }
     }
