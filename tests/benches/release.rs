@@ -117,8 +117,8 @@ fn release(c: &mut Criterion) {
 fn azure(c: &mut Criterion) {
     use broker::verify::{AzureVtpmEvidence, Evidence, TrustStore, VerifiedEvidence, Verifier};
     let capture = keybroker_tests::fixtures::azure_captures().remove(0);
-    let file = keybroker_vtpm::EvidenceFile::parse(&std::fs::read(capture.path()).unwrap())
-        .unwrap();
+    let file =
+        keybroker_vtpm::EvidenceFile::parse(&std::fs::read(capture.path()).unwrap()).unwrap();
     let evidence = Evidence::AzureVtpm(AzureVtpmEvidence::from_file(&file));
     let report_data = hex::decode(&capture.report_data).unwrap();
     let verifier = Verifier::new(TrustStore::amd(), None);
