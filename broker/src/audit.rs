@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Map, Value};
 
 use crate::store::AuditEvent;
-use crate::verify::{ReportClaims, SignerKind, Tcb};
+use crate::verify::{BoundEvidence, ReportClaims, SignerKind, Tcb};
 
 /// An audit entry being assembled during one request.
 #[derive(Debug)]
@@ -79,6 +79,23 @@ impl AuditDraft {
         ];
         for (k, v) in fields {
             self.details.insert(k.to_owned(), v);
+        }
+    }
+
+    /// Records what bound evidence adds to its report's claims: for Azure
+    /// vTPM evidence, the verified PCR values (`pcrs`, index to hex: what
+    /// the policy's PCR sets are compared with) and the HCL header version.
+    /// Nothing for a bare report.
+    pub fn record_bound(&mut self, bound: &BoundEvidence) {
+        if let BoundEvidence::AzureVtpm(b) = bound {
+            let pcrs: Map<String, Value> = b
+                .pcrs()
+                .iter()
+                .map(|(i, v)| (i.to_string(), Value::from(hex::encode(v))))
+                .collect();
+            self.details.insert("pcrs".into(), Value::Object(pcrs));
+            self.details
+                .insert("hcl_version".into(), Value::from(b.hcl_version()));
         }
     }
 

@@ -1,10 +1,12 @@
 //! Key release: the Challenge and Attest steps of the protocol, independent
 //! of gRPC (the `grpc` module adapts them to the wire).
 //!
-//! **Invariant:** a volume key is wrapped only for a [`BoundReport`], which
-//! only `verify` can construct after every evidence check passed and
-//! REPORT_DATA matched the transcript; and only to the guest public key that
-//! the transcript (and so the signed report) binds.
+//! **Invariant:** a volume key is wrapped only for a [`BoundEvidence`] (a
+//! bare SNP report, or Azure vTPM evidence), which only `verify` can
+//! construct after every evidence check passed and the evidence was bound
+//! to the transcript (REPORT_DATA, or the quote and the HCL user data); and
+//! only to the guest public key that the transcript (and so the signed
+//! evidence) binds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use crate::store::{
     KeyState, NonceOutcome, RotationSessionLookup, RotationSessionRecord, Store, StoreError,
     StoredPolicy,
 };
-use crate::verify::{BoundReport, Verifier};
+use crate::verify::{BoundEvidence, Evidence, Verifier};
 
 /// A granted nonce.
 #[derive(Debug)]
@@ -42,10 +44,9 @@ pub struct ChallengeGrant {
 pub struct AttestInput {
     /// Nonce from Challenge.
     pub nonce: Nonce,
-    /// Raw report bytes.
-    pub report: Vec<u8>,
-    /// Extended-report certificate table (may be empty).
-    pub cert_table: Vec<u8>,
+    /// The evidence: a bare report with its certificate table, or Azure
+    /// vTPM evidence.
+    pub evidence: Evidence,
     /// The guest's ephemeral X25519 public key.
     pub guest_public_key: GuestPublicKey,
     /// Requested volumes, in transcript order.
@@ -290,13 +291,14 @@ impl Broker {
             return Err(crate::error::InvalidRequest::VolumesDiffer.into());
         }
 
-        // 2-5. Parse, chain, VEK binding, signature; then REPORT_DATA.
-        let verified = self
-            .verifier
-            .verify(&input.report, &input.cert_table, None, now)?;
+        // 2-5. Parse, chain, VEK binding, signature; then the binding:
+        // REPORT_DATA, or on Azure the quote and the HCL user data.
+        let verified = self.verifier.verify_evidence(&input.evidence, None, now)?;
         audit.record_claims(verified.claims());
+        audit.detail("evidence", verified.kind().as_str());
         let expected = report_data(&input.nonce, &input.guest_public_key, &input.volumes);
         let bound = verified.bind(expected.as_bytes())?;
+        audit.record_bound(&bound);
 
         // 6. Each volume's state and policy.
         let mut keys = Vec::new();
@@ -345,7 +347,7 @@ impl Broker {
     /// a broker failure; the inner one a refusal of this volume.
     fn release_volume(
         &self,
-        bound: &BoundReport,
+        bound: &BoundEvidence,
         volume: &VolumeId,
         report_data: &keybroker_proto::ReportData,
         guest: &GuestPublicKey,
@@ -360,7 +362,7 @@ impl Broker {
             Ok(p) => p,
             Err(cause) => return Ok(Err(cause)),
         };
-        let verdict = policy.evaluate(bound.claims());
+        let verdict = policy.evaluate_evidence(bound);
         if !verdict.is_allowed() {
             return Ok(Err(RefusalCause::Policy(verdict.failures)));
         }

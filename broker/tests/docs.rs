@@ -13,6 +13,7 @@ fn all_codes() -> BTreeSet<&'static str> {
     broker::error::ALL_REASON_CODES
         .iter()
         .chain(broker::verify::ALL_REASON_CODES)
+        .chain(broker::verify::VTPM_REASON_CODES)
         .chain(broker::policy::ALL_REASON_CODES)
         .copied()
         .collect()

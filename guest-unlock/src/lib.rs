@@ -8,9 +8,10 @@
 //!
 //! - [`config`]: the guest configuration (brokers, key pins, timeouts,
 //!   evidence provider);
-//! - [`evidence`]: where the SEV-SNP report comes from (`sev-guest`,
-//!   `configfs-tsm`; in test builds, cargo feature `sim`, also the simulated
-//!   platform of `keybroker-sim`, only when configured);
+//! - [`evidence`]: where the SEV-SNP evidence comes from (`sev-guest`,
+//!   `configfs-tsm`, Azure's vTPM `azure-vtpm`; in test builds, cargo
+//!   feature `sim`, also the simulated platform of `keybroker-sim`, only
+//!   when configured);
 //! - [`client`]: gRPC over TLS pinned to the broker's key;
 //! - [`flow`]: the unlock flow as explicit states, and [`flow::fetch_keys`];
 //! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);
@@ -18,13 +19,15 @@
 //! - [`unlock`]: finding bound devices and opening them at boot;
 //! - [`rotation`]: enrolling a pending key version, confirming it, removing
 //!   the retired keyslot;
-//! - [`sev_detect`]: is SEV-SNP active in this guest (what `guest-unlock
+//! - [`sev_detect`]: is SEV-SNP active in this guest, and [`azure_detect`]:
+//!   is it an Azure confidential VM, and its vTPM's PCRs (what `guest-unlock
 //!   status` shows).
 //!
 //! Errors are typed, per module; nothing here prints, exits or reads the
 //! process's arguments.
 #![deny(unsafe_code)]
 
+pub mod azure_detect;
 pub mod client;
 pub mod config;
 pub mod evidence;

@@ -9,12 +9,15 @@
 //! a report and decodes its guest policy, TCB and launch measurement.
 //!
 //! SEV-SNP counts as active when the `sev_snp` flag is set or
-//! `/dev/sev-guest` exists (and, with `--report`, the report was obtained).
+//! `/dev/sev-guest` exists, or when this is an Azure confidential VM (its
+//! vTPM holds the paravisor's HCL report, [`crate::azure_detect`]); and,
+//! with `--report`, the report was obtained.
 
 use std::path::Path;
 
 use serde::{Serialize, Serializer};
 
+use crate::azure_detect::AzureStatus;
 use crate::config::ConfigError;
 use crate::evidence::{EvidenceError, EvidenceProvider};
 
@@ -31,11 +34,13 @@ pub struct Status {
     pub sev_guest_device: bool,
     /// The configfs-tsm report directory exists.
     pub configfs_tsm: bool,
+    /// What is found of an Azure confidential VM.
+    pub azure: AzureStatus,
     /// A test report, when asked for (in JSON: `{"Ok": {...}}` or
     /// `{"Err": "why"}`).
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "report_json"
+        serialize_with = "result_json"
     )]
     pub report: Option<Result<ReportSummary, ReportError>>,
 }
@@ -54,18 +59,19 @@ pub enum ReportError {
     Parse(#[from] ReportParseError),
 }
 
-fn report_json<S: Serializer>(
-    r: &Option<Result<ReportSummary, ReportError>>,
+/// An optional result as JSON: `{"Ok": value}`, `{"Err": "why"}` or `null`.
+pub(crate) fn result_json<S: Serializer, T: Serialize, E: std::fmt::Display>(
+    r: &Option<Result<T, E>>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
-    enum Shown<'a> {
-        Ok(&'a ReportSummary),
+    enum Shown<'a, T> {
+        Ok(&'a T),
         Err(String),
     }
     match r {
-        Some(Ok(summary)) => Shown::Ok(summary).serialize(s),
-        Some(Err(e)) => Shown::Err(e.to_string()).serialize(s),
+        Some(Ok(v)) => Shown::Ok(v).serialize(s),
+        Some(Err(e)) => Shown::<T>::Err(e.to_string()).serialize(s),
         None => s.serialize_none(),
     }
 }
@@ -76,13 +82,18 @@ pub fn sample_report(provider: &dyn EvidenceProvider) -> Result<ReportSummary, R
     let mut rd = [0u8; 64];
     rd[..16].copy_from_slice(b"guest-unlock sta");
     let ev = provider.get_evidence(&rd)?;
-    Ok(summarize_report(&ev.report)?)
+    let report = ev.snp_report().ok_or_else(|| {
+        ReportParseError(
+            "the provider's HCL report does not frame, so it holds no SNP report".into(),
+        )
+    })?;
+    Ok(summarize_report(&report)?)
 }
 
 impl Status {
     /// Whether SEV-SNP is active (see the module docs).
     pub fn snp_active(&self) -> bool {
-        let base = self.sev_snp || self.sev_guest_device;
+        let base = self.sev_snp || self.sev_guest_device || self.azure.detected();
         match &self.report {
             Some(Err(_)) => false,
             _ => base,
@@ -99,6 +110,7 @@ impl Status {
             format!("/dev/sev-guest: {}", yn(self.sev_guest_device)),
             format!("configfs-tsm:   {}", yn(self.configfs_tsm)),
         ];
+        v.extend(self.azure.lines());
         match &self.report {
             None => {}
             Some(Err(e)) => v.push(format!("report: unavailable: {e}")),
@@ -168,6 +180,7 @@ pub fn observe(root: &Path) -> Status {
         sev_snp,
         sev_guest_device: root.join("dev/sev-guest").exists(),
         configfs_tsm: root.join("sys/kernel/config/tsm/report").is_dir(),
+        azure: crate::azure_detect::observe(root),
         report: None,
     }
 }

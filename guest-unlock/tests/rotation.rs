@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use guest_unlock::evidence::{Evidence, EvidenceError, EvidenceProvider};
+use guest_unlock::evidence::{Evidence, EvidenceError, EvidenceProvider, SnpEvidence};
 use guest_unlock::flow::{attest_session, FetchOutcome, Session};
 use guest_unlock::luks::{self, Device, LuksError, Pbkdf};
 use guest_unlock::rotation::{RotationStep, SessionConfirmer, StepDone};
@@ -219,10 +219,11 @@ impl EvidenceProvider for FakeEvidence {
         use keybroker_snp::report::{offset, REPORT_DATA_LEN, REPORT_LEN};
         let mut report = vec![0u8; REPORT_LEN];
         report[offset::REPORT_DATA..offset::REPORT_DATA + REPORT_DATA_LEN].copy_from_slice(rd);
-        Ok(Evidence {
+        Ok(SnpEvidence {
             report,
             cert_table: Vec::new(),
-        })
+        }
+        .into())
     }
 }
 

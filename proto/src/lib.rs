@@ -66,8 +66,8 @@ pub use rotation::{
 };
 pub use transcript::{report_data, REPORT_DATA_LABEL, TRANSCRIPT_REVISION};
 pub use version::{
-    check_version, protocol_version, VersionMismatch, PROTOCOL_MAJOR, PROTOCOL_MINOR,
-    REASON_VERSION_MISMATCH,
+    check_version, protocol_version, VersionMismatch, MINOR_AZURE_VTPM, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, REASON_VERSION_MISMATCH,
 };
 pub use wrap::{
     wrap_volume_key, GuestKeyPair, WrapError, WrappedKey, HPKE_ENC_LEN, HPKE_TAG_LEN,

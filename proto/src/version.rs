@@ -10,8 +10,13 @@ pub const PROTOCOL_MAJOR: u32 = 1;
 
 /// Minor protocol version. Any minor of the same major interoperates: a minor
 /// release only adds optional fields, and never changes the REPORT_DATA
-/// transcript or the wrapping parameters.
-pub const PROTOCOL_MINOR: u32 = 1;
+/// transcript or the wrapping parameters. 1.1 added `ConfirmRotation`, 1.2
+/// the Azure vTPM evidence kind.
+pub const PROTOCOL_MINOR: u32 = 2;
+
+/// The first minor whose brokers accept Azure vTPM evidence
+/// (`EVIDENCE_KIND_AZURE_VTPM`); an older broker sees an empty `report`.
+pub const MINOR_AZURE_VTPM: u32 = 2;
 
 /// Reason code sent in [`pb::Denial`] when the peer's major version differs
 /// or its version is missing (gRPC code `FAILED_PRECONDITION`).
@@ -112,7 +117,7 @@ mod tests {
         let e = check_version(None).unwrap_err();
         assert_eq!(e.theirs, None);
         let msg = e.to_string();
-        assert!(msg.contains("v1.1"), "{msg}");
+        assert!(msg.contains(&format!("v1.{PROTOCOL_MINOR}")), "{msg}");
         assert!(msg.contains("no protocol version"), "{msg}");
         assert!(msg.contains("upgrade"), "{msg}");
     }
@@ -121,7 +126,10 @@ mod tests {
     fn other_major_is_refused_with_both_versions_and_advice() {
         let newer = pb::ProtocolVersion { major: 2, minor: 3 };
         let msg = check_version(Some(&newer)).unwrap_err().to_string();
-        assert!(msg.contains("v1.1") && msg.contains("v2.3"), "{msg}");
+        assert!(
+            msg.contains(&format!("v1.{PROTOCOL_MINOR}")) && msg.contains("v2.3"),
+            "{msg}"
+        );
         assert!(msg.contains("upgrade the older side (this side)"), "{msg}");
 
         let older = pb::ProtocolVersion { major: 0, minor: 9 };

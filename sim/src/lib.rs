@@ -17,9 +17,13 @@
 //!
 //! All three keys are ECDSA P-384. Real AMD ARKs and ASKs are RSA-4096 (RSA-PSS signatures);
 //! the broker verifies both.
+//!
+//! [`azure`] simulates an Azure confidential VM on top: a paravisor that provisions a
+//! software TPM as Azure's vTPM and refreshes its HCL report, signed by this platform's VCEK.
 
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod certs;
 pub(crate) mod der;
 mod files;
@@ -377,6 +381,9 @@ pub enum SimError {
     /// The `sev` crate could not encode the report.
     #[error("encoding the simulated report failed: {0}")]
     Encode(std::io::Error),
+    /// A TPM command of the simulated Azure paravisor failed.
+    #[error("simulated vTPM: {0}")]
+    Tpm(String),
 }
 
 /// A loaded simulated platform, able to sign reports with its VCEK.

@@ -55,3 +55,49 @@ pub fn expected_field(set: &str, name: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The real Azure confidential VM captures (HCL report, quote, PCRs, VCEK).
+pub const AZURE_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/azure-snp-vtpm");
+
+/// One Azure capture and what its `EXPECTED.md` row says.
+#[derive(Debug, Clone)]
+pub struct AzureCapture {
+    /// File name, e.g. `evidence-v0.json`.
+    pub file: String,
+    /// The expected binding value (the quote's qualifying data), hex.
+    pub report_data: String,
+    /// The expected PCR 0, hex.
+    pub pcr0: String,
+}
+
+impl AzureCapture {
+    /// The capture's path.
+    pub fn path(&self) -> PathBuf {
+        Path::new(AZURE_FIXTURES).join(&self.file)
+    }
+}
+
+/// The Azure captures, from the table of `EXPECTED.md` (`| file | … = HEX
+/// or HEX | PCR0 |`): three of them.
+pub fn azure_captures() -> Vec<AzureCapture> {
+    let text = std::fs::read_to_string(Path::new(AZURE_FIXTURES).join("EXPECTED.md"))
+        .expect("read EXPECTED.md of the Azure captures");
+    let out: Vec<AzureCapture> = text
+        .lines()
+        .filter(|l| l.starts_with("| evidence-"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            AzureCapture {
+                file: cols[1].to_owned(),
+                report_data: cols[2]
+                    .split_whitespace()
+                    .last()
+                    .expect("a hex value")
+                    .to_owned(),
+                pcr0: cols[3].to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(out.len(), 3, "EXPECTED.md lists three Azure captures");
+    out
+}

@@ -16,14 +16,9 @@ use tonic::transport::Channel;
 
 use crate::sim::{SimParams, SimPlatform};
 
-/// A policy that admits exactly `measurement` on the simulated platform's
-/// generation (minimum TCB at the platform's own values).
-pub fn policy_for(measurement: &[u8; 48], extra: &str) -> String {
-    format!(
-        r#"version = 1
-measurements = ["{m}"]
-{extra}
-
+/// Minimum TCB tables at zero for every generation, so any simulated
+/// platform's TCB passes.
+const ANY_TCB: &str = r#"
 [min_tcb.milan]
 bootloader = 0
 tee = 0
@@ -42,8 +37,24 @@ bootloader = 0
 tee = 0
 snp = 0
 microcode = 0
-"#,
+"#;
+
+/// A policy that admits exactly `measurement` on the simulated platform's
+/// generation (minimum TCB at the platform's own values).
+pub fn policy_for(measurement: &[u8; 48], extra: &str) -> String {
+    format!(
+        "version = 1\nmeasurements = [\"{m}\"]\n{extra}\n{ANY_TCB}",
         m = hex::encode(measurement)
+    )
+}
+
+/// A policy that admits only Azure vTPM guests: the simulated `paravisor`
+/// measurement and PCR set `pcr_set` (a `[[vtpm.pcr_sets]]` entry, as
+/// `guest-unlock status --pcrs` prints it), on any simulated platform.
+pub fn vtpm_policy_for(paravisor: &[u8; 48], pcr_set: &str) -> String {
+    format!(
+        "version = 1\n{ANY_TCB}\n[vtpm]\naccept = true\nparavisor_measurements = [\"{p}\"]\n\n{pcr_set}",
+        p = hex::encode(paravisor)
     )
 }
 
@@ -52,6 +63,10 @@ microcode = 0
 pub struct BrokerOptions {
     /// Name the simulated ARK in the config (else simulated evidence is refused).
     pub trust_simulated: bool,
+    /// Use the simulated platform's directory as the offline certificate
+    /// directory (`certs_dir`), as an Azure owner imports the VCEKs: the
+    /// simulated Azure guest, like a real one, sends none.
+    pub sim_certs_dir: bool,
     /// Nonce lifetime.
     pub nonce_ttl_secs: u32,
     /// Rotation session lifetime (`ConfirmRotation` after an Attest).
@@ -62,6 +77,7 @@ impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {
             trust_simulated: true,
+            sim_certs_dir: false,
             nonce_ttl_secs: 60,
             rotation_session_ttl_secs: broker::config::DEFAULT_ROTATION_SESSION_TTL_SECS,
         }
@@ -107,6 +123,9 @@ impl BrokerDir {
                         opts.rotation_session_ttl_secs
                     ),
                 );
+        if opts.sim_certs_dir {
+            text = text.replace("# certs_dir = \"certs\"", "certs_dir = \"sim\"");
+        }
         if opts.trust_simulated {
             text.push_str(&format!(
                 "\n[attestation.simulated]\nark = \"sim/ark.pem\"\ngeneration = \"{}\"\n",

@@ -5,6 +5,8 @@
 use std::path::Path;
 
 pub use guest_unlock::evidence::SimProvider;
+pub use guest_unlock::sim::azure::swtpm::SimVtpm;
+pub use guest_unlock::sim::azure::{paravisor_measurement, SimParavisor};
 pub use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
 
 /// The default simulated guest (its measurement is what policies allow).

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use broker::release::{AttestInput, Release};
+use broker::verify::Evidence;
 use keybroker_proto::{report_data, GuestKeyPair, VolumeIds};
 use keybroker_tests::exe::{init, run_in, tempdir, Run, Server};
 use keybroker_tests::fixtures::{expected_field, stage_real_set, REAL_SETS};
@@ -130,8 +131,10 @@ fn release(
     let report = sim.report(rd.as_bytes(), guest).unwrap();
     let input = AttestInput {
         nonce: grant.nonce,
-        report,
-        cert_table: sim.cert_table(),
+        evidence: Evidence::SnpReport {
+            report,
+            cert_table: sim.cert_table(),
+        },
         guest_public_key: keys.public(),
         volumes: vols,
     };
@@ -185,8 +188,10 @@ fn decisions(s: &Setup) -> Vec<u8> {
     for _ in 0..2 {
         let input = AttestInput {
             nonce: grant.nonce,
-            report: s.sim.report(rd.as_bytes(), &SimGuest::default()).unwrap(),
-            cert_table: s.sim.cert_table(),
+            evidence: Evidence::SnpReport {
+                report: s.sim.report(rd.as_bytes(), &SimGuest::default()).unwrap(),
+                cert_table: s.sim.cert_table(),
+            },
             guest_public_key: kp.public(),
             volumes: vols.clone(),
         };

@@ -242,6 +242,7 @@ fn attest_request(
         cert_table: dir.sim.cert_table(),
         guest_public_key: key.public().as_bytes().to_vec(),
         volume_ids: volumes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     }
 }
 

@@ -121,6 +121,7 @@ impl Guest {
                 cert_table: self.platform.cert_table(),
                 guest_public_key: kp.public().as_bytes().to_vec(),
                 volume_ids: ids,
+                ..Default::default()
             })
             .await?
             .into_inner();

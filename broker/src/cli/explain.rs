@@ -6,8 +6,13 @@
 //! state, then every failing policy check with expected and actual values.
 //! Exit 0 when the volume would be released, 1 when not.
 //!
-//! REPORT_DATA cannot be checked here: it binds a Challenge nonce and the
-//! guest's ephemeral key, which only exist during a real release.
+//! The report may be an Azure vTPM evidence file (JSON): then the HCL
+//! report and the quote are verified too, and the policy's `[vtpm]`
+//! section is evaluated against the quoted PCRs.
+//!
+//! REPORT_DATA (on Azure, the quote's qualifying data and the HCL user
+//! data) cannot be checked here: it binds a Challenge nonce and the guest's
+//! ephemeral key, which only exist during a real release.
 
 use std::path::PathBuf;
 
@@ -21,16 +26,18 @@ use time::OffsetDateTime;
 use keybroker_proto::admin_pb as pb;
 
 use super::admin_conn::AdminConn;
+use super::inspect::{inspect, EvidenceInput};
 use super::Outcome;
 use broker::config::Config;
 use broker::error::{RefusalCause, VolumeRefusal};
 use broker::policy::Policy;
-use broker::verify::{SignerKind, Verifier};
+use broker::verify::{EvidenceKind, SignerKind, Verifier};
 
 /// `broker explain` arguments.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The report file (raw 1184 bytes, as from /dev/sev-guest or configfs-tsm outblob).
+    /// The report file (raw 1184 bytes, as from /dev/sev-guest or
+    /// configfs-tsm outblob), or an Azure vTPM evidence file (JSON).
     #[arg(long, value_name = "FILE")]
     report: PathBuf,
     /// Certificate directory (vcek.der or vlek.der, ask/asvk/ark PEM, crl.der),
@@ -85,12 +92,13 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
         None => broker::verify::TrustStore::amd(),
     };
     let certs_dir = cfg.as_ref().and_then(|c| c.certs_dir.clone());
-    let bytes = std::fs::read(&args.report)
-        .with_context(|| format!("cannot read report {}", args.report.display()))?;
+    let input = EvidenceInput::read(&args.report)?;
     let table = match &args.cert_table {
-        Some(t) => std::fs::read(t)
-            .with_context(|| format!("cannot read certificate table {}", t.display()))?,
-        None => Vec::new(),
+        Some(t) => Some(
+            std::fs::read(t)
+                .with_context(|| format!("cannot read certificate table {}", t.display()))?,
+        ),
+        None => None,
     };
     let s = args.conn.connect()?;
     let req = pb::GetVolumePolicyRequest {
@@ -104,22 +112,29 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let mut failures = Vec::new();
     // 1. Evidence, as a release verifies it.
     let verifier = Verifier::new(trust, certs_dir);
-    let result = verifier.verify(&bytes, &table, args.certs.as_deref(), at);
-    let (claims, verified, simulated) = match &result {
-        Ok(v) => (Some(v.claims().clone()), true, v.is_simulated()),
-        Err(e) => {
-            failures.push(Failure {
-                stage: "evidence",
-                code: e.reason_code().to_owned(),
-                check: "evidence".into(),
-                expected: "a genuine report: AMD chain to the pinned ARK, VEK bound to chip \
-                           and TCB, valid signature"
-                    .into(),
-                actual: e.to_string(),
-            });
-            (super::unverified_claims(&bytes), false, false)
-        }
-    };
+    let found = inspect(&verifier, &input, table, args.certs.as_deref(), at, None);
+    let (verified, simulated) = (found.authentic(), found.simulated);
+    if let Some(e) = &found.error {
+        failures.push(Failure {
+            stage: "evidence",
+            code: e.reason_code().to_owned(),
+            check: "evidence".into(),
+            expected: match found.kind {
+                EvidenceKind::SnpReport => {
+                    "a genuine report: AMD chain to the pinned ARK, VEK \
+                                            bound to chip and TCB, valid signature"
+                }
+                EvidenceKind::AzureVtpm => {
+                    "genuine Azure vTPM evidence: the SNP report as \
+                                            above, the HCL report bound to it, the quote signed \
+                                            by its attestation key over the PCRs sent"
+                }
+            }
+            .into(),
+            actual: e.to_string(),
+        });
+    }
+    let claims = found.claims.clone();
 
     // 2. The volume's state.
     let refusal = |cause| VolumeRefusal {
@@ -165,9 +180,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
             "a valid policy in the store",
             why.clone(),
         )),
-        (Ok(p), Some(c)) => {
+        (Ok(p), Some(_)) => {
             policy_evaluated = true;
-            for f in p.evaluate(c).failures {
+            for f in found.verdict(p).map(|v| v.failures).unwrap_or_default() {
                 failures.push(Failure {
                     stage: "policy",
                     code: f.code.to_owned(),
@@ -192,7 +207,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
             "simulated": simulated,
             "claims_verified": verified,
             "policy_evaluated": policy_evaluated,
+            "evidence_kind": found.kind.as_str(),
             "claims": claims,
+            "vtpm": found.vtpm_json(),
             "failures": failures,
             "released": released,
         });
@@ -240,14 +257,25 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
                 args.report.display()
             ),
         }
+        if found.kind == EvidenceKind::AzureVtpm {
+            println!(
+                "vtpm:      Azure vTPM evidence, {} PCRs{}",
+                found.pcrs.len(),
+                if found.quote.is_some() {
+                    " verified by the quote"
+                } else {
+                    " UNVERIFIED"
+                }
+            );
+        }
         println!("as of:     {}", at.format(&Rfc3339).unwrap_or_default());
         println!(
             "evidence:  {}",
-            match (&result, simulated) {
-                (Ok(_), true) =>
+            match (verified, simulated) {
+                (true, true) =>
                     "ok (SIMULATED platform, trusted because the config names its root)",
-                (Ok(_), false) => "ok",
-                (Err(_), _) => "FAILS",
+                (true, false) => "ok",
+                (false, _) => "FAILS",
             }
         );
         if failures.is_empty() {

@@ -9,6 +9,7 @@ mod audit;
 mod certs;
 mod explain;
 mod init;
+mod inspect;
 mod keys;
 mod measure;
 mod platforms;

@@ -1,5 +1,6 @@
-//! `broker report verify`: offline verification of a report file, with the
-//! decoded report and the verdict with every reason.
+//! `broker report verify`: offline verification of a report file or an
+//! Azure vTPM evidence file, with the decoded fields and the verdict with
+//! every reason.
 
 use std::path::PathBuf;
 
@@ -9,19 +10,30 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::inspect::{inspect, Binding, EvidenceInput};
 use super::Outcome;
 use broker::config::Config;
 use broker::policy::{Policy, Verdict};
-use broker::verify::{ReportClaims, SignerKind, TrustStore, Verifier};
+use broker::verify::{EvidenceKind, ReportClaims, SignerKind, TrustStore, Verifier};
 
 /// `broker report ...`
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// Verify a raw 1184-byte SEV-SNP report: AMD chain, VEK binding and
-    /// signature; with --policy also that policy. Exit 0 accepted, 1 refused.
+    /// Verify a raw 1184-byte SEV-SNP report (AMD chain, VEK binding and
+    /// signature), or an Azure vTPM evidence file (also the HCL report, the
+    /// quote's signature by its attestation key, the PCR digest); with
+    /// --report-data also the binding, with --policy also that policy.
+    /// Exit 0 accepted, 1 refused.
     Verify {
-        /// The report file (raw binary, as from /dev/sev-guest or configfs-tsm outblob).
+        /// The report file (raw binary, as from /dev/sev-guest or
+        /// configfs-tsm outblob), or an Azure vTPM evidence file (JSON: the
+        /// HCL report, quote, PCRs and VCEK, byte arrays or base64url).
         report: PathBuf,
+        /// The expected binding value, hex: REPORT_DATA of a raw report
+        /// (64 bytes); the quote's qualifying data of Azure evidence (and
+        /// its HCL user data, in file layout 2). Unchecked when absent.
+        #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+        report_data: Option<HexBytes>,
         /// Certificate directory: vcek.der/vcek.pem or vlek.der/vlek.pem, and
         /// optionally ask.pem, asvk.pem, ark.pem (or a PEM bundle), crl.der.
         #[arg(long, value_name = "DIR")]
@@ -46,10 +58,25 @@ pub enum ReportCommand {
     },
 }
 
+/// Bytes given in hex on the command line.
+#[derive(Debug, Clone)]
+pub struct HexBytes(Vec<u8>);
+
+fn parse_hex(s: &str) -> Result<HexBytes, String> {
+    match hex::decode(s.trim()) {
+        Ok(b) if !b.is_empty() && b.len() <= 64 => Ok(HexBytes(b)),
+        Ok(b) => Err(format!("{} bytes; give 1 to 64 bytes in hex", b.len())),
+        Err(e) => Err(format!(
+            "not hex ({e}); give the bytes in hex, e.g. 6368616c6c656e6765"
+        )),
+    }
+}
+
 /// Runs a report command.
 pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
     let ReportCommand::Verify {
         report,
+        report_data,
         certs,
         cert_table,
         policy,
@@ -82,12 +109,13 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
         Some(c) => broker::wiring::trust(c)?,
         None => TrustStore::amd(),
     };
-    let bytes = std::fs::read(&report)
-        .with_context(|| format!("cannot read report {}", report.display()))?;
+    let input = EvidenceInput::read(&report)?;
     let table = match &cert_table {
-        Some(t) => std::fs::read(t)
-            .with_context(|| format!("cannot read certificate table {}", t.display()))?,
-        None => Vec::new(),
+        Some(t) => Some(
+            std::fs::read(t)
+                .with_context(|| format!("cannot read certificate table {}", t.display()))?,
+        ),
+        None => None,
     };
 
     let mut verifier = Verifier::new(trust.clone(), None);
@@ -97,42 +125,73 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<Outcome> {
             cache, &trust,
         )));
     }
-    let result = verifier.verify(&bytes, &table, certs.as_deref(), now);
-    let (claims, evidence_error, simulated) = match &result {
-        Ok(v) => (Some(v.claims().clone()), None, v.is_simulated()),
-        Err(e) => (super::unverified_claims(&bytes), Some(e), false),
-    };
-    let verdict: Option<Verdict> = match (&policy, &result) {
-        (Some(p), Ok(v)) => Some(p.evaluate(v.claims())),
+    let found = inspect(
+        &verifier,
+        &input,
+        table,
+        certs.as_deref(),
+        now,
+        report_data.as_ref().map(|h| h.0.as_slice()),
+    );
+    let verdict: Option<Verdict> = match &policy {
+        Some(p) if found.authentic() => found.verdict(p),
         _ => None,
     };
-    let accepted = result.is_ok() && verdict.as_ref().is_none_or(Verdict::is_allowed);
+    let accepted = found.authentic() && verdict.as_ref().is_none_or(Verdict::is_allowed);
+    let azure = found.kind == EvidenceKind::AzureVtpm;
 
     if json {
         let out = json!({
             "report": report.display().to_string(),
+            "evidence_kind": found.kind.as_str(),
             "at": now.format(&Rfc3339).unwrap_or_default(),
-            "claims": claims,
-            "authentic": result.is_ok(),
-            "simulated": simulated,
-            "evidence_error": evidence_error.map(|e| json!({"code": e.reason_code(), "message": e.to_string()})),
+            "claims": found.claims,
+            "authentic": found.authentic(),
+            "simulated": found.simulated,
+            "binding": match found.binding {
+                Binding::NotChecked => "not checked",
+                Binding::Ok => "ok",
+                Binding::Refused => "not established",
+            },
+            "vtpm": found.vtpm_json(),
+            "evidence_error": found.error.as_ref().map(|e| json!({"code": e.reason_code(), "message": e.to_string()})),
             "policy": verdict.as_ref().map(|v| json!({"allowed": v.is_allowed(), "failures": v.failures})),
             "verdict": if accepted { "accepted" } else { "refused" },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        match &claims {
-            Some(c) => print_claims(c, result.is_ok()),
+        if azure {
+            println!("evidence:      Azure vTPM (the SNP report below is the paravisor's)");
+        }
+        match &found.claims {
+            Some(c) => print_claims(c, found.authentic()),
             None => println!("report:        undecodable"),
         }
-        match &result {
-            Ok(_) if simulated => println!(
+        for line in found.vtpm_lines() {
+            println!("{line}");
+        }
+        let what = if azure {
+            "AMD chain to the pinned ARK, VEK bound to chip and TCB, SNP signature valid; HCL \
+             variable data bound to REPORT_DATA, quote signed by HCLAkPub, PCR digest matches"
+        } else {
+            "AMD chain to the pinned ARK, VEK bound to chip and TCB, signature valid"
+        };
+        match &found.error {
+            None if found.simulated => println!(
                 "authenticity:  ok (SIMULATED platform, trusted only because the config names its root)"
             ),
-            Ok(_) => println!(
-                "authenticity:  ok (AMD chain to the pinned ARK, VEK bound to chip and TCB, signature valid)"
-            ),
-            Err(e) => println!("authenticity:  REFUSED {}: {e}", e.reason_code()),
+            None => println!("authenticity:  ok ({what})"),
+            Some(e) => println!("authenticity:  REFUSED {}: {e}", e.reason_code()),
+        }
+        match found.binding {
+            // As before 1.2, a raw report's output says nothing of it.
+            Binding::NotChecked if !azure => {}
+            Binding::NotChecked => println!("binding:       not checked (give --report-data HEX)"),
+            Binding::Ok if azure => {
+                println!("binding:       ok (the quote's qualifying data is --report-data)")
+            }
+            Binding::Ok => println!("binding:       ok (REPORT_DATA is --report-data)"),
+            Binding::Refused => {}
         }
         if let Some(v) = &verdict {
             if v.is_allowed() {

@@ -5,6 +5,7 @@
 //! prost type, and errors become a `tonic::Status` in one place
 //! ([`crate::error::Error::to_status`]).
 
+mod evidence;
 mod server;
 mod shards;
 
@@ -59,8 +60,9 @@ fn field<T, E: std::fmt::Display>(field: &'static str, r: Result<T, E>) -> Resul
 }
 
 /// Checks the form of an AttestRequest and turns it into typed input.
-pub fn attest_input(req: pb::AttestRequest) -> Result<AttestInput, Error> {
+pub fn attest_input(mut req: pb::AttestRequest) -> Result<AttestInput, Error> {
     version(req.version.as_ref())?;
+    let evidence = evidence::evidence(&mut req)?;
     Ok(AttestInput {
         nonce: field("nonce", Nonce::try_from(req.nonce.as_slice()))?,
         guest_public_key: field(
@@ -68,8 +70,7 @@ pub fn attest_input(req: pb::AttestRequest) -> Result<AttestInput, Error> {
             GuestPublicKey::try_from(req.guest_public_key.as_slice()),
         )?,
         volumes: volumes(&req.volume_ids)?,
-        report: req.report,
-        cert_table: req.cert_table,
+        evidence,
     })
 }
 

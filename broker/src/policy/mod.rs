@@ -3,9 +3,11 @@
 //! A [`Policy`] says which attested guests may receive a volume's key. It is
 //! parsed from TOML by [`Policy::from_toml`] (format version 1, unknown fields
 //! refused, every error located by line, column and field) and evaluated
-//! against the decoded claims of a *verified* report by [`Policy::evaluate`],
-//! which runs every check and returns a [`Verdict`] listing each failing one
-//! with a stable reason code and the expected versus actual value.
+//! against the decoded claims of a *verified* report by [`Policy::evaluate`]
+//! (or, for an Azure vTPM guest, its verified PCRs too, by
+//! [`Policy::evaluate_vtpm`]; [`Policy::evaluate_evidence`] picks), which
+//! runs every check and returns a [`Verdict`] listing each failing one with
+//! a stable reason code and the expected versus actual value.
 //!
 //! The module never decides whether a report is authentic: that is
 //! `verify`'s job. It only reads [`ReportClaims`].
@@ -14,7 +16,7 @@
 //!
 //! ```toml
 //! version = 1                                   # required, must be 1
-//! measurements = ["<96 hex chars>", ...]        # required, at least one
+//! measurements = ["<96 hex chars>", ...]        # required, at least one (unless [vtpm] accept = true)
 //!
 //! allow_debug = false            # default false: refuse guests whose policy DEBUG bit is set
 //! allow_migration_agent = false  # default false: refuse guests whose policy MIGRATE_MA bit is set
@@ -48,6 +50,16 @@
 //! tee = 1
 //! snp = 1
 //! microcode = 1
+//!
+//! # Azure confidential VMs (evidence through the vTPM); see the `vtpm`
+//! # module for what applies to them.
+//! [vtpm]
+//! accept = false                 # default false: refuse Azure vTPM evidence
+//! paravisor_measurements = []    # 96 hex chars each; at least one when accept = true
+//!
+//! [[vtpm.pcr_sets]]              # at least one when accept = true
+//! name = "image-v1"              # optional
+//! pcrs = { 0 = "<64 hex chars>", 7 = "<64 hex chars>" }
 //! ```
 //!
 //! Hex is accepted in either case; [`Policy::to_toml`] writes a canonical form
@@ -60,14 +72,21 @@
 mod parse;
 #[cfg(test)]
 mod tests;
+mod vtpm;
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::verify::{Generation, ReportClaims, SignerKind};
+use std::collections::BTreeMap;
+
+use crate::verify::{BoundEvidence, Generation, ReportClaims, SignerKind};
 
 pub use parse::{parse_measurement_hex, PolicyError, PolicyErrorKind};
+pub use vtpm::{
+    PcrSet, VtpmPolicy, MAX_PCR_INDEX, POLICY_EVIDENCE_KIND_NOT_ACCEPTED,
+    POLICY_PARAVISOR_NOT_ALLOWED, POLICY_PCRS_NOT_ALLOWED,
+};
 
 /// The only policy format version this broker understands.
 pub const POLICY_VERSION: i64 = 1;
@@ -130,6 +149,9 @@ pub const ALL_REASON_CODES: &[&str] = &[
     POLICY_CHIP_BLOCKED,
     POLICY_VLEK_NOT_ACCEPTED,
     POLICY_FIRMWARE_BELOW_MINIMUM,
+    POLICY_EVIDENCE_KIND_NOT_ACCEPTED,
+    POLICY_PARAVISOR_NOT_ALLOWED,
+    POLICY_PCRS_NOT_ALLOWED,
 ];
 
 /// Minimum TCB for one generation. Compared component by component with the
@@ -226,7 +248,8 @@ impl ChipId {
 /// TOML format and the meaning of each field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// Allowed launch measurements (at least one; sorted, unique).
+    /// Allowed launch measurements (sorted, unique; at least one unless
+    /// `vtpm.accept`).
     pub measurements: Vec<Measurement>,
     /// Minimum reported TCB per allowed generation.
     pub min_tcb: MinTcbByGeneration,
@@ -258,6 +281,8 @@ pub struct Policy {
     pub chip_ids: Vec<ChipId>,
     /// Refused chips, whatever `chip_ids` says.
     pub blocked_chip_ids: Vec<ChipId>,
+    /// Azure confidential VMs (the `[vtpm]` section).
+    pub vtpm: VtpmPolicy,
 }
 
 /// One failing check of a policy evaluation.
@@ -321,11 +346,25 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Records a failing check in `out`: code, check, expected, actual.
+fn failer(
+    out: &mut Vec<PolicyFailure>,
+) -> impl FnMut(&'static str, &'static str, String, String) + '_ {
+    |code, check, expected, actual| {
+        out.push(PolicyFailure {
+            code,
+            check,
+            expected,
+            actual,
+        })
+    }
+}
+
 /// An allowlist check: code, check name, allowed values, actual value.
 type AllowList<'a> = (&'static str, &'static str, Vec<&'a [u8]>, &'a [u8]);
 
 /// Formats an allowlist for the `expected` side of a failure.
-fn one_of<'a>(items: impl ExactSizeIterator<Item = &'a [u8]>) -> String {
+pub(crate) fn one_of<'a>(items: impl ExactSizeIterator<Item = &'a [u8]>) -> String {
     const SHOWN: usize = 3;
     let n = items.len();
     let mut shown: Vec<String> = items.take(SHOWN).map(hex::encode).collect();
@@ -419,6 +458,9 @@ impl Policy {
         if let Some(fw) = self.min_firmware {
             parts.push(format!("firmware >= {fw}"));
         }
+        if let Some(v) = self.vtpm.summary() {
+            parts.push(v);
+        }
         for (name, n) in [
             ("id keys", self.id_key_digests.len()),
             ("author keys", self.author_key_digests.len()),
@@ -435,21 +477,46 @@ impl Policy {
         parts.join("; ")
     }
 
-    /// Evaluates every check against the claims of a verified report and
-    /// returns every failure (none means allowed). The order of failures is
-    /// fixed: the order of [`ALL_REASON_CODES`], TCB components in the order
-    /// fmc, bootloader, tee, snp, microcode.
+    /// Evaluates every check against the claims of a verified bare SNP
+    /// report and returns every failure (none means allowed). The order of
+    /// failures is fixed: the order of [`ALL_REASON_CODES`], TCB components
+    /// in the order fmc, bootloader, tee, snp, microcode.
     pub fn evaluate(&self, claims: &ReportClaims) -> Verdict {
         let mut out = Vec::new();
-        let mut fail = |code, check, expected: String, actual: String| {
-            out.push(PolicyFailure {
-                code,
-                check,
-                expected,
-                actual,
-            })
-        };
+        self.check_measurement(claims, &mut out);
+        self.check_guest_and_tcb(claims, &mut out);
+        self.check_image_identity(claims, &mut out);
+        self.check_chip_signer_firmware(claims, &mut out);
+        Verdict { failures: out }
+    }
 
+    /// Evaluates the checks that apply to an Azure confidential VM: the
+    /// `[vtpm]` section (accepted at all, the paravisor's measurement, the
+    /// PCR sets against the verified `pcrs`), then the platform and guest
+    /// policy checks of a bare report; not the image identity checks
+    /// (`measurements`, ID keys, family and image ids, host data, guest
+    /// SVN), which on Azure describe the paravisor. Every failure, in that
+    /// order.
+    pub fn evaluate_vtpm(&self, claims: &ReportClaims, pcrs: &BTreeMap<u8, [u8; 32]>) -> Verdict {
+        let mut out = Vec::new();
+        self.vtpm.evaluate(claims, pcrs, &mut out);
+        self.check_guest_and_tcb(claims, &mut out);
+        self.check_chip_signer_firmware(claims, &mut out);
+        Verdict { failures: out }
+    }
+
+    /// Evaluates bound evidence of either kind: [`Policy::evaluate`] for a
+    /// bare report, [`Policy::evaluate_vtpm`] for Azure vTPM evidence.
+    pub fn evaluate_evidence(&self, evidence: &BoundEvidence) -> Verdict {
+        match evidence {
+            BoundEvidence::SnpReport(b) => self.evaluate(b.claims()),
+            BoundEvidence::AzureVtpm(b) => self.evaluate_vtpm(b.claims(), b.pcrs()),
+        }
+    }
+
+    /// The launch measurement (bare reports).
+    fn check_measurement(&self, claims: &ReportClaims, out: &mut Vec<PolicyFailure>) {
+        let mut fail = failer(out);
         if !self
             .measurements
             .iter()
@@ -458,10 +525,19 @@ impl Policy {
             fail(
                 POLICY_MEASUREMENT_NOT_ALLOWED,
                 "measurements",
-                one_of(self.measurements.iter().map(|m| &m[..])),
+                if self.measurements.is_empty() {
+                    "none: this policy admits Azure vTPM guests only".into()
+                } else {
+                    one_of(self.measurements.iter().map(|m| &m[..]))
+                },
                 hex::encode(&claims.measurement),
             );
         }
+    }
+
+    /// Guest policy bits, host SMT, VMPL and the TCB minimum of the generation.
+    fn check_guest_and_tcb(&self, claims: &ReportClaims, out: &mut Vec<PolicyFailure>) {
+        let mut fail = failer(out);
         if claims.policy.debug && !self.allow_debug {
             fail(
                 POLICY_DEBUG_ALLOWED,
@@ -531,6 +607,11 @@ impl Policy {
                 }
             }
         }
+    }
+
+    /// The ID block's keys and ids, host data and guest SVN (bare reports).
+    fn check_image_identity(&self, claims: &ReportClaims, out: &mut Vec<PolicyFailure>) {
+        let mut fail = failer(out);
         let lists: [AllowList<'_>; 5] = [
             (
                 POLICY_ID_KEY_NOT_ALLOWED,
@@ -581,6 +662,11 @@ impl Policy {
                 claims.guest_svn.to_string(),
             );
         }
+    }
+
+    /// The chip allow- and denylists, the signing key kind and the firmware.
+    fn check_chip_signer_firmware(&self, claims: &ReportClaims, out: &mut Vec<PolicyFailure>) {
+        let mut fail = failer(out);
         let significant: &[u8] = match claims.generation {
             Generation::Turin => &claims.chip_id[..claims.chip_id.len().min(8)],
             _ => &claims.chip_id,
@@ -635,6 +721,5 @@ impl Policy {
                 );
             }
         }
-        Verdict { failures: out }
     }
 }

@@ -6,6 +6,7 @@
 //! its span, and validation turns the raw values into typed ones, naming the
 //! field and the line of each bad value.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -13,7 +14,10 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ChipId, MinFirmware, MinTcb, MinTcbByGeneration, Policy, POLICY_VERSION};
+use super::{
+    ChipId, MinFirmware, MinTcb, MinTcbByGeneration, PcrSet, Policy, VtpmPolicy, MAX_PCR_INDEX,
+    POLICY_VERSION,
+};
 
 /// What kind of problem a policy file has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +186,7 @@ struct Probe {
 struct RawPolicy {
     #[allow(dead_code)] // checked by the probe
     version: toml::Value,
-    measurements: Spanned<Vec<Spanned<String>>>,
+    measurements: Option<Spanned<Vec<Spanned<String>>>>,
     min_tcb: Option<Spanned<RawMinTcbTable>>,
     allow_debug: Option<bool>,
     allow_migration_agent: Option<bool>,
@@ -198,6 +202,22 @@ struct RawPolicy {
     host_data: Option<Vec<Spanned<String>>>,
     chip_ids: Option<Vec<Spanned<String>>>,
     blocked_chip_ids: Option<Vec<Spanned<String>>>,
+    vtpm: Option<Spanned<RawVtpm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVtpm {
+    accept: Option<bool>,
+    paravisor_measurements: Option<Vec<Spanned<String>>>,
+    pcr_sets: Option<Vec<Spanned<RawPcrSet>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPcrSet {
+    name: Option<Spanned<String>>,
+    pcrs: Spanned<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -408,17 +428,38 @@ pub(super) fn from_toml(text: &str) -> Result<Policy, PolicyError> {
     }
     let raw: RawPolicy = toml::from_str(text).map_err(|e| cx.toml_error(&e, false))?;
 
-    if raw.measurements.get_ref().is_empty() {
-        return Err(cx.invalid(
-            raw.measurements.span(),
-            "measurements",
-            "at least one launch measurement is required (96 hex characters each, e.g. from \
-             `broker measure`)",
-        ));
+    let vtpm = raw
+        .vtpm
+        .as_ref()
+        .map(|v| vtpm_section(&cx, v))
+        .transpose()?
+        .unwrap_or_default();
+    // Without bare SNP measurements a policy admits Azure vTPM guests only,
+    // which it must then accept.
+    match &raw.measurements {
+        None if !vtpm.accept => {
+            return Err(cx.err(
+                PolicyErrorKind::MissingField,
+                None,
+                Some("measurements".into()),
+                "missing field `measurements`: add the launch measurements you allow (96 hex \
+                 characters each, e.g. from `broker measure`), or admit only Azure vTPM guests \
+                 with [vtpm] accept = true",
+            ))
+        }
+        Some(m) if m.get_ref().is_empty() && !vtpm.accept => {
+            return Err(cx.invalid(
+                m.span(),
+                "measurements",
+                "at least one launch measurement is required (96 hex characters each, e.g. from \
+                 `broker measure`), unless [vtpm] accept = true admits Azure vTPM guests only",
+            ))
+        }
+        _ => {}
     }
     let measurements = hex_list::<48>(
         &cx,
-        Some(raw.measurements.get_ref()),
+        raw.measurements.as_ref().map(|m| m.get_ref()),
         "measurements",
         "a SHA-384 launch measurement",
     )?;
@@ -495,7 +536,105 @@ pub(super) fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         host_data: hex_list::<32>(&cx, raw.host_data.as_ref(), "host_data", "host data")?,
         chip_ids: chip_list(&cx, raw.chip_ids.as_ref(), "chip_ids")?,
         blocked_chip_ids: chip_list(&cx, raw.blocked_chip_ids.as_ref(), "blocked_chip_ids")?,
+        vtpm,
     })
+}
+
+/// Longest `name` of a PCR set.
+const MAX_PCR_SET_NAME: usize = 64;
+
+fn vtpm_section(cx: &Ctx<'_>, raw: &Spanned<RawVtpm>) -> Result<VtpmPolicy, PolicyError> {
+    let v = raw.get_ref();
+    let accept = v.accept.unwrap_or(false);
+    let paravisor_measurements = hex_list::<48>(
+        cx,
+        v.paravisor_measurements.as_ref(),
+        "vtpm.paravisor_measurements",
+        "the SHA-384 launch measurement of the paravisor",
+    )?;
+    let mut pcr_sets = Vec::new();
+    for (n, set) in v.pcr_sets.iter().flatten().enumerate() {
+        pcr_sets.push(pcr_set(cx, set, n)?);
+    }
+    if accept && paravisor_measurements.is_empty() {
+        return Err(cx.err(
+            PolicyErrorKind::MissingField,
+            Some(raw.span()),
+            Some("vtpm.paravisor_measurements".into()),
+            "accept = true needs at least one paravisor launch measurement (the SNP measurement \
+             of an Azure guest, 96 hex characters: `broker report verify` shows it)",
+        ));
+    }
+    if accept && pcr_sets.is_empty() {
+        return Err(cx.err(
+            PolicyErrorKind::MissingField,
+            Some(raw.span()),
+            Some("vtpm.pcr_sets".into()),
+            "accept = true needs at least one [[vtpm.pcr_sets]] entry: the PCR values of your \
+             image, from `guest-unlock status --pcrs` on a reference VM",
+        ));
+    }
+    Ok(VtpmPolicy {
+        accept,
+        paravisor_measurements,
+        pcr_sets,
+    })
+}
+
+fn pcr_set(cx: &Ctx<'_>, raw: &Spanned<RawPcrSet>, n: usize) -> Result<PcrSet, PolicyError> {
+    let set = raw.get_ref();
+    let field = |rest: &str| format!("vtpm.pcr_sets[{n}]{rest}");
+    let name = match &set.name {
+        None => None,
+        Some(name) => {
+            let text = name.get_ref();
+            if text.is_empty()
+                || text.chars().count() > MAX_PCR_SET_NAME
+                || text.chars().any(char::is_control)
+            {
+                return Err(cx.invalid(
+                    name.span(),
+                    &field(".name"),
+                    format!(
+                        "a name of 1 to {MAX_PCR_SET_NAME} characters without control characters"
+                    ),
+                ));
+            }
+            Some(text.clone())
+        }
+    };
+    let mut pcrs = BTreeMap::new();
+    for (index, value) in set.pcrs.get_ref() {
+        let i = index
+            .parse::<u8>()
+            .ok()
+            .filter(|i| *i <= MAX_PCR_INDEX && i.to_string() == *index)
+            .ok_or_else(|| {
+                cx.invalid(
+                    value.span(),
+                    &field(&format!(".pcrs.{index}")),
+                    format!(
+                        "PCR indexes are the numbers 0 to {MAX_PCR_INDEX} (SHA-256 bank), found \
+                         {index:?}"
+                    ),
+                )
+            })?;
+        let digest = hex_exact::<32>(
+            cx,
+            value,
+            &field(&format!(".pcrs.{i}")),
+            "a SHA-256 PCR value",
+        )?;
+        pcrs.insert(i, digest);
+    }
+    if pcrs.is_empty() {
+        return Err(cx.invalid(
+            set.pcrs.span(),
+            &field(".pcrs"),
+            "a PCR set names at least one PCR, e.g. pcrs = { 0 = \"<64 hex chars>\" }",
+        ));
+    }
+    Ok(PcrSet { name, pcrs })
 }
 
 fn write_list<'a>(out: &mut String, name: &str, items: impl Iterator<Item = &'a [u8]>) {
@@ -587,7 +726,32 @@ pub(super) fn to_toml(p: &Policy) -> String {
             let _ = writeln!(o, "microcode = {}", t.microcode);
         }
     }
+    if p.vtpm != VtpmPolicy::default() {
+        write_vtpm(&mut o, &p.vtpm, &sorted(&p.vtpm.paravisor_measurements));
+    }
     o
+}
+
+fn write_vtpm(o: &mut String, v: &VtpmPolicy, paravisor: &[super::Measurement]) {
+    let _ = writeln!(o, "\n[vtpm]");
+    let _ = writeln!(o, "accept = {}", v.accept);
+    write_list(
+        o,
+        "paravisor_measurements",
+        paravisor.iter().map(|x| &x[..]),
+    );
+    for set in &v.pcr_sets {
+        let _ = writeln!(o, "\n[[vtpm.pcr_sets]]");
+        if let Some(name) = &set.name {
+            let _ = writeln!(o, "name = {}", toml::Value::String(name.clone()));
+        }
+        let pcrs: Vec<String> = set
+            .pcrs
+            .iter()
+            .map(|(i, d)| format!("{i} = \"{}\"", hex::encode(d)))
+            .collect();
+        let _ = writeln!(o, "pcrs = {{ {} }}", pcrs.join(", "));
+    }
 }
 
 /// Parses one measurement given as 96 hex characters (either case), for

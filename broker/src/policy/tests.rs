@@ -773,3 +773,5 @@ fn never_panics_on_garbage() {
         assert!(Policy::from_toml(text).is_err(), "{text:?}");
     }
 }
+
+mod vtpm;

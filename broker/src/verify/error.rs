@@ -80,6 +80,11 @@ pub enum EvidenceRejected {
         /// Value in the report, hex.
         actual: String,
     },
+    /// Azure vTPM evidence: the HCL report or the quote above the SNP
+    /// report could not be verified (codes `EVIDENCE_HCL_*`,
+    /// `EVIDENCE_TPM_*`, listed in [`VTPM_REASON_CODES`]).
+    #[error(transparent)]
+    Vtpm(#[from] keybroker_vtpm::VtpmRejected),
 }
 
 /// Problems with the raw report bytes.
@@ -288,7 +293,12 @@ pub enum BindingRejected {
     },
 }
 
-/// Every reason code [`EvidenceRejected::reason_code`] can return.
+/// The reason codes of [`EvidenceRejected::Vtpm`], in the order its checks
+/// run (`keybroker_vtpm`'s).
+pub const VTPM_REASON_CODES: &[&str] = keybroker_vtpm::ALL_REASON_CODES;
+
+/// Every reason code [`EvidenceRejected::reason_code`] can return for SNP
+/// evidence; those of Azure's vTPM layers are [`VTPM_REASON_CODES`].
 pub const ALL_REASON_CODES: &[&str] = &[
     "EVIDENCE_REPORT_LENGTH",
     "EVIDENCE_REPORT_VERSION",
@@ -356,6 +366,7 @@ impl EvidenceRejected {
             },
             EvidenceRejected::ReportSignature { .. } => "EVIDENCE_REPORT_SIGNATURE",
             EvidenceRejected::ReportDataMismatch { .. } => "EVIDENCE_REPORT_DATA_MISMATCH",
+            EvidenceRejected::Vtpm(e) => e.reason_code(),
         }
     }
 }
@@ -494,6 +505,20 @@ mod tests {
                     && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
             );
         }
+    }
+
+    #[test]
+    fn vtpm_refusals_carry_the_vtpm_code() {
+        let e = EvidenceRejected::from(keybroker_vtpm::VtpmRejected::QuoteExtraData {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        });
+        assert_eq!(e.reason_code(), "EVIDENCE_TPM_QUOTE_EXTRA_DATA");
+        assert!(VTPM_REASON_CODES.contains(&e.reason_code()));
+        assert!(e.to_string().contains("aa") && e.to_string().contains("bb"));
+        assert!(VTPM_REASON_CODES
+            .iter()
+            .all(|c| !ALL_REASON_CODES.contains(c)));
     }
 
     #[test]

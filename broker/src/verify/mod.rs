@@ -16,15 +16,22 @@
 //! [`CertSource`] given with [`Verifier::with_source`] (the certificate
 //! cache and AMD KDS, in `crate::certsource`), in that order.
 //!
+//! Evidence of every kind ([`Evidence`]: a bare report, or Azure's HCL
+//! report and vTPM quote) goes through [`Verifier::verify_evidence`] and
+//! [`VerifiedEvidence::bind`] to a [`BoundEvidence`], what key release
+//! takes (`evidence`).
+//!
 //! Modules by concern: `report` (framing, decoding), `certs` (certificate
 //! table, offline directory, AMD extensions), `chain` (roots, signatures,
-//! validity, CRL, cache), `amd` (pinned certificates), `error`.
+//! validity, CRL, cache), `amd` (pinned certificates), `evidence` (the
+//! evidence kinds and their proofs), `error`.
 
 mod amd;
 mod certs;
 mod chain;
 pub mod claims;
 mod error;
+mod evidence;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -46,7 +53,11 @@ pub use chain::{
 pub use claims::*;
 pub use error::{
     BindingRejected, CertRole, CertificatesRejected, ChainRejected, EvidenceRejected,
-    ReportRejected, ALL_REASON_CODES,
+    ReportRejected, ALL_REASON_CODES, VTPM_REASON_CODES,
+};
+pub use evidence::{
+    AzureVtpmEvidence, BoundEvidence, BoundVtpmReport, Evidence, EvidenceKind, VerifiedEvidence,
+    VerifiedHcl, MAX_HCL_REPORT_LEN, MAX_PCR_VALUES, MAX_QUOTE_PART_LEN,
 };
 pub use report::{
     decode_report, decode_tcb, reserved_ranges, Cpuid, DecodedReport, RawTcbs, REPORT_LEN,

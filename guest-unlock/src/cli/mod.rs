@@ -4,7 +4,7 @@
 //! ```text
 //! guest-unlock probe --config FILE --volume NAME [--volume NAME]...
 //! guest-unlock probe --broker URL [--broker URL]... --pin PIN [--pin PIN]...
-//!                    --evidence sev-guest[:DEV]|configfs-tsm[:ROOT] --volume NAME...
+//!                    --evidence sev-guest[:DEV]|configfs-tsm[:ROOT]|azure-vtpm[:DEV] --volume NAME...
 //! ```
 //!
 //! `probe` performs one full attestation and prints one line per key or
@@ -31,6 +31,7 @@
 //!                     [--config FILE] [--crypttab FILE] [--dry-run]
 //! guest-unlock rotate [DEVICE|NAME]... [--config FILE] [--crypttab FILE] [--timeout SECS]
 //! guest-unlock status [--json] [--report [--config FILE | --evidence PROVIDER]]
+//!                     [--pcrs[=LIST] [--tpm DEVICE]]
 //! ```
 //!
 //! - `bind` attests, adds the released key as a new keyslot's passphrase
@@ -67,9 +68,13 @@
 //!   activated): the devices or crypttab names given, or every block
 //!   device with a `sev-keybroker` token. It exits 1 when a step did not
 //!   complete.
-//! - `status` reports whether SEV, SEV-ES and SEV-SNP are active (exit 0 only
-//!   when SEV-SNP is); `--report` also obtains a report from the configured
-//!   provider and prints its policy bits, TCB and measurement.
+//! - `status` reports whether SEV, SEV-ES and SEV-SNP are active and whether
+//!   this is an Azure confidential VM (its vTPM holds the paravisor's HCL
+//!   report) (exit 0 only when SEV-SNP is, directly or behind Azure's
+//!   paravisor); `--report` also obtains a report from the configured
+//!   provider and prints its policy bits, TCB and measurement; `--pcrs`
+//!   prints the vTPM's SHA-256 PCRs (0–9, or LIST) and a `[[vtpm.pcr_sets]]`
+//!   entry for the broker's policy.
 //!
 //! # Exit codes
 //!
@@ -111,9 +116,9 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// The `--evidence` help: the provider forms this build accepts.
 const EVIDENCE_HELP: &str = if guest_unlock::evidence::SIM_BUILT_IN {
-    "Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR"
+    "Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT], azure-vtpm[:DEVICE] or sim:DIR"
 } else {
-    "Evidence provider: sev-guest[:DEVICE] or configfs-tsm[:ROOT]"
+    "Evidence provider: sev-guest[:DEVICE], configfs-tsm[:ROOT] or azure-vtpm[:DEVICE]"
 };
 
 /// Guest side of the attested disk-key broker.

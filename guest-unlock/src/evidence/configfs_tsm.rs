@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use keybroker_snp::report::REPORT_LEN;
 
-use super::{Evidence, EvidenceError, EvidenceProvider};
+use super::{Evidence, EvidenceError, EvidenceProvider, SnpEvidence};
 
 /// How often a request is repeated when `generation` changes underneath it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -177,7 +177,7 @@ impl ConfigfsTsmProvider {
             if report.len() != REPORT_LEN {
                 return Err(EvidenceError::BadReportLength { len: report.len() });
             }
-            return Ok(Evidence { report, cert_table });
+            return Ok(SnpEvidence { report, cert_table }.into());
         }
         Err(EvidenceError::GenerationChanged {
             path: dir.to_path_buf(),
@@ -318,7 +318,7 @@ mod tests {
         let s = setup();
         let p = ConfigfsTsmProvider::with_fs(s.root.path(), None, Box::new(kernel(&s))).unwrap();
         let data = [0x5a; 64];
-        let ev = p.get_evidence(&data).unwrap();
+        let ev = p.get_evidence(&data).unwrap().snp().unwrap().clone();
         assert_eq!(ev.report.len(), REPORT_LEN);
         assert_eq!(&ev.report[0x50..0x90], &data);
         assert_eq!(ev.cert_table, s.platform.cert_table());
@@ -347,7 +347,13 @@ mod tests {
             ..kernel(&s)
         };
         let p = ConfigfsTsmProvider::with_fs(s.root.path(), None, Box::new(k)).unwrap();
-        assert!(p.get_evidence(&[2; 64]).unwrap().cert_table.is_empty());
+        assert!(p
+            .get_evidence(&[2; 64])
+            .unwrap()
+            .snp()
+            .unwrap()
+            .cert_table
+            .is_empty());
     }
 
     #[test]
@@ -375,7 +381,7 @@ mod tests {
         };
         let writes = k.writes.clone();
         let p = ConfigfsTsmProvider::with_fs(s.root.path(), None, Box::new(k)).unwrap();
-        let ev = p.get_evidence(&[3; 64]).unwrap();
+        let ev = p.get_evidence(&[3; 64]).unwrap().snp().unwrap().clone();
         assert_eq!(&ev.report[0x50..0x90], &[3; 64]);
         assert_eq!(
             writes.load(Ordering::SeqCst),
@@ -475,6 +481,9 @@ mod tests {
         let p =
             ConfigfsTsmProvider::with_fs(root.path(), None, Box::new(Broken("7\n", vec![0; 1184])))
                 .unwrap();
-        assert_eq!(p.get_evidence(&[0; 64]).unwrap().report, vec![0; 1184]);
+        assert_eq!(
+            p.get_evidence(&[0; 64]).unwrap().snp().unwrap().report,
+            vec![0; 1184]
+        );
     }
 }

@@ -1,14 +1,17 @@
-//! Evidence providers: where the guest obtains its SNP attestation report and the
-//! certificate table of the extended report.
+//! Evidence providers: where the guest obtains its attestation evidence: an SNP
+//! report and the certificate table of the extended report, or on an Azure
+//! confidential VM the paravisor's HCL report and a quote of the vTPM.
 //!
-//! Two providers exist, and one is chosen only by explicit configuration
-//! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate) and
-//! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`). Test builds (cargo feature
-//! `sim`) add a third, `sim` (a simulated platform directory, `keybroker-sim`); a build
-//! without it refuses `sim:DIR` with a message that says so. [`open_provider`] never falls
-//! back to another provider, least of all to `sim`, when hardware is absent: it fails with
-//! an error that says what is missing and what to do.
+//! Three providers exist, and one is chosen only by explicit configuration
+//! ([`ProviderConfig`]): `sev-guest` (the `/dev/sev-guest` ioctl through the `sev` crate),
+//! `configfs-tsm` (Linux's `/sys/kernel/config/tsm/report`) and `azure-vtpm` (Azure's
+//! vTPM, `/dev/tpmrm0`, with raw TPM 2.0 commands of `keybroker-vtpm`). Test builds
+//! (cargo feature `sim`) add a fourth, `sim` (a simulated platform directory,
+//! `keybroker-sim`); a build without it refuses `sim:DIR` with a message that says so.
+//! [`open_provider`] never falls back to another provider, least of all to `sim`, when
+//! hardware is absent: it fails with an error that says what is missing and what to do.
 
+mod azure_vtpm;
 mod configfs_tsm;
 mod sev_guest;
 #[cfg(feature = "sim")]
@@ -18,6 +21,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use azure_vtpm::AzureVtpmProvider;
 pub use configfs_tsm::ConfigfsTsmProvider;
 pub use sev_guest::SevGuestProvider;
 #[cfg(feature = "sim")]
@@ -30,22 +34,24 @@ use keybroker_snp::report::REPORT_LEN;
 pub const DEFAULT_SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
 /// Default root of the `configfs-tsm` provider.
 pub const DEFAULT_CONFIGFS_TSM_ROOT: &str = "/sys/kernel/config/tsm/report";
+/// Default TPM of the `azure-vtpm` provider (the kernel's resource manager).
+pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
 /// Whether this build has the simulated platform (cargo feature `sim`, tests only).
 pub const SIM_BUILT_IN: bool = cfg!(feature = "sim");
 /// The provider forms this build accepts, for messages.
 pub const PROVIDER_FORMS: &str = if SIM_BUILT_IN {
-    "sev-guest[:DEVICE], configfs-tsm[:ROOT] or sim:DIR"
+    "sev-guest[:DEVICE], configfs-tsm[:ROOT], azure-vtpm[:DEVICE] or sim:DIR"
 } else {
-    "sev-guest[:DEVICE] or configfs-tsm[:ROOT]"
+    "sev-guest[:DEVICE], configfs-tsm[:ROOT] or azure-vtpm[:DEVICE]"
 };
 /// Why a build without the simulated platform refuses `sim:DIR`.
 pub const NO_SIM: &str = "this guest-unlock was built without the simulated platform (cargo \
-    feature `sim`), which exists only for tests; use sev-guest or configfs-tsm";
+    feature `sim`), which exists only for tests; use sev-guest, configfs-tsm or azure-vtpm";
 
-/// What a provider returns: the raw report and the raw certificate table (empty when the
-/// platform offers no certificates; the broker then uses its own copies).
+/// A bare SNP report and the raw certificate table (empty when the platform offers no
+/// certificates; the broker then uses its own copies).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evidence {
+pub struct SnpEvidence {
     /// The attestation report, exactly as the platform produced it.
     pub report: Vec<u8>,
     /// The extended report's certificate table ([`keybroker_snp::cert_table`] layout),
@@ -53,13 +59,86 @@ pub struct Evidence {
     pub cert_table: Vec<u8>,
 }
 
+/// An Azure confidential VM's evidence, as its vTPM gave it (docs/protocol.md, "Azure
+/// vTPM evidence").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureVtpmEvidence {
+    /// NV index 0x01400001: the HCL report, with the SNP report inside.
+    pub hcl_report: Vec<u8>,
+    /// The quote's `TPMS_ATTEST`.
+    pub quote: Vec<u8>,
+    /// The quote's `TPMT_SIGNATURE`.
+    pub signature: Vec<u8>,
+    /// The quoted SHA-256 PCR values, in selection order.
+    pub pcr_values: Vec<[u8; 32]>,
+}
+
+/// What a provider returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// A bare SNP report, REPORT_DATA = the binding value.
+    Snp(SnpEvidence),
+    /// Azure vTPM evidence: the binding value is the quote's qualifying data and the HCL
+    /// report's user data.
+    AzureVtpm(AzureVtpmEvidence),
+}
+
+impl From<SnpEvidence> for Evidence {
+    fn from(e: SnpEvidence) -> Self {
+        Evidence::Snp(e)
+    }
+}
+
+impl Evidence {
+    /// The bare SNP evidence, if it is that.
+    pub fn snp(&self) -> Option<&SnpEvidence> {
+        match self {
+            Evidence::Snp(e) => Some(e),
+            Evidence::AzureVtpm(_) => None,
+        }
+    }
+
+    /// The SNP report: the bare one, or the one inside a well-framed HCL report.
+    pub fn snp_report(&self) -> Option<Vec<u8>> {
+        match self {
+            Evidence::Snp(e) => Some(e.report.clone()),
+            Evidence::AzureVtpm(a) => keybroker_vtpm::HclReport::parse(&a.hcl_report)
+                .ok()
+                .map(|h| h.snp_report().to_vec()),
+        }
+    }
+
+    /// Whether it carries `report_data` wherever the protocol binds it: REPORT_DATA of a
+    /// bare report; the quote's qualifying data and the HCL user data on Azure. A local
+    /// sanity check (the broker verifies): a provider that does not bind the request is
+    /// broken.
+    pub fn binds(&self, report_data: &[u8; 64]) -> bool {
+        match self {
+            Evidence::Snp(e) => {
+                keybroker_snp::report::report_data(&e.report) == Some(&report_data[..])
+            }
+            Evidence::AzureVtpm(a) => {
+                let quoted = keybroker_vtpm::tpm::attest::QuoteAttest::parse(&a.quote)
+                    .is_ok_and(|q| q.extra_data == report_data);
+                quoted && azure_vtpm::carries(&a.hcl_report, report_data)
+            }
+        }
+    }
+}
+
 /// A source of attestation evidence.
 pub trait EvidenceProvider: Send + Sync {
-    /// Short name of the provider (`sev-guest`, `configfs-tsm`, `sim`).
+    /// Short name of the provider (`sev-guest`, `configfs-tsm`, `azure-vtpm`, `sim`).
     fn name(&self) -> &'static str;
 
-    /// Requests a report whose REPORT_DATA is `report_data`, with its certificate table.
+    /// Requests evidence that binds `report_data` (see [`Evidence::binds`]).
     fn get_evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError>;
+
+    /// The lowest protocol minor a broker must speak to accept this provider's evidence
+    /// (0: any).
+    fn min_protocol_minor(&self) -> u32 {
+        0
+    }
 }
 
 /// Which evidence provider to use. Parsed from `sev-guest[:DEVICE]`, `configfs-tsm[:ROOT]`
@@ -75,6 +154,12 @@ pub enum ProviderConfig {
     ConfigfsTsm {
         /// The `tsm/report` directory.
         root: PathBuf,
+    },
+    /// Azure's vTPM (an Azure confidential VM).
+    AzureVtpm {
+        /// The TPM: a character device (`/dev/tpmrm0`) or, for tests, a Unix socket
+        /// speaking the same raw TPM 2.0 commands (swtpm).
+        device: PathBuf,
     },
     /// A simulated platform directory (see [`keybroker_sim`]; test builds only).
     #[cfg(feature = "sim")]
@@ -114,6 +199,9 @@ impl ProviderConfig {
             ("configfs-tsm", p) => Ok(Self::ConfigfsTsm {
                 root: PathBuf::from(p.unwrap_or(DEFAULT_CONFIGFS_TSM_ROOT)),
             }),
+            ("azure-vtpm", p) => Ok(Self::AzureVtpm {
+                device: PathBuf::from(p.unwrap_or(DEFAULT_TPM_DEVICE)),
+            }),
             ("sim", _) if !sim => Err(invalid(NO_SIM)),
             #[cfg(feature = "sim")]
             ("sim", Some(p)) => Ok(Self::Sim {
@@ -132,6 +220,7 @@ impl fmt::Display for ProviderConfig {
         match self {
             Self::SevGuest { device } => write!(f, "sev-guest:{}", device.display()),
             Self::ConfigfsTsm { root } => write!(f, "configfs-tsm:{}", root.display()),
+            Self::AzureVtpm { device } => write!(f, "azure-vtpm:{}", device.display()),
             #[cfg(feature = "sim")]
             Self::Sim { dir } => write!(f, "sim:{}", dir.display()),
         }
@@ -144,7 +233,8 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Box<dyn EvidenceProvider
 }
 
 /// Opens the configured provider, requesting reports at `vmpl` (0..=3; ignored by `sim`,
-/// whose guest description names its VMPL). Never substitutes another provider.
+/// whose guest description names its VMPL, and by `azure-vtpm`, whose paravisor requests
+/// its reports at VMPL0). Never substitutes another provider.
 pub fn open_provider_at_vmpl(
     config: &ProviderConfig,
     vmpl: u32,
@@ -161,6 +251,7 @@ pub fn open_provider_at_vmpl(
             root,
             (vmpl != 0).then_some(vmpl),
         )?),
+        ProviderConfig::AzureVtpm { device } => Box::new(AzureVtpmProvider::open(device)?),
         #[cfg(feature = "sim")]
         ProviderConfig::Sim { dir } => Box::new(SimProvider::open(dir)?),
     })
@@ -254,6 +345,30 @@ pub enum EvidenceError {
     /// The platform's certificate table could not be converted.
     #[error("the platform's certificate table is malformed: {0}")]
     CertTable(#[from] CertTableError),
+    /// The TPM device does not exist.
+    #[error("{device} does not exist: this VM has no TPM, or its driver is not loaded (`modprobe tpm_crb` or `tpm_tis`); the azure-vtpm provider is for Azure confidential VMs (check with `guest-unlock status`)")]
+    TpmMissing {
+        /// The configured device.
+        device: PathBuf,
+    },
+    /// The TPM could not be opened.
+    #[error("cannot open {device}: {source}; run guest-unlock as root")]
+    TpmAccess {
+        /// The device.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TPM command failed.
+    #[error("{device}: {source}; is this an Azure confidential VM? (`guest-unlock status` says; its vTPM holds the HCL report in NV index 0x01400001 and the attestation key at 0x81000003)")]
+    Tpm {
+        /// The device.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: keybroker_vtpm::TpmError,
+    },
     /// The simulated platform failed (test builds only).
     #[cfg(feature = "sim")]
     #[error("simulated platform: {0}")]
@@ -291,6 +406,18 @@ mod tests {
                     root: "/tmp/r".into(),
                 },
             ),
+            (
+                "azure-vtpm",
+                ProviderConfig::AzureVtpm {
+                    device: DEFAULT_TPM_DEVICE.into(),
+                },
+            ),
+            (
+                "azure-vtpm:/run/tpm.sock",
+                ProviderConfig::AzureVtpm {
+                    device: "/run/tpm.sock".into(),
+                },
+            ),
         ];
         #[cfg(feature = "sim")]
         cases.push((
@@ -317,6 +444,8 @@ mod tests {
             "SEV-GUEST",
             "configfs",
             "auto",
+            "azure-vtpm:",
+            "azure",
         ] {
             let err = bad.parse::<ProviderConfig>().unwrap_err();
             assert!(
@@ -341,11 +470,40 @@ mod tests {
             assert!(
                 msg.contains("built without the simulated platform")
                     && msg.contains("cargo feature `sim`")
-                    && msg.contains("use sev-guest or configfs-tsm"),
+                    && msg.contains("use sev-guest, configfs-tsm or azure-vtpm"),
                 "{msg}"
             );
         }
         assert!(ProviderConfig::parse("sev-guest", false).is_ok());
+    }
+
+    #[test]
+    fn azure_evidence_binds_only_where_quote_and_user_data_both_carry_the_value() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/azure-snp-vtpm/evidence-v0.json"
+        );
+        let file = keybroker_vtpm::EvidenceFile::parse(&std::fs::read(path).unwrap()).unwrap();
+        let real = Evidence::AzureVtpm(AzureVtpmEvidence {
+            hcl_report: file.hcl_report.clone(),
+            quote: file.quote_message.clone(),
+            signature: file.quote_signature.to_tpmt(),
+            pcr_values: file.pcr_values.clone(),
+        });
+        // The capture's user data is zero, its quote's extraData "challenge":
+        // no 64-byte value is carried by both.
+        assert!(!real.binds(&[0; 64]));
+        let mut challenge = [0u8; 64];
+        challenge[..9].copy_from_slice(b"challenge");
+        assert!(!real.binds(&challenge));
+        assert_eq!(real.snp_report().unwrap().len(), REPORT_LEN);
+        assert!(real.snp().is_none());
+        let Evidence::AzureVtpm(mut broken) = real else {
+            unreachable!()
+        };
+        broken.hcl_report.truncate(100);
+        let broken = Evidence::AzureVtpm(broken);
+        assert!(broken.snp_report().is_none() && !broken.binds(&[0; 64]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sev::parser::ByteParser;
 use keybroker_snp::cert_table::{self, CertEntry, Guid};
 use keybroker_snp::report::REPORT_LEN;
 
-use super::{Evidence, EvidenceError, EvidenceProvider, DEFAULT_SEV_GUEST_DEVICE};
+use super::{Evidence, EvidenceError, EvidenceProvider, SnpEvidence, DEFAULT_SEV_GUEST_DEVICE};
 
 /// Reports from `/dev/sev-guest`.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ impl EvidenceProvider for SevGuestProvider {
             Some(entries) if !entries.is_empty() => table_from_sev_entries(&entries)?,
             _ => Vec::new(),
         };
-        Ok(Evidence { report, cert_table })
+        Ok(SnpEvidence { report, cert_table }.into())
     }
 }
 

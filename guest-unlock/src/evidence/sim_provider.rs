@@ -6,7 +6,7 @@ use std::path::Path;
 
 use keybroker_sim::{SimEvidence, SimGuest, SimPlatform};
 
-use super::{Evidence, EvidenceError, EvidenceProvider};
+use super::{Evidence, EvidenceError, EvidenceProvider, SnpEvidence};
 
 /// Reports from a simulated platform. Proves nothing about the machine it runs on.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ impl EvidenceProvider for SimProvider {
 
     fn get_evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
         let (report, cert_table) = self.0.evidence(report_data)?;
-        Ok(Evidence { report, cert_table })
+        Ok(SnpEvidence { report, cert_table }.into())
     }
 }
 
@@ -72,7 +72,7 @@ mod tests {
         .unwrap();
         assert_eq!(provider.name(), "sim");
         let data = [0x42; 64];
-        let ev = provider.get_evidence(&data).unwrap();
+        let ev = provider.get_evidence(&data).unwrap().snp().unwrap().clone();
         let table = cert_table::decode(&ev.cert_table).unwrap();
         let vcek = table
             .iter()

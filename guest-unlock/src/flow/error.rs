@@ -30,8 +30,9 @@ pub enum UnlockError {
         #[source]
         source: EvidenceError,
     },
-    /// The provider's report does not carry the requested REPORT_DATA.
-    #[error("the {provider} provider returned a report whose REPORT_DATA is not the one requested; the provider or platform is broken, report this")]
+    /// The provider's evidence does not carry the requested binding value
+    /// (REPORT_DATA; on Azure, the quote's qualifying data and the HCL user data).
+    #[error("the {provider} provider returned evidence that does not carry the REPORT_DATA requested; the provider or platform is broken, report this")]
     EvidenceMismatch {
         /// Provider name.
         provider: &'static str,

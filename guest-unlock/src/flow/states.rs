@@ -7,6 +7,7 @@ use std::fmt;
 use keybroker_proto::pb::{self, KeyState};
 use keybroker_proto::{
     protocol_version, report_data, GuestKeyPair, Nonce, ReportData, VolumeId, VolumeIds,
+    PROTOCOL_MAJOR,
 };
 
 use super::attested_session::AttestedSession;
@@ -14,7 +15,7 @@ use super::error::{printable, UnlockError};
 use super::keys::{key_labels, Denied, UnwrappedKey};
 use super::session::Session;
 use crate::client::BrokerRpc;
-use crate::evidence::EvidenceProvider;
+use crate::evidence::{Evidence, EvidenceProvider};
 
 /// Most key versions accepted for one volume in a response (current and
 /// pending during a rotation, with room to spare).
@@ -31,6 +32,8 @@ pub struct Start {
 pub struct Challenged {
     pub(super) nonce: Nonce,
     volumes: VolumeIds,
+    /// The protocol minor the broker speaks (what evidence it accepts).
+    broker_minor: u32,
 }
 
 /// The broker answered the attestation; keys are still wrapped.
@@ -98,6 +101,7 @@ impl Start {
         Ok(Challenged {
             nonce,
             volumes: self.volumes,
+            broker_minor: resp.version.map_or(0, |v| v.minor),
         })
     }
 }
@@ -110,10 +114,24 @@ impl Challenged {
         provider: &dyn EvidenceProvider,
         s: &mut Session<B>,
     ) -> Result<Attested, UnlockError> {
+        // A broker that cannot read this provider's evidence would refuse
+        // it as malformed; say why before touching the platform.
+        let needed = provider.min_protocol_minor();
+        if self.broker_minor < needed {
+            return Err(UnlockError::VersionMismatch {
+                broker: s.broker.clone(),
+                message: format!(
+                    "the broker speaks keybroker v{PROTOCOL_MAJOR}.{}, but {} evidence needs \
+                     v{PROTOCOL_MAJOR}.{needed} or later: upgrade the broker",
+                    self.broker_minor,
+                    provider.name()
+                ),
+            });
+        }
         let keypair = GuestKeyPair::generate().map_err(UnlockError::KeyPair)?;
         let public = keypair.public();
         let rd = report_data(&self.nonce, &public, &self.volumes);
-        // Evidence providers block (ioctl or configfs); they are quick.
+        // Evidence providers block (ioctl, configfs, TPM); they are quick.
         let evidence =
             provider
                 .get_evidence(rd.as_bytes())
@@ -121,19 +139,33 @@ impl Challenged {
                     provider: provider.name(),
                     source,
                 })?;
-        if keybroker_snp::report::report_data(&evidence.report) != Some(&rd.as_bytes()[..]) {
+        if !evidence.binds(rd.as_bytes()) {
             return Err(UnlockError::EvidenceMismatch {
                 provider: provider.name(),
             });
         }
-        let req = pb::AttestRequest {
+        let mut req = pb::AttestRequest {
             version: Some(protocol_version()),
             nonce: self.nonce.as_bytes().to_vec(),
-            report: evidence.report,
-            cert_table: evidence.cert_table,
             guest_public_key: public.as_bytes().to_vec(),
             volume_ids: self.volumes.to_strings(),
+            ..Default::default()
         };
+        match evidence {
+            Evidence::Snp(e) => {
+                req.report = e.report;
+                req.cert_table = e.cert_table;
+            }
+            Evidence::AzureVtpm(a) => {
+                req.evidence_kind = pb::EvidenceKind::AzureVtpm as i32;
+                req.azure_vtpm = Some(pb::AzureVtpmEvidence {
+                    hcl_report: a.hcl_report,
+                    quote: a.quote,
+                    signature: a.signature,
+                    pcr_values: a.pcr_values.iter().map(|v| v.to_vec()).collect(),
+                });
+            }
+        }
         let timeout = s.remaining();
         let response = s
             .rpc

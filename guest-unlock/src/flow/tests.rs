@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::client::BrokerRpc;
-use crate::evidence::Evidence;
 use crate::evidence::EvidenceError;
+use crate::evidence::{Evidence, SnpEvidence};
 use keybroker_proto::pb::KeyState;
 use keybroker_proto::{
     check_version, denial_status, protocol_version, report_data, wrap_volume_key, GuestKeyPair,
@@ -25,10 +25,11 @@ impl EvidenceProvider for FakeEvidence {
         use keybroker_snp::report::{offset, REPORT_DATA_LEN, REPORT_LEN};
         let mut report = vec![0u8; REPORT_LEN];
         report[offset::REPORT_DATA..offset::REPORT_DATA + REPORT_DATA_LEN].copy_from_slice(rd);
-        Ok(Evidence {
+        Ok(SnpEvidence {
             report,
             cert_table: Vec::new(),
-        })
+        }
+        .into())
     }
 }
 
@@ -377,6 +378,35 @@ async fn refusal_carries_reason_codes() {
 }
 
 #[tokio::test]
+async fn evidence_a_broker_is_too_old_for_is_not_even_fetched() {
+    struct Newer(std::sync::atomic::AtomicBool);
+    impl EvidenceProvider for Newer {
+        fn name(&self) -> &'static str {
+            "newer"
+        }
+        fn get_evidence(&self, rd: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            FakeEvidence.get_evidence(rd)
+        }
+        fn min_protocol_minor(&self) -> u32 {
+            keybroker_proto::PROTOCOL_MINOR + 1
+        }
+    }
+    let broker = FakeBroker::new(Twist::None);
+    let mut s = Session::new(&broker, "fake", Instant::now() + Duration::from_secs(5));
+    let c = Start::new(vols()).handle(&mut s).await.unwrap();
+    let provider = Newer(false.into());
+    let e = c.handle(&provider, &mut s).await.unwrap_err();
+    assert!(matches!(e, UnlockError::VersionMismatch { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("newer evidence needs") && msg.contains("upgrade the broker"),
+        "{msg}"
+    );
+    assert!(!provider.0.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[tokio::test]
 async fn evidence_not_carrying_report_data_is_refused_locally() {
     struct Liar;
     impl EvidenceProvider for Liar {
@@ -384,10 +414,11 @@ async fn evidence_not_carrying_report_data_is_refused_locally() {
             "liar"
         }
         fn get_evidence(&self, _rd: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-            Ok(Evidence {
+            Ok(SnpEvidence {
                 report: vec![0; 1184],
                 cert_table: vec![],
-            })
+            }
+            .into())
         }
     }
     let broker = FakeBroker::new(Twist::None);

@@ -53,11 +53,13 @@ depends() {
 
 # called by dracut
 installkernel() {
-    # Evidence: the SNP guest driver, configfs-tsm where the kernel has it.
+    # Evidence: the SNP guest driver, configfs-tsm where the kernel has it,
+    # the TPM drivers of Azure's vTPM (CRB on Hyper-V, TIS on qemu) for the
+    # azure-vtpm provider (raw TPM 2.0 on /dev/tpmrm0, nothing else).
     # dm-crypt and the kernel crypto of aes-xts-plain64 LUKS2 volumes.
     # Network drivers of the usual confidential-VM platforms. Missing or
     # built-in modules are skipped.
-    hostonly='' instmods sev-guest tsm_report tsm \
+    hostonly='' instmods sev-guest tsm_report tsm tpm tpm_tis_core tpm_tis tpm_crb \
         dm_mod dm_crypt algif_skcipher af_alg algif_hash \
         aesni_intel aes_generic xts ecb cbc cryptd \
         sha256_generic sha256_ssse3 sha512_generic hmac \

@@ -15,7 +15,8 @@
 //!   PCR_Read, GetCapability) and those that provision a simulated vTPM
 //!   (CreatePrimary, EvictControl, ReadPublic, FlushContext);
 //! - [`device`]: [`Tpm`], which sends them over any `Read + Write`
-//!   transport (`/dev/tpmrm0`, a swtpm socket).
+//!   transport (`/dev/tpmrm0`, a swtpm socket); [`transport::open`] opens
+//!   either by path.
 //!
 //! Parsers check every length against the largest value the structure
 //! allows and refuse trailing bytes; they never decide policy.
@@ -26,6 +27,7 @@ pub mod device;
 pub mod pcr;
 pub mod public;
 pub mod signature;
+pub mod transport;
 mod wire;
 
 pub use device::{Tpm, TpmError};
