@@ -69,12 +69,13 @@ broker_alive() { [ -n "${BROKER[pid]:-}" ] && kill -0 "${BROKER[pid]}" 2>/dev/nu
 # broker_cli ARGS...: a broker admin command against this broker.
 broker_cli() { "$B" "$@" --config "${BROKER[cfg]}"; }
 
-# policy_set NAME MEASUREMENT
-policy_set() {
+# policy_put NAME TOP [TABLES]: sets policy NAME to the SNP checks every
+# scenario uses, with TOP (top-level keys) and TABLES (TOML tables) added.
+policy_put() {
     local f=${BROKER[dir]}/policy-$1.toml
     cat >"$f" <<TOML
 version = 1
-measurements = ["$2"]
+$2
 allow_debug = false
 allow_migration_agent = false
 max_vmpl = 0
@@ -84,9 +85,13 @@ bootloader = 0
 tee = 0
 snp = 0
 microcode = 0
+${3:-}
 TOML
     quiet broker_cli policy set "$1" "$f"
 }
+
+# policy_set NAME MEASUREMENT
+policy_set() { policy_put "$1" "measurements = [\"$2\"]"; }
 
 # audit_mark: the id of the newest audit entry (0 when none), to tell a
 # boot's decisions from earlier ones (bind attests too).

@@ -84,28 +84,14 @@ azure_boot() {
 # simulated paravisor whose PCRs match PCRS (a TOML inline table's body,
 # e.g. `0 = "…", 7 = "…"`).
 policy_set_vtpm() {
-    local f=${BROKER[dir]}/policy-$1.toml
-    cat >"$f" <<TOML
-version = 1
-allow_debug = false
-allow_migration_agent = false
-max_vmpl = 0
-
-[min_tcb.milan]
-bootloader = 0
-tee = 0
-snp = 0
-microcode = 0
-
+    policy_put "$1" "" "
 [vtpm]
 accept = true
-paravisor_measurements = ["${VM[paravisor]}"]
+paravisor_measurements = [\"${VM[paravisor]}\"]
 
 [[vtpm.pcr_sets]]
-name = "vm-image"
-pcrs = { $2 }
-TOML
-    quiet broker_cli policy set "$1" "$f"
+name = \"vm-image\"
+pcrs = { $2 }"
 }
 
 # The PCRs 0-9 that the broker's newest Attest decision verified, as a
