@@ -221,7 +221,8 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// What toml said, with line and column.
+        /// What toml said: line and column, the line with a caret under
+        /// the problem, and what is wrong (several lines).
         message: String,
     },
     /// A value is out of range.
@@ -251,7 +252,8 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            // Several lines: toml's caret diagram points at the field.
+            message: e.to_string().trim_end().to_owned(),
         })?;
         let value_err = |field, message: &str| ConfigError::Value {
             path: path.to_owned(),

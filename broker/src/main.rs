@@ -21,12 +21,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    let log_format = cli.log_format;
     match cli::run(cli) {
         Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Refused) => ExitCode::from(1),
         Ok(cli::Outcome::Usage) => ExitCode::from(2),
         Err(e) => {
-            eprintln!("broker: error: {e:#}");
+            eprintln!("{}", logging::fatal_line(log_format, &e));
             ExitCode::from(1)
         }
     }

@@ -99,6 +99,35 @@ pub fn spki_pin(cert_der: &[u8]) -> Result<SpkiPin, TlsError> {
     SpkiPin::of_certificate(cert_der).map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
+/// Loads a PEM certificate chain (the broker's first).
+pub fn load_certs(cert_path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let cert_pem = std::fs::read(cert_path).map_err(|source| TlsError::Read {
+        what: "TLS certificate",
+        path: cert_path.to_owned(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::NotPem {
+            what: "certificate",
+            path: cert_path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what: "certificate",
+            path: cert_path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The pin guests record for the certificate (chain) in a PEM file: its
+/// first certificate's key. Reads no private key, so it needs no root.
+pub fn pin_of_file(cert_path: &Path) -> Result<SpkiPin, TlsError> {
+    spki_pin(&load_certs(cert_path)?[0])
+}
+
 /// Loads the certificate chain and private key; refuses a key file that
 /// others can read.
 pub fn load(
@@ -126,16 +155,7 @@ pub fn load(
             path: key_path.to_owned(),
         });
     }
-    let cert_pem = read("TLS certificate", cert_path)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(not_pem("certificate", cert_path))?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            what: "certificate",
-            path: cert_path.to_owned(),
-        });
-    }
+    let certs = load_certs(cert_path)?;
     let key_pem = Zeroizing::new(read("TLS key", key_path)?);
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(not_pem("private key", key_path))?

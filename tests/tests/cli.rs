@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use keybroker_tests::exe::{
-    self, init, init_and_serve, mode, run_in, run_with, tempdir, Run, Server,
+    self, broker_cmd, init, init_and_serve, mode, run_in, run_with, tempdir, Run, Server,
 };
 use keybroker_tests::fixtures::{expected_field, fixture, stage_real_set, REAL_SETS};
 use keybroker_tests::snapshot::{assert_snapshot, longest_hex_run};
@@ -560,6 +560,231 @@ fn init_accepts_an_existing_empty_directory() {
     std::fs::create_dir(tmp.path().join("empty")).unwrap();
     init(tmp.path(), "empty", "127.0.0.1:8443");
     assert!(tmp.path().join("empty/master.key").is_file());
+}
+
+// ---------------------------------------------------------------- pin, check-config, log format
+
+#[test]
+fn pin_prints_the_pin_init_printed() {
+    let tmp = tempdir();
+    let (_r, pin) = init(tmp.path(), "kb", "127.0.0.1:8443");
+    for args in [
+        &["pin", "-c", "kb/config.toml"][..],
+        &["pin", "--config", "kb/config.toml"],
+        &["pin", "--cert", "kb/tls/cert.pem"],
+    ] {
+        let r = run_in(tmp.path(), args);
+        r.expect_code(0);
+        assert_eq!(r.stdout, format!("{pin}\n"), "{args:?}");
+    }
+    // KEYBROKER_CONFIG, as for every command taking --config.
+    let r = run_with(
+        broker_cmd()
+            .current_dir(tmp.path())
+            .env("KEYBROKER_CONFIG", "kb/config.toml"),
+        &["pin"],
+    );
+    r.expect_code(0);
+    assert_eq!(r.stdout, format!("{pin}\n"));
+    // A new certificate's pin, before the broker uses it.
+    let new = broker::tls::self_signed(&["localhost".into()]).unwrap();
+    write(tmp.path(), "new.pem", &new.cert_pem);
+    let r = run_in(tmp.path(), &["pin", "--cert", "new.pem"]);
+    r.expect_code(0);
+    assert_eq!(r.stdout.trim_end(), new.spki_pin.to_string());
+    // Bad input: nothing named, a missing file, not a certificate, a
+    // config that does not parse.
+    run_in(tmp.path(), &["pin"]).expect_code(2);
+    let r = run_in(tmp.path(), &["pin", "--cert", "missing.pem"]);
+    r.expect_code(1);
+    assert_eq!(
+        r.stderr,
+        "broker: error: cannot read TLS certificate missing.pem: No such file or directory (os error 2)\n"
+    );
+    let r = run_in(tmp.path(), &["pin", "--cert", "kb/config.toml"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("kb/config.toml holds no certificate"),
+        "{}",
+        r.stderr
+    );
+    write(tmp.path(), "bad.toml", "[server\n");
+    run_in(tmp.path(), &["pin", "-c", "bad.toml"]).expect_code(1);
+    // Not root: the broker directory (0700) is not readable, and the
+    // message says whom to run it as.
+    if let Some(r) = as_nobody(tmp.path(), &["pin", "-c", "kb/config.toml"]) {
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains(
+                "Permission denied (os error 13); run this as root or as the broker's user"
+            ),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+/// Runs `broker ARGS` in `cwd` as user nobody, when the tests run as root
+/// and `setpriv` exists.
+fn as_nobody(cwd: &Path, args: &[&str]) -> Option<Run> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
+    if !root || !Path::new("/usr/bin/setpriv").exists() {
+        return None;
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(exe::Exe::Broker.path())
+        .current_dir(cwd)
+        .env_remove("KEYBROKER_CONFIG")
+        .env_remove("KEYBROKER_LOG_FORMAT");
+    let out = cmd.args(args).output().ok()?;
+    Some(Run {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[test]
+fn check_config_names_the_line_and_field_of_a_bad_config() {
+    let tmp = tempdir();
+    init(tmp.path(), "kb", "127.0.0.1:8443");
+    let d = tmp.path();
+    let good = std::fs::read_to_string(d.join("kb/config.toml")).unwrap();
+    let variant = |name: &str, from: &str, to: &str| {
+        assert!(good.contains(from), "{from}");
+        write(d, &format!("kb/{name}"), &good.replacen(from, to, 1));
+        format!("kb/{name}")
+    };
+    let mut transcript = String::new();
+    let mut check = |args: &[&str], code: i32| {
+        let r = run_in(d, args);
+        r.expect_code(code);
+        transcript.push_str(&r.transcript());
+        transcript.push('\n');
+        r
+    };
+    let r = check(&["check-config", "-c", "kb/config.toml"], 0);
+    assert_eq!(r.stdout, "config ok: kb/config.toml\n");
+    // A value out of range: its line and field.
+    let ttl = variant("ttl.toml", "nonce_ttl_secs = 60", "nonce_ttl_secs = 9999");
+    let r = check(&["check-config", "-c", &ttl], 1);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "broker: error: {ttl}:10: server.nonce_ttl_secs: must be"
+        )),
+        "{}",
+        r.stderr
+    );
+    // Not TOML for this schema: toml's line, column and caret diagram,
+    // on several lines, printed once.
+    let listen = variant(
+        "listen.toml",
+        "listen = \"127.0.0.1:8443\"",
+        "listen = 8443",
+    );
+    let r = check(&["check-config", "-c", &listen], 1);
+    assert!(r.stderr.contains("at line 6, column 10\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("6 | listen = 8443\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("^"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("TOML parse error").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    let unknown = variant("unknown.toml", "[store]", "[store]\nflavour = \"x\"");
+    let r = check(&["check-config", "-c", &unknown], 1);
+    assert!(r.stderr.contains("unknown field `flavour`"), "{}", r.stderr);
+    // A file it names is missing.
+    let key = variant(
+        "key.toml",
+        "master_key = \"master.key\"",
+        "master_key = \"nokey\"",
+    );
+    let r = check(&["check-config", "-c", &key], 1);
+    assert!(
+        r.stderr
+            .contains(&format!("{key}:21: keys.master_key: cannot read kb/nokey")),
+        "{}",
+        r.stderr
+    );
+    let cert = variant(
+        "cert.toml",
+        "tls_cert = \"tls/cert.pem\"",
+        "tls_cert = \"tls/none.pem\"",
+    );
+    check(&["check-config", "-c", &cert], 1);
+    // No such config; no config named (a usage error).
+    check(&["check-config", "-c", "kb/missing.toml"], 1);
+    check(&["check-config"], 2);
+    if let Some(r) = as_nobody(d, &["check-config", "-c", "kb/config.toml"]) {
+        r.expect_code(1);
+        assert!(
+            r.stderr
+                .contains("run this as root or as the broker's user"),
+            "{}",
+            r.stderr
+        );
+    }
+    // `serve` says the same about the same file.
+    let r = run_in(d, &["serve", "-c", &listen]);
+    r.expect_code(1);
+    assert_eq!(
+        r.stderr.matches("TOML parse error").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert_snapshot("check_config", &transcript);
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let tmp = tempdir();
+    init(tmp.path(), "kb", "127.0.0.1:0");
+    // The final error.
+    write(tmp.path(), "bad.toml", "[server\n");
+    let r = run_in(
+        tmp.path(),
+        &["--log-format", "json", "check-config", "-c", "bad.toml"],
+    );
+    r.expect_code(1);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(
+        v["message"].as_str().unwrap().contains("TOML parse error"),
+        "{v}"
+    );
+    // The service's log lines.
+    let server = Server::start_with(tmp.path(), &["--log-format", "json"], "kb/config.toml");
+    let log = server.log();
+    drop(server);
+    let mut messages = Vec::new();
+    for l in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{log}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+        messages.push(v["message"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "serving keybroker.v1 over TLS"),
+        "{log}"
+    );
+    run_in(
+        tmp.path(),
+        &["--log-format", "yaml", "pin", "-c", "kb/config.toml"],
+    )
+    .expect_code(2);
 }
 
 // ---------------------------------------------------------------- policy and volume

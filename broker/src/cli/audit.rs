@@ -215,8 +215,9 @@ fn details(e: &pb::AuditEntry) -> Value {
     serde_json::from_str(&e.details_json).unwrap_or_else(|_| Value::String(e.details_json.clone()))
 }
 
-/// One line: id, time, kind, verdict, volumes, reason codes, measurement,
-/// chip id (first 8 bytes), client. `-` marks an absent value.
+/// One line: id, time, kind, verdict, (admin entries) the action and
+/// what it acted on, volumes, reason codes, measurement, chip id (first 8
+/// bytes), client. `-` marks an absent value.
 fn entry_line(e: &pb::AuditEntry) -> String {
     let d = details(e);
     let field = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -230,17 +231,36 @@ fn entry_line(e: &pb::AuditEntry) -> String {
     let chip = field("chip_id");
     let chip = chip.get(..16).unwrap_or(&chip);
     format!(
-        "{} {} {} {} volumes={} reasons={} measurement={} chip={} client={}",
+        "{} {} {} {}{} volumes={} reasons={} measurement={} chip={} client={}",
         e.id,
         rfc3339(e.at_unix),
         e.kind,
         e.verdict,
+        admin_action(e, &d),
         list(&e.volumes),
         list(&e.reason_codes),
         field("measurement"),
         chip,
         e.client.as_deref().unwrap_or("-"),
     )
+}
+
+/// What an admin entry did, ` ACTION OBJECT` (` volume.delete root`,
+/// ` policy.set prod`, ` master.rotate -`); nothing for other kinds.
+fn admin_action(e: &pb::AuditEntry, d: &Value) -> String {
+    if e.kind != "admin" {
+        return String::new();
+    }
+    let action = d.get("action").and_then(Value::as_str).unwrap_or("-");
+    let object = if e.volumes.is_empty() {
+        d.pointer("/change/policy")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_owned()
+    } else {
+        e.volumes.join(",")
+    };
+    format!(" {action} {object}")
 }
 
 /// Every field of an entry, details parsed as JSON.

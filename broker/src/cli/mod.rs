@@ -7,11 +7,13 @@
 mod admin_conn;
 mod audit;
 mod certs;
+mod check_config;
 mod explain;
 mod init;
 mod inspect;
 mod keys;
 mod measure;
+mod pin;
 mod platforms;
 mod policy;
 mod report;
@@ -33,6 +35,16 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines (`broker serve`) and the final error as text or as one
+    /// JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "KEYBROKER_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Top-level commands.
@@ -42,6 +54,12 @@ pub enum Command {
     Init(init::InitArgs),
     /// Serve guests: gRPC over TLS on the configured guest port.
     Serve(ConfigArg),
+    /// Check a config file without starting anything: exit 0 when `serve`
+    /// could use it, 1 naming the line and field of the first problem.
+    CheckConfig(ConfigArg),
+    /// Print the pin of the broker's TLS key (`sha256:<hex>`, as `broker
+    /// init` printed it), for guests' `--pin` and tokens.
+    Pin(pin::PinArgs),
     /// Offline inspection of attestation reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
@@ -102,7 +120,9 @@ pub enum Outcome {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Init(a) => init::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(a, cli.log_format),
+        Command::CheckConfig(a) => check_config::run(a),
+        Command::Pin(a) => pin::run(a),
         Command::Report(c) => report::run(c),
         Command::Volume(c) => volume::run_volume(c),
         Command::Policy(c) => policy::run_policy(c),

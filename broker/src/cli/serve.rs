@@ -11,8 +11,8 @@ use broker::config::Config;
 use broker::grpc::{self, ServeOptions};
 
 /// Loads everything, then serves until SIGTERM or Ctrl-C.
-pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
-    crate::logging::init();
+pub fn run(args: ConfigArg, log_format: crate::logging::LogFormat) -> anyhow::Result<Outcome> {
+    crate::logging::init(log_format);
     let hardening = broker::hardening::harden();
     if !hardening.no_core_dumps {
         tracing::warn!("could not disable core dumps");
