@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 
 use crate::azure_detect::AzureStatus;
 use crate::config::ConfigError;
-use crate::evidence::{EvidenceError, EvidenceProvider};
+use crate::evidence::{Evidence, EvidenceError, EvidenceProvider};
 
 /// The observations, as plain data.
 #[derive(Debug, Default, Serialize)]
@@ -76,18 +76,33 @@ pub(crate) fn result_json<S: Serializer, T: Serialize, E: std::fmt::Display>(
     }
 }
 
-/// Asks `provider` for a report (with a fixed REPORT_DATA: it is shown,
-/// never sent anywhere) and decodes what `status` shows of it.
-pub fn sample_report(provider: &dyn EvidenceProvider) -> Result<ReportSummary, ReportError> {
+/// The REPORT_DATA of the reports `status` asks for: fixed, since they
+/// are shown or saved, never sent to a broker.
+pub fn status_report_data() -> [u8; 64] {
     let mut rd = [0u8; 64];
     rd[..16].copy_from_slice(b"guest-unlock sta");
-    let ev = provider.get_evidence(&rd)?;
+    rd
+}
+
+/// Asks `provider` for evidence with [`status_report_data`].
+pub fn sample_evidence(provider: &dyn EvidenceProvider) -> Result<Evidence, ReportError> {
+    Ok(provider.get_evidence(&status_report_data())?)
+}
+
+/// Decodes what `status` shows of evidence's SNP report.
+pub fn summarize_evidence(ev: &Evidence) -> Result<ReportSummary, ReportError> {
     let report = ev.snp_report().ok_or_else(|| {
         ReportParseError(
             "the provider's HCL report does not frame, so it holds no SNP report".into(),
         )
     })?;
     Ok(summarize_report(&report)?)
+}
+
+/// Asks `provider` for a report (with a fixed REPORT_DATA: it is shown,
+/// never sent anywhere) and decodes what `status` shows of it.
+pub fn sample_report(provider: &dyn EvidenceProvider) -> Result<ReportSummary, ReportError> {
+    summarize_evidence(&sample_evidence(provider)?)
 }
 
 impl Status {

@@ -132,6 +132,32 @@ impl Env {
         }
         self.run(&args)
     }
+
+    /// Runs the `guest-unlock` binary; returns what it printed.
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(Exe::GuestUnlock.path())
+            .args(args)
+            .env_remove("KEYBROKER_CRASH_AT")
+            .env_remove("GUEST_UNLOCK_CONFIG")
+            .env_remove("GUEST_UNLOCK_LOG_FORMAT")
+            .output()
+            .unwrap()
+    }
+
+    /// `unlock --dry-run` of `dev`; returns the exit code and standard error.
+    fn dry_run(&self, dev: &Path) -> (u8, String) {
+        let out = self.output(&[
+            "unlock",
+            "--dry-run",
+            "--config",
+            self.config.to_str().unwrap(),
+            dev.to_str().unwrap(),
+        ]);
+        (
+            u8::try_from(out.status.code().unwrap()).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
 
 fn bytes(p: &Path) -> Vec<u8> {
@@ -539,6 +565,43 @@ fn probe_exit_codes() {
     // Usage: a bad volume name.
     let out = probe(&["--config", conf, "--volume", "../etc"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // -c is --config; --log-format json makes each diagnostic one JSON object.
+    let out = std::process::Command::new(keybroker_tests::exe::Exe::GuestUnlock.path())
+        .args([
+            "--log-format",
+            "json",
+            "probe",
+            "-c",
+            conf,
+            "--volume",
+            "../etc",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stderr).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("--volume: "),
+        "{v}"
+    );
+    // A TOML error: the file, then toml's caret diagram on several lines, once.
+    let bad = env.work.path().join("bad.toml");
+    std::fs::write(&bad, "brokers = [1\n").unwrap();
+    let out = probe(&["-c", bad.to_str().unwrap(), "--volume", "root"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "guest-unlock: invalid config: {}: TOML parse error at line 1, column 13\n",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 | brokers = [1\n"), "{stderr}");
+    assert_eq!(stderr.matches("TOML parse error").count(), 1, "{stderr}");
 }
 
 /// The event lines of `unlock`, from the binary against the real broker:
@@ -593,13 +656,372 @@ fn unlock_prints_one_event_line_per_device() {
         refused.display()
     );
     assert!(events[1].starts_with(&prefix), "{stderr}");
-    assert_ne!(&events[1][prefix.len()..], "-", "the decision id: {stderr}");
+    let decision = &events[1][prefix.len()..];
+    assert_ne!(decision, "-", "the decision id: {stderr}");
+    // The human line on the console names the same decision (issue #11),
+    // and it is the id of the audit entry that `broker audit` shows.
+    assert!(
+        stderr.contains(&format!(
+            "guest-unlock: refused ({}): broker {} refused: POLICY_MEASUREMENT_NOT_ALLOWED (decision {decision})\n",
+            refused.display(),
+            env._broker.url()
+        )),
+        "{stderr}"
+    );
+    let audit = keybroker_tests::exe::run_in(
+        env.work.path(),
+        &[
+            "audit",
+            "--config",
+            env.dir.config_path.to_str().unwrap(),
+            "--kind",
+            "attest",
+        ],
+    );
+    audit.expect_code(0);
+    let line = audit
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{decision} ")))
+        .unwrap_or_else(|| panic!("no audit entry {decision}:\n{}", audit.stdout));
+    // One attestation for both devices: `root` released, `refused` not.
+    assert!(line.contains(" attest "), "{line}");
+    assert!(
+        line.contains(" reasons=POLICY_MEASUREMENT_NOT_ALLOWED "),
+        "{line}"
+    );
+    assert!(line.contains("refused"), "{line}");
     assert!(
         events[2].starts_with("done v=1 unlocked=1 locked=2 secs="),
         "{stderr}"
     );
     // --dry-run activates nothing: no `unlocked` line for the checked device.
     assert!(!stderr.contains("event=unlocked"), "{stderr}");
+    // --connect-timeout overrides the configuration (a value out of range
+    // is refused as the setting would be), and -c is --config.
+    let out = env.output(&[
+        "unlock",
+        "--dry-run",
+        "-c",
+        env.config.to_str().unwrap(),
+        "--connect-timeout",
+        "99999",
+        ok.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(EXIT_USAGE)), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect_timeout_secs"));
+    let out = env.output(&[
+        "unlock",
+        "--dry-run",
+        "-c",
+        env.config.to_str().unwrap(),
+        "--connect-timeout",
+        "3",
+        ok.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(EXIT_GRANTED)), "{out:?}");
+    // A device that does not exist: named once, reason not-found.
+    let missing = env.work.path().join("missing.img");
+    let (code, stderr) = env.dry_run(&missing);
+    assert_eq!(code, EXIT_FAILED);
+    assert_eq!(
+        stderr.matches(&*missing.to_string_lossy()).count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("reason=not-found"), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+/// `edit` (issue #11): a broker's TLS key rotated without a rebind, in
+/// the documented order (new pin added, broker switched, old pin removed),
+/// the broker list replaced; and each refusal leaves the header as it was.
+#[test]
+fn edit_changes_the_brokers_and_pins_of_bound_tokens() {
+    let env = env();
+    let dev = env.luks_image("edit.img");
+    let good = env.key_file(PASSPHRASE);
+    assert_eq!(env.bind(&dev, "root", Some(&good)), EXIT_GRANTED);
+    let d = dev.to_str().unwrap();
+    let old = env.dir.pin.clone();
+    let new = broker::tls::self_signed(&["localhost".into()])
+        .unwrap()
+        .spki_pin
+        .to_string();
+    let url = env._broker.url();
+    let edit = |args: &[&str]| {
+        let mut all = vec!["edit", d];
+        all.extend_from_slice(args);
+        let out = env.output(&all);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let pins = || luks::list(&dev).unwrap()[0].spki_pins.clone();
+    // 1. The new pin beside the old one: the broker still answers.
+    let (code, stdout, stderr) = edit(&["--add-pin", &new]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("edited {d} token 0: brokers {url}; pins {old},{new}\n")
+    );
+    assert_eq!(pins(), [old.clone(), new.clone()]);
+    assert_eq!(env.dry_run(&dev).0, EXIT_GRANTED);
+    // Adding it again changes nothing, and says so.
+    let (code, stdout, _) = untouched(&dev, "adding a held pin", || edit(&["--add-pin", &new]));
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("unchanged "), "{stdout}");
+    // 3. The old pin removed. The broker here still has the old key, so
+    // the guest now refuses it: the token's pins are what unlock checks.
+    let (code, _, stderr) = edit(&["--remove-pin", &old]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(pins(), std::slice::from_ref(&new));
+    let (code, stderr) = env.dry_run(&dev);
+    assert_eq!(code, EXIT_FAILED);
+    assert!(stderr.contains("reason=pin-mismatch"), "{stderr}");
+    // --pin replaces the list; --broker the broker list (tried in order).
+    assert_eq!(edit(&["--pin", &old]).0, 0);
+    assert_eq!(pins(), std::slice::from_ref(&old));
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let (code, stdout, stderr) = edit(&["--broker", &format!("{dead},{url}")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("brokers {dead},{url};")),
+        "{stdout}"
+    );
+    assert_eq!(env.dry_run(&dev).0, EXIT_GRANTED);
+    // The keyslots were never touched.
+    let mut dv = Device::open(&dev).unwrap();
+    let mut active = dv.active_keyslots();
+    active.sort_unstable();
+    assert_eq!(active, [0, 1]);
+    drop(dv);
+
+    // Refusals, each leaving the image byte for byte as it was.
+    let refused = |what: &str, args: &[&str], code: i32, says: &str| {
+        let (c, _, stderr) = untouched(&dev, what, || edit(args));
+        assert_eq!(c, code, "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: one message: {stderr}");
+    };
+    refused(
+        "the last pin",
+        &["--remove-pin", &old],
+        1,
+        "would be left without pins",
+    );
+    refused("a pin not held", &["--remove-pin", &new], 1, "has no pin");
+    refused(
+        "a malformed pin",
+        &["--add-pin", "sha256:00"],
+        2,
+        "--add-pin \"sha256:00\"",
+    );
+    refused(
+        "a malformed URL",
+        &["--broker", "ftp://x"],
+        2,
+        "--broker \"ftp://x\"",
+    );
+    refused("nothing to change", &[], 2, "needs something to change");
+    let other = Device::open(&dev)
+        .unwrap()
+        .set_token(None, &json!({"type":"x-other","keyslots":[]}))
+        .unwrap();
+    let other_s = other.to_string();
+    refused(
+        "a token that is not ours",
+        &["--token", &other_s, "--add-pin", &new],
+        1,
+        "is not a sev-keybroker token (it is type \"x-other\")",
+    );
+    refused(
+        "a token that does not exist",
+        &["--token", "31", "--add-pin", &new],
+        1,
+        "token 31 is not a sev-keybroker token (it is absent)",
+    );
+    // The other token is left alone by an edit of every broker token.
+    assert_eq!(edit(&["--add-pin", &new]).0, 0);
+    let t = Device::open(&dev).unwrap().tokens().unwrap();
+    assert!(t
+        .iter()
+        .any(|(id, j)| *id == other && j["type"] == "x-other"));
+    // A device without a binding; no device at all.
+    let plain = env.luks_image("plain.img");
+    let out = env.output(&["edit", plain.to_str().unwrap(), "--add-pin", &new]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sev-keybroker token to edit"));
+    let missing = env.work.path().join("missing.img");
+    let out = env.output(&["edit", missing.to_str().unwrap(), "--add-pin", &new]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file or directory"));
+    // Not root: the device cannot be written, nothing is changed, and the
+    // message says why.
+    if root_with_setpriv() {
+        let third = broker::tls::self_signed(&["localhost".into()])
+            .unwrap()
+            .spki_pin
+            .to_string();
+        let out = untouched(&dev, "not root", || {
+            std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(Exe::GuestUnlock.path())
+                .args(["edit", d, "--add-pin", &third])
+                .output()
+                .unwrap()
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("opening the device for writing failed: Permission denied"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("nothing was changed"), "{stderr}");
+        assert!(stderr.contains("run as root"), "{stderr}");
+    }
+}
+
+/// Whether the tests run as root (the non-root cases then run as nobody).
+fn root_with_setpriv() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+        && std::path::Path::new("/usr/bin/setpriv").exists()
+}
+
+/// `status --report-out` (issue #11): the simulated platform's report and
+/// certificate table, saved in the guest, verify with `broker report
+/// verify` and explain with `broker explain` against the real broker.
+#[test]
+fn status_report_out_round_trips_through_report_verify_and_explain() {
+    let env = env();
+    let evidence = format!("sim:{}", env.dir.sim.dir().display());
+    let report = env.work.path().join("report.bin");
+    let r = report.to_str().unwrap();
+    let out = env.output(&["status", "--evidence", &evidence, "--report-out", r]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Exit 1: this host is no SEV-SNP guest; the report was still saved.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout.contains(&format!("report saved: {r}\n")), "{stdout}");
+    let table = format!("{r}.certs");
+    assert!(
+        stdout.contains(&format!("certificate table saved: {table}\n")),
+        "{stdout}"
+    );
+    assert_eq!(bytes(&report).len(), 1184);
+    let report_data = stdout
+        .split("--report-data ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let cfg = env.dir.config_path.to_str().unwrap();
+    let broker = |args: &[&str]| keybroker_tests::exe::run_in(env.work.path(), args);
+    let policy = env.work.path().join("policy.toml");
+    std::fs::write(&policy, policy_for(&default_guest().measurement, "")).unwrap();
+    let v = broker(&[
+        "report",
+        "verify",
+        r,
+        "--cert-table",
+        &table,
+        "--config",
+        cfg,
+        "--report-data",
+        &report_data,
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    v.expect_code(0);
+    assert!(v.stdout.contains("verdict:       accepted"), "{}", v.stdout);
+    // Another REPORT_DATA: refused, so the binding was checked.
+    let mut other = report_data.clone();
+    other.replace_range(0..2, "00");
+    broker(&[
+        "report",
+        "verify",
+        r,
+        "--cert-table",
+        &table,
+        "--config",
+        cfg,
+        "--report-data",
+        &other,
+    ])
+    .expect_code(1);
+    // explain: admitted for root, refused for the volume whose policy wants another image.
+    broker(&[
+        "explain",
+        "--report",
+        r,
+        "--cert-table",
+        &table,
+        "--volume",
+        "root",
+        "--config",
+        cfg,
+    ])
+    .expect_code(0);
+    let e = broker(&[
+        "explain",
+        "--report",
+        r,
+        "--cert-table",
+        &table,
+        "--volume",
+        "refused",
+        "--config",
+        cfg,
+    ]);
+    e.expect_code(1);
+    assert!(
+        e.stdout.contains("POLICY_MEASUREMENT_NOT_ALLOWED"),
+        "{}",
+        e.stdout
+    );
+    // --json names the files.
+    let out = env.output(&[
+        "status",
+        "--json",
+        "--evidence",
+        &evidence,
+        "--report-out",
+        r,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["report_out"]["report"], r);
+    assert_eq!(v["report_out"]["cert_table"], table.as_str());
+    // Bad input: an unwritable place, no evidence provider, a missing one.
+    let out = env.output(&[
+        "status",
+        "--evidence",
+        &evidence,
+        "--report-out",
+        "/nonexistent/dir/r.bin",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write /nonexistent/dir/r.bin"));
+    let out = env.output(&[
+        "status",
+        "--evidence",
+        "sev-guest:/nonexistent",
+        "--report-out",
+        r,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing saved"), "{stderr}");
 }
 
 /// Key rotation against the real broker (issue #5): the broker's

@@ -11,7 +11,7 @@ use guest_unlock::luks::{self, BindError, BindRequest};
 use keybroker_proto::{VolumeId, VolumeIds};
 use zeroize::Zeroizing;
 
-use super::settings::{bind_config, Overrides};
+use super::settings::{flags_config, Overrides};
 use super::{eprint_err, runtime, EVIDENCE_HELP, EXIT_FAILED, EXIT_GRANTED, EXIT_USAGE};
 
 /// Largest key file accepted (cryptsetup's default limit).
@@ -41,8 +41,9 @@ pub struct BindArgs {
     /// Evidence provider.
     #[arg(long, value_name = "PROVIDER", help = EVIDENCE_HELP)]
     pub evidence: Option<String>,
-    /// Guest configuration file (TOML); flags override its values.
-    #[arg(long, value_name = "FILE")]
+    /// Guest configuration file (TOML) [default: /etc/guest-unlock/config.toml
+    /// if it exists]; the flags override its values.
+    #[arg(long, short = 'c', env = "GUEST_UNLOCK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Per-connection timeout in seconds.
     #[arg(long, value_name = "SECS")]
@@ -99,7 +100,7 @@ pub fn run(args: BindArgs) -> u8 {
         connect_timeout: args.connect_timeout,
         timeout: args.timeout,
     };
-    let cfg = match bind_config(args.config.as_ref(), &flags) {
+    let cfg = match flags_config(args.config.as_ref(), &flags) {
         Ok(c) => c,
         Err(e) => {
             eprint_err(e);

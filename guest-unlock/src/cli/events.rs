@@ -155,7 +155,9 @@ pub fn done(unlocked: usize, locked: usize, secs: f64) -> String {
 /// Prints an event line on standard error, prefixed like every
 /// diagnostic (in one write).
 pub fn emit(line: &str) {
-    super::eprint_err(line);
+    // Always the text form, whatever `--log-format` says: scripts and the
+    // VM harness read these lines.
+    super::write_stderr(&format!("guest-unlock: {line}\n"));
 }
 
 #[cfg(test)]

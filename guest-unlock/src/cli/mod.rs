@@ -27,6 +27,8 @@
 //!                   [--key-file FILE|-] [--format] [--evidence PROVIDER] [--config FILE]
 //! guest-unlock list DEVICE [--json]
 //! guest-unlock unbind DEVICE --slot N [--force]
+//! guest-unlock edit DEVICE [--token ID] [--broker URL[,URL]...]
+//!                   [--pin PIN... | --add-pin PIN... --remove-pin PIN...]
 //! guest-unlock unlock (--all | DEVICE...) [--name NAME] [--timeout SECS]
 //!                     [--config FILE] [--crypttab FILE] [--dry-run]
 //! guest-unlock rotate [DEVICE|NAME]... [--config FILE] [--crypttab FILE] [--timeout SECS]
@@ -47,6 +49,14 @@
 //!   key version 1, token 0`); `--json` prints an array.
 //! - `unbind` removes a bound keyslot and its token; the last keyslot only
 //!   with `--force`.
+//! - `edit` changes the brokers (`--broker`, replacing the list) and pins
+//!   (`--pin` replacing the list, or `--add-pin`/`--remove-pin`) of every
+//!   `sev-keybroker` token of a device (or `--token ID`), as `clevis luks
+//!   edit` does: no broker is asked, keyslots are not touched, the header
+//!   is backed up and restored on failure. It prints `edited DEVICE token
+//!   T: brokers …; pins …` (or `unchanged …`) and refuses a token that is
+//!   not ours, a pin the token does not hold and an edit that would leave
+//!   a token without pins or brokers.
 //! - `unlock` opens every device given (or, with `--all`, every block device
 //!   whose LUKS2 header has a `sev-keybroker` token), one attestation per
 //!   broker list; the evidence provider and time limits come from `--config`
@@ -94,6 +104,7 @@
 use clap::{Parser, Subcommand};
 
 mod bind;
+mod edit;
 pub mod events;
 #[cfg(feature = "failpoints")]
 mod failpoint;
@@ -131,6 +142,16 @@ pub struct Cli {
     /// Log progress (retries, brokers tried) to standard error.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Log lines and diagnostics as text or as one JSON object per line
+    /// (the event lines keep their text form).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "GUEST_UNLOCK_LOG_FORMAT"
+    )]
+    pub log_format: logging::LogFormat,
 }
 
 /// Subcommands.
@@ -148,6 +169,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Remove a bound keyslot and its token.
     Unbind(unbind::UnbindArgs),
+    /// Change the brokers and pins recorded in a device's tokens (as `clevis luks edit`).
+    Edit(edit::EditArgs),
     /// Open LUKS2 devices bound to a broker, one attestation per broker list.
     Unlock(unlock::UnlockArgs),
     /// On a running guest: finish a key rotation on open devices (add the pending key, confirm, remove the old keyslot).
@@ -165,14 +188,22 @@ pub fn parse() -> Cli {
 /// one `write` so that a kernel message on the boot console cannot split
 /// the line (the VM harness reads the event lines from the console).
 pub fn eprint_err(msg: impl std::fmt::Display) {
+    let line = match logging::format() {
+        logging::LogFormat::Text => format!("guest-unlock: {msg}\n"),
+        logging::LogFormat::Json => logging::json_line(&msg.to_string()),
+    };
+    write_stderr(&line);
+}
+
+/// Writes a whole line to standard error in one `write`.
+fn write_stderr(line: &str) {
     use std::io::Write as _;
-    let line = format!("guest-unlock: {msg}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, cli.log_format);
     match cli.command {
         Command::Probe(args) => probe::run(args),
         #[cfg(feature = "sim")]
@@ -186,6 +217,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Bind(a) => bind::run(a),
         Command::List(a) => list::run(a),
         Command::Unbind(a) => unbind::run(a),
+        Command::Edit(a) => edit::run(a),
         Command::Unlock(a) => unlock::run_unlock(a),
         Command::Rotate(a) => unlock::run_rotate(a),
         Command::Status(a) => status::run(a),

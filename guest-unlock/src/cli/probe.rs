@@ -9,14 +9,15 @@ use guest_unlock::flow::{fetch_keys, FetchOutcome};
 use keybroker_proto::pb::KeyState;
 use keybroker_proto::VolumeIds;
 
-use super::settings::{probe_config, Overrides};
+use super::settings::{flags_config, Overrides};
 use super::{eprint_err, runtime, EVIDENCE_HELP, EXIT_FAILED, EXIT_GRANTED, EXIT_USAGE};
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Guest configuration file (TOML).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["brokers", "pins", "evidence"])]
+    /// Guest configuration file (TOML) [default: /etc/guest-unlock/config.toml
+    /// if it exists]; the flags override its values.
+    #[arg(long, short = 'c', env = "GUEST_UNLOCK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Broker URL, https://HOST:PORT (repeat to try several, in order).
     #[arg(long = "broker", value_name = "URL")]
@@ -63,7 +64,7 @@ pub fn run(args: ProbeArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let cfg = match probe_config(args.config.as_ref(), &args.overrides()) {
+    let cfg = match flags_config(args.config.as_ref(), &args.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprint_err(e);
@@ -104,7 +105,7 @@ pub fn run(args: ProbeArgs) -> u8 {
 }
 
 /// The stdout lines of `probe`: `granted VOLUME version N (STATE)` per key,
-/// `denied VOLUME: CODE,CODE` per refused volume. Never key bytes.
+/// `denied VOLUME: CODE,CODE (decision ID)` per refused volume. Never key bytes.
 pub fn report_lines(outcome: &FetchOutcome) -> Vec<String> {
     let mut lines: Vec<String> = outcome
         .keys
@@ -124,7 +125,11 @@ pub fn report_lines(outcome: &FetchOutcome) -> Vec<String> {
         } else {
             d.reason_codes.join(",")
         };
-        format!("denied {}: {codes}", d.volume)
+        format!(
+            "denied {}: {codes}{}",
+            d.volume,
+            guest_unlock::unlock::decision_suffix(&outcome.decision_id)
+        )
     }));
     lines
 }
@@ -161,7 +166,7 @@ mod tests {
         let Command::Probe(a) = cli.command else {
             panic!("parsed as another command")
         };
-        let cfg = probe_config(None, &a.overrides()).unwrap();
+        let cfg = flags_config(None, &a.overrides()).unwrap();
         assert_eq!(cfg.brokers[0].port(), 8443);
         assert_eq!(cfg.timeout, Duration::from_secs(9));
         assert!(matches!(
@@ -175,8 +180,12 @@ mod tests {
     fn usage_errors() {
         // No volume.
         assert!(args(&["probe", "--config", "/x"]).is_err());
-        // --config conflicts with the flags.
-        assert!(args(&["probe", "--config", "/x", "--pin", PIN, "--volume", "a"]).is_err());
+        // -c is --config, and the flags override it.
+        let cli = args(&["probe", "-c", "/x", "--pin", PIN, "--volume", "a"]).unwrap();
+        let Command::Probe(a) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/x")));
         // Flags incomplete: a usage error at config time.
         assert_eq!(
             run_cli(args(&["probe", "--broker", "https://kb:1", "--volume", "a"]).unwrap()),
@@ -222,13 +231,16 @@ mod tests {
                 volume: VolumeId::new("data").unwrap(),
                 reason_codes: vec!["A".into(), "B".into()],
             }],
-            decision_id: String::new(),
+            decision_id: "17".into(),
             refusal: None,
         };
         let lines = report_lines(&out);
         assert_eq!(
             lines,
-            ["granted root version 3 (pending)", "denied data: A,B"]
+            [
+                "granted root version 3 (pending)",
+                "denied data: A,B (decision 17)"
+            ]
         );
         assert!(!lines.concat().to_lowercase().contains("abab"));
     }

@@ -1,13 +1,15 @@
-//! Flags and configuration files into a configuration: `probe` (a file or
-//! the flags), `bind` (a file overridden by the flags), and `unlock`,
-//! `rotate`, `status --report` (a file or the default one, its evidence
-//! overridden by `--evidence`; brokers and pins come from the tokens).
+//! Flags and configuration files into a configuration. Every command takes
+//! `-c/--config FILE` (also `GUEST_UNLOCK_CONFIG`), else reads
+//! `/etc/guest-unlock/config.toml` if it exists: `probe` and `bind` with
+//! the flags overriding its values; `unlock`, `rotate`, `status --report`
+//! with `--evidence` and the time limits overriding it (brokers and pins
+//! come from the tokens).
 
 use std::path::{Path, PathBuf};
 
 use guest_unlock::config::{self, ConfigError, GuestConfig, RawConfig};
 
-/// Default configuration file of `unlock`, `rotate` and `status --report`.
+/// Default configuration file of every command.
 pub const DEFAULT_CONFIG: &str = "/etc/guest-unlock/config.toml";
 
 /// Reads and parses a configuration file.
@@ -16,7 +18,11 @@ pub fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    config::parse(&text)
+    // The file's name before toml's message (line, column and caret).
+    config::parse(&text).map_err(|e| match e {
+        ConfigError::Syntax(m) => ConfigError::Syntax(format!("{}: {m}", path.display())),
+        other => other,
+    })
 }
 
 /// Flags that override a configuration file's values.
@@ -56,37 +62,31 @@ impl Overrides<'_> {
     }
 }
 
-/// `probe`: `--config FILE`, or all of `--broker`, `--pin` and
-/// `--evidence`; the time limits override either.
-pub fn probe_config(
-    file: Option<&PathBuf>,
-    flags: &Overrides<'_>,
-) -> Result<GuestConfig, ConfigError> {
-    let raw = match file {
-        Some(path) => read_raw(path)?,
-        None => {
-            if flags.brokers.is_empty() || flags.pins.is_empty() || flags.evidence.is_none() {
-                return Err(ConfigError::Missing {
-                    setting: "--config",
-                    hint: "give --config FILE, or all of --broker URL, --pin PIN and --evidence PROVIDER",
-                });
-            }
-            RawConfig::default()
-        }
-    };
-    config::resolve(flags.apply(raw))
+/// The configuration file of every command: `--config FILE`, else the
+/// default file if it exists, else none.
+fn read_file_or_default(path: Option<&PathBuf>) -> Result<RawConfig, ConfigError> {
+    match path {
+        Some(p) => read_raw(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => read_raw(Path::new(DEFAULT_CONFIG)),
+        None => Ok(RawConfig::default()),
+    }
 }
 
-/// `bind`: `--config` (if any), overridden by the flags.
-pub fn bind_config(
+/// `probe` and `bind`: `--config` (else the default file, if it exists),
+/// overridden by the flags. Brokers, pins and an evidence provider must
+/// come from one or the other.
+pub fn flags_config(
     file: Option<&PathBuf>,
     flags: &Overrides<'_>,
 ) -> Result<GuestConfig, ConfigError> {
-    let raw = match file {
-        Some(p) => read_raw(p)?,
-        None => RawConfig::default(),
-    };
-    config::resolve(flags.apply(raw))
+    let raw = flags.apply(read_file_or_default(file)?);
+    if raw.brokers.is_empty() && raw.pins.is_empty() && raw.evidence.is_none() {
+        return Err(ConfigError::Missing {
+            setting: "--config",
+            hint: "give --config FILE (default /etc/guest-unlock/config.toml), or all of --broker URL, --pin PIN and --evidence PROVIDER",
+        });
+    }
+    config::resolve(raw)
 }
 
 /// `unlock`, `rotate` and `status --report`: `--config`, else the default
@@ -96,11 +96,7 @@ pub fn boot_raw_config(
     path: Option<&PathBuf>,
     evidence: Option<&String>,
 ) -> Result<RawConfig, ConfigError> {
-    let mut raw = match path {
-        Some(p) => read_raw(p)?,
-        None if Path::new(DEFAULT_CONFIG).exists() => read_raw(Path::new(DEFAULT_CONFIG))?,
-        None => RawConfig::default(),
-    };
+    let mut raw = read_file_or_default(path)?;
     if let Some(e) = evidence {
         raw.evidence = Some(e.clone());
     }
@@ -136,22 +132,29 @@ mod tests {
             timeout: Some(3),
             ..Overrides::default()
         };
-        let c = bind_config(Some(&file), &flags).unwrap();
+        let c = flags_config(Some(&file), &flags).unwrap();
         assert_eq!(c.brokers[0].host(), "b");
         assert_eq!(c.timeout, std::time::Duration::from_secs(3));
-        // probe takes the file as it is, the time limits overridden.
-        let c = probe_config(Some(&file), &flags).unwrap();
-        assert_eq!(c.brokers[0].host(), "b");
-        // Without a file, probe needs all three flags.
+        // Without a file (and no default one on the build host), all
+        // three flags are needed; none is a usage error naming --config.
+        if !Path::new(DEFAULT_CONFIG).exists() {
+            assert!(matches!(
+                flags_config(None, &Overrides::default()),
+                Err(ConfigError::Missing {
+                    setting: "--config",
+                    ..
+                })
+            ));
+            assert!(matches!(
+                flags_config(None, &flags),
+                Err(ConfigError::Missing {
+                    setting: "pins",
+                    ..
+                })
+            ));
+        }
         assert!(matches!(
-            probe_config(None, &flags),
-            Err(ConfigError::Missing {
-                setting: "--config",
-                ..
-            })
-        ));
-        assert!(matches!(
-            bind_config(Some(&dir.path().join("missing.toml")), &flags),
+            flags_config(Some(&dir.path().join("missing.toml")), &flags),
             Err(ConfigError::Read { .. })
         ));
     }

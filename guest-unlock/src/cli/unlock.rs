@@ -46,8 +46,13 @@ pub struct DeviceArgs {
     /// Overall timeout of each attestation, in seconds (overrides the configuration).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Guest configuration (evidence provider, time limits).
-    #[arg(long, value_name = "FILE")]
+    /// Per-connection timeout (TCP connect and TLS handshake), in seconds
+    /// (overrides the configuration).
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Guest configuration (evidence provider, time limits) [default:
+    /// /etc/guest-unlock/config.toml].
+    #[arg(long, short = 'c', env = "GUEST_UNLOCK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Evidence provider (overrides the configuration).
     #[arg(long, value_name = "PROVIDER")]
@@ -146,8 +151,14 @@ impl u::Progress for Console {
     }
 }
 
-/// A device that stays locked before any attestation.
+/// A device that stays locked before any attestation. Its line names the
+/// device once: a `DEVICE: ` prefix of `reason` is dropped.
 fn not_attempted(volume: &str, device: PathBuf, reason: String, kind: FailureKind) -> StillLocked {
+    let prefix = format!("{}: ", device.display());
+    let reason = reason
+        .strip_prefix(&prefix)
+        .map(str::to_owned)
+        .unwrap_or(reason);
     StillLocked {
         volume: volume.to_owned(),
         device,
@@ -203,6 +214,9 @@ fn open_devices(
     if args.timeout.is_some() {
         raw.timeout_secs = args.timeout;
     }
+    if args.connect_timeout.is_some() {
+        raw.connect_timeout_secs = args.connect_timeout;
+    }
     // Everything but the brokers and pins, which come from the tokens.
     let settings = match config::resolve_settings(&raw) {
         Ok(s) => s,
@@ -242,12 +256,14 @@ fn open_devices(
     for dev in candidates {
         match u::probe(&dev) {
             Probe::Bound(t) => targets.push(t),
-            Probe::NotLuks2(e) if !all => locked.push(not_attempted(
-                "?",
-                dev,
-                e.to_string(),
-                FailureKind::NotLuks2,
-            )),
+            Probe::NotLuks2(e) if !all => {
+                let kind = if e.errno() == Some(libc::ENOENT) {
+                    FailureKind::NotFound
+                } else {
+                    FailureKind::NotLuks2
+                };
+                locked.push(not_attempted("?", dev, e.to_string(), kind))
+            }
             Probe::NoToken if !all => locked.push(not_attempted(
                 "?",
                 dev,

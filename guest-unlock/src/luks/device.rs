@@ -115,6 +115,15 @@ impl fmt::Debug for Device {
 }
 
 fn init(path: &Path) -> Result<CryptDevice, LuksError> {
+    // libcryptsetup calls a missing path "Block device required".
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(LuksError::Op {
+            device: path.to_owned(),
+            op: "opening the device",
+            errno: e.raw_os_error(),
+            reason: e.to_string(),
+        });
+    }
     log::install();
     CryptInit::init(path).map_err(|e| op_err(path, "opening the device", e))
 }

@@ -1,5 +1,6 @@
 //! LUKS2 through libcryptsetup: binding a keyslot to the broker (`bind`),
-//! describing (`list`) and removing (`unbind`) such bindings.
+//! describing (`list`), removing (`unbind`) such bindings and changing
+//! their brokers and pins (`edit`).
 //!
 //! Every libcryptsetup call of guest-unlock goes through [`Device`]
 //! (`device.rs`), a safe wrapper over `libcryptsetup-rs` built with its
@@ -110,6 +111,44 @@ pub enum BindError {
         device: PathBuf,
         /// The keyslot.
         slot: u32,
+    },
+    /// `edit` of a device with no `sev-keybroker` token.
+    #[error("{}: no sev-keybroker token to edit; bind the device first with `guest-unlock bind`", device.display())]
+    NoBinding {
+        /// The device.
+        device: PathBuf,
+    },
+    /// `edit --token N` of a token that is not a `sev-keybroker` token.
+    #[error("{}: token {token} is not a sev-keybroker token (it is {kind}); `guest-unlock list` shows the bound tokens", device.display())]
+    NotOurToken {
+        /// The device.
+        device: PathBuf,
+        /// The token id.
+        token: u32,
+        /// Its type, or `absent`.
+        kind: String,
+    },
+    /// `edit --remove-pin` of a pin the token does not hold.
+    #[error("{}: token {token} has no pin {pin} (it has {held}); nothing was changed", device.display())]
+    PinNotHeld {
+        /// The device.
+        device: PathBuf,
+        /// The token id.
+        token: u32,
+        /// The pin asked for.
+        pin: String,
+        /// The pins it holds.
+        held: String,
+    },
+    /// `edit` that would leave a token without brokers or pins.
+    #[error("{}: token {token} would be left without {what}; a guest could no longer reach its broker (add the new {what} before removing the old); nothing was changed", device.display())]
+    WouldEmpty {
+        /// The device.
+        device: PathBuf,
+        /// The token id.
+        token: u32,
+        /// `pins` or `brokers`.
+        what: &'static str,
     },
     /// The backup could not be made (nothing was changed).
     #[error("{}: cannot back up the header before changing it: {reason}; nothing was changed", device.display())]
@@ -338,18 +377,18 @@ pub fn bind(req: BindRequest<'_>, fetch: Box<FetchKeys<'_>>) -> Result<Vec<Bindi
         });
     }
 
-    let backup_dir = tempfile::Builder::new()
-        .prefix("guest-unlock-bind.")
-        .tempdir()
-        .map_err(|e| BindError::Backup {
-            device: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let backup_err = |reason: String| BindError::Backup {
-        device: path.to_owned(),
-        reason,
-    };
     if req.format {
+        let backup_dir = tempfile::Builder::new()
+            .prefix("guest-unlock-bind.")
+            .tempdir()
+            .map_err(|e| BindError::Backup {
+                device: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let backup_err = |reason: String| BindError::Backup {
+            device: path.to_owned(),
+            reason,
+        };
         let mut raw =
             RawHeadBackup::save(path, backup_dir.path()).map_err(|e| backup_err(e.to_string()))?;
         let mut dev = None;
@@ -373,30 +412,63 @@ pub fn bind(req: BindRequest<'_>, fetch: Box<FetchKeys<'_>>) -> Result<Vec<Bindi
             },
         }
     } else {
-        let mut dev = existing
-            .take()
-            .ok_or_else(|| backup_err("device not open".into()))?;
-        let file = backup_dir.path().join("header.img");
-        dev.header_backup(&file)
-            .map_err(|e| backup_err(e.to_string()))?;
+        let mut dev = existing.take().ok_or_else(|| BindError::Backup {
+            device: path.to_owned(),
+            reason: "device not open".into(),
+        })?;
         let pass = req.passphrase.as_ref().map(|p| p.as_slice()).unwrap_or(&[]);
-        match bind_existing(&mut dev, &req, pass, &new_keys) {
-            Ok(b) => Ok(b),
-            Err(cause) => match dev.header_restore(&file) {
-                Ok(()) => Err(BindError::Restored {
-                    cause: Box::new(cause),
-                }),
-                Err(e) => {
-                    let kept = backup_dir.keep().join("header.img");
-                    Err(BindError::RestoreFailed {
-                        device: path.to_owned(),
-                        cause: Box::new(cause),
-                        restore_error: e.to_string(),
-                        backup: kept,
-                    })
-                }
-            },
+        with_header_backup(&mut dev, "guest-unlock-bind.", |dev| {
+            bind_existing(dev, &req, pass, &new_keys)
+        })
+    }
+}
+
+/// Runs `change` on an open device with its header saved first to a
+/// private temporary file; when `change` fails the header is written back
+/// ([`BindError::Restored`]), or, if that fails too, the backup is kept
+/// and the error says where ([`BindError::RestoreFailed`]). `bind`,
+/// `unbind` and `edit` change headers only through this.
+fn with_header_backup<T>(
+    dev: &mut Device,
+    prefix: &str,
+    change: impl FnOnce(&mut Device) -> Result<T, BindError>,
+) -> Result<T, BindError> {
+    let device = dev.path().to_owned();
+    // A device this process cannot write (not root, read-only) is refused
+    // before anything is saved or changed.
+    if let Err(e) = std::fs::OpenOptions::new().write(true).open(&device) {
+        return Err(LuksError::Op {
+            device: device.clone(),
+            op: "opening the device for writing",
+            errno: e.raw_os_error(),
+            reason: format!("{e}; nothing was changed"),
         }
+        .into());
+    }
+    let backup_err = |reason: String| BindError::Backup {
+        device: device.clone(),
+        reason,
+    };
+    let backup_dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| backup_err(e.to_string()))?;
+    let file = backup_dir.path().join("header.img");
+    dev.header_backup(&file)
+        .map_err(|e| backup_err(e.to_string()))?;
+    match change(dev) {
+        Ok(t) => Ok(t),
+        Err(cause) => match dev.header_restore(&file) {
+            Ok(()) => Err(BindError::Restored {
+                cause: Box::new(cause),
+            }),
+            Err(e) => Err(BindError::RestoreFailed {
+                device: device.clone(),
+                cause: Box::new(cause),
+                restore_error: e.to_string(),
+                backup: backup_dir.keep().join("header.img"),
+            }),
+        },
     }
 }
 
@@ -519,19 +591,7 @@ pub fn unbind(device: &Path, slot: u32, force: bool) -> Result<Unbound, BindErro
             slot,
         });
     }
-    let backup_dir = tempfile::Builder::new()
-        .prefix("guest-unlock-unbind.")
-        .tempdir()
-        .map_err(|e| BindError::Backup {
-            device: device.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let file = backup_dir.path().join("header.img");
-    dev.header_backup(&file).map_err(|e| BindError::Backup {
-        device: device.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let result = (|| -> Result<Unbound, BindError> {
+    with_header_backup(&mut dev, "guest-unlock-unbind.", |dev| {
         let mut ids = Vec::new();
         for (id, t) in &tokens {
             if t.slots.len() == 1 {
@@ -548,21 +608,155 @@ pub fn unbind(device: &Path, slot: u32, force: bool) -> Result<Unbound, BindErro
             keyslot: slot,
             tokens: ids,
         })
-    })();
-    match result {
-        Ok(u) => Ok(u),
-        Err(cause) => match dev.header_restore(&file) {
-            Ok(()) => Err(BindError::Restored {
-                cause: Box::new(cause),
-            }),
-            Err(e) => Err(BindError::RestoreFailed {
-                device: device.to_owned(),
-                cause: Box::new(cause),
-                restore_error: e.to_string(),
-                backup: backup_dir.keep().join("header.img"),
-            }),
-        },
+    })
+}
+
+/// What `edit` changes in `sev-keybroker` tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenEdit {
+    /// The new broker list, replacing the old one.
+    pub brokers: Option<Vec<BrokerUrl>>,
+    /// The new pin list, replacing the old one.
+    pub pins: Option<Vec<SpkiPin>>,
+    /// Pins to add (after the replacement, if any; present ones are kept).
+    pub add_pins: Vec<SpkiPin>,
+    /// Pins to remove (each must be held).
+    pub remove_pins: Vec<SpkiPin>,
+}
+
+impl TokenEdit {
+    /// Whether it changes anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.brokers.is_none()
+            && self.pins.is_none()
+            && self.add_pins.is_empty()
+            && self.remove_pins.is_empty()
     }
+
+    /// `t` edited; refuses removing a pin it does not hold and leaving it
+    /// without pins or brokers.
+    fn apply(&self, device: &Path, id: u32, t: &BrokerToken) -> Result<BrokerToken, BindError> {
+        let mut out = t.clone();
+        if let Some(b) = &self.brokers {
+            out.brokers = b.clone();
+        }
+        if let Some(p) = &self.pins {
+            out.spki_pins = p.clone();
+        }
+        for p in &self.add_pins {
+            if !out.spki_pins.contains(p) {
+                out.spki_pins.push(*p);
+            }
+        }
+        for p in &self.remove_pins {
+            if !out.spki_pins.contains(p) {
+                return Err(BindError::PinNotHeld {
+                    device: device.to_owned(),
+                    token: id,
+                    pin: p.to_string(),
+                    held: out
+                        .spki_pins
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            out.spki_pins.retain(|q| q != p);
+        }
+        for (what, empty) in [
+            ("pins", out.spki_pins.is_empty()),
+            ("brokers", out.brokers.is_empty()),
+        ] {
+            if empty {
+                return Err(BindError::WouldEmpty {
+                    device: device.to_owned(),
+                    token: id,
+                    what,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Changes the brokers and pins of the `sev-keybroker` tokens of `device`
+/// (`token`, or every one), as `clevis luks edit` does, so that a broker
+/// can move or change its TLS key without a rebind; keyslots and keys are
+/// not touched, and no broker is asked. Every token is checked before the
+/// header is changed; the header is backed up first and restored on
+/// failure. Returns each edited binding with whether it changed.
+pub fn edit(
+    device: &Path,
+    token: Option<u32>,
+    change: &TokenEdit,
+) -> Result<Vec<(Binding, bool)>, BindError> {
+    let mut dev = Device::open(device)?;
+    let mut tokens = read_tokens(&mut dev)?;
+    if let Some(id) = token {
+        if !tokens.iter().any(|(t, _)| *t == id) {
+            let kind = dev
+                .tokens()?
+                .into_iter()
+                .find(|(t, _)| *t == id)
+                .map(|(_, json)| {
+                    json.get("type")
+                        .and_then(serde_json::Value::as_str)
+                        .map_or_else(|| "untyped".to_owned(), |t| format!("type {t:?}"))
+                })
+                .unwrap_or_else(|| "absent".to_owned());
+            return Err(BindError::NotOurToken {
+                device: device.to_owned(),
+                token: id,
+                kind,
+            });
+        }
+        tokens.retain(|(t, _)| *t == id);
+    }
+    if tokens.is_empty() {
+        return Err(BindError::NoBinding {
+            device: device.to_owned(),
+        });
+    }
+    let mut edited = Vec::new();
+    for (id, t) in &tokens {
+        let new = change.apply(device, *id, t)?;
+        let changed = new.brokers != t.brokers || new.spki_pins != t.spki_pins;
+        edited.push((*id, new, changed));
+    }
+    if !edited.iter().any(|(_, _, changed)| *changed) {
+        return Ok(edited
+            .iter()
+            .map(|(id, t, _)| (Binding::new(device, *id, t), false))
+            .collect());
+    }
+    with_header_backup(&mut dev, "guest-unlock-edit.", |dev| {
+        for (id, t, changed) in &edited {
+            if *changed {
+                dev.set_token(Some(*id), &t.to_json())?;
+            }
+        }
+        // Read back through the strict parser: what unlock will see.
+        let written = read_tokens(dev)?;
+        let mut out = Vec::new();
+        for (id, t, changed) in &edited {
+            match written.iter().find(|(w, _)| w == id) {
+                Some((_, w)) if w.brokers == t.brokers && w.spki_pins == t.spki_pins => {
+                    out.push((Binding::new(device, *id, w), *changed))
+                }
+                _ => {
+                    return Err(LuksError::Op {
+                        device: device.to_owned(),
+                        op: "reading back the token",
+                        errno: None,
+                        reason: format!("token {id} does not hold what was written"),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

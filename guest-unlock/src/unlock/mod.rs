@@ -177,7 +177,11 @@ pub fn unlock_targets<'a>(
                     reasons.insert(
                         d.volume.to_string(),
                         (
-                            format!("broker {} refused: {codes}", outcome.broker),
+                            format!(
+                                "broker {} refused: {codes}{}",
+                                outcome.broker,
+                                decision_suffix(&outcome.decision_id)
+                            ),
                             LockCause::Refused {
                                 reason_codes: d.reason_codes.clone(),
                                 decision_id: outcome.decision_id.clone(),
@@ -236,6 +240,16 @@ pub fn unlock_targets<'a>(
     // `keys` (Zeroizing) are wiped here.
     drop(keys);
     report
+}
+
+/// ` (decision ID)`, naming the broker's audit entry (`broker audit`
+/// shows the same id), or nothing when the broker gave none.
+pub fn decision_suffix(decision_id: &str) -> String {
+    if decision_id.is_empty() {
+        String::new()
+    } else {
+        format!(" (decision {decision_id})")
+    }
 }
 
 #[cfg(test)]
@@ -430,7 +444,7 @@ mod tests {
         let lines: Vec<String> = report.locked.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines[0],
-            "root (/nonexistent/vda): broker https://a:1 refused: POLICY_MEASUREMENT_NOT_ALLOWED"
+            "root (/nonexistent/vda): broker https://a:1 refused: POLICY_MEASUREMENT_NOT_ALLOWED (decision d-9)"
         );
         assert!(
             lines[1].starts_with("data (/nonexistent/vdb): no broker answered"),
