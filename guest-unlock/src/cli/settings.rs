@@ -65,9 +65,14 @@ impl Overrides<'_> {
 /// The configuration file of every command: `--config FILE`, else the
 /// default file if it exists, else none.
 fn read_file_or_default(path: Option<&PathBuf>) -> Result<RawConfig, ConfigError> {
+    read_file_or(path, Path::new(DEFAULT_CONFIG))
+}
+
+/// `path`, else `default` if it exists, else an empty configuration.
+fn read_file_or(path: Option<&PathBuf>, default: &Path) -> Result<RawConfig, ConfigError> {
     match path {
         Some(p) => read_raw(p),
-        None if Path::new(DEFAULT_CONFIG).exists() => read_raw(Path::new(DEFAULT_CONFIG)),
+        None if default.exists() => read_raw(default),
         None => Ok(RawConfig::default()),
     }
 }
@@ -79,7 +84,16 @@ pub fn flags_config(
     file: Option<&PathBuf>,
     flags: &Overrides<'_>,
 ) -> Result<GuestConfig, ConfigError> {
-    let raw = flags.apply(read_file_or_default(file)?);
+    flags_config_or(file, Path::new(DEFAULT_CONFIG), flags)
+}
+
+/// [`flags_config`] with another default file (tests).
+fn flags_config_or(
+    file: Option<&PathBuf>,
+    default: &Path,
+    flags: &Overrides<'_>,
+) -> Result<GuestConfig, ConfigError> {
+    let raw = flags.apply(read_file_or(file, default)?);
     if raw.brokers.is_empty() && raw.pins.is_empty() && raw.evidence.is_none() {
         return Err(ConfigError::Missing {
             setting: "--config",
@@ -156,6 +170,46 @@ mod tests {
         assert!(matches!(
             flags_config(Some(&dir.path().join("missing.toml")), &flags),
             Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn without_config_the_default_file_is_read_and_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("config.toml");
+        std::fs::write(
+            &default,
+            format!("brokers = [\"https://a:1\"]\npins = [\"{PIN}\"]\nevidence = \"sev-guest\"\n"),
+        )
+        .unwrap();
+        let c = flags_config_or(None, &default, &Overrides::default()).unwrap();
+        assert_eq!(c.brokers[0].host(), "a");
+        let brokers = ["https://b:2".to_owned()];
+        let flags = Overrides {
+            brokers: &brokers,
+            ..Overrides::default()
+        };
+        let c = flags_config_or(None, &default, &flags).unwrap();
+        assert_eq!(c.brokers[0].host(), "b");
+        // --config wins over the default file.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "brokers = [1\n").unwrap();
+        match flags_config_or(Some(&other), &default, &flags) {
+            Err(ConfigError::Syntax(m)) => {
+                assert!(
+                    m.starts_with(&format!("{}: TOML parse error", other.display())),
+                    "{m}"
+                )
+            }
+            r => panic!("{r:?}"),
+        }
+        // No default file, no flags: say what to give.
+        assert!(matches!(
+            flags_config_or(None, &dir.path().join("none"), &Overrides::default()),
+            Err(ConfigError::Missing {
+                setting: "--config",
+                ..
+            })
         ));
     }
 
