@@ -936,7 +936,7 @@ fn status_report_out_round_trips_through_report_verify_and_explain() {
         r,
         "--cert-table",
         &table,
-        "--config",
+        "-c", // as every command taking a broker config
         cfg,
         "--report-data",
         &report_data,

@@ -50,7 +50,7 @@ pub enum ReportCommand {
         /// Take trust settings (a configured simulated root) and the
         /// certificate cache (`cert_cache`) from this broker config; AMD KDS
         /// is never asked (this command is offline).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, short = 'c', env = "KEYBROKER_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
