@@ -2,7 +2,7 @@
 //! bodies, one module per command, over the `guest_unlock` library.
 //!
 //! ```text
-//! guest-unlock probe --config FILE --volume NAME [--volume NAME]...
+//! guest-unlock probe [-c FILE] --volume NAME [--volume NAME]...
 //! guest-unlock probe --broker URL [--broker URL]... --pin PIN [--pin PIN]...
 //!                    --evidence sev-guest[:DEV]|configfs-tsm[:ROOT]|azure-vtpm[:DEV] --volume NAME...
 //! ```
@@ -42,8 +42,10 @@
 //!   input, read verbatim like cryptsetup's key files) unless `--format`
 //!   makes a new LUKS2 device (then `--key-file` adds an optional recovery
 //!   passphrase). It prints `bound DEVICE keyslot N (token T): volume V key
-//!   version K`. Without `--config`, `--broker`, `--pin` and `--evidence`
-//!   are all needed; with it, the flags override its values.
+//!   version K`. Its settings come from `-c/--config FILE` (else
+//!   `/etc/guest-unlock/config.toml` if it exists), the flags overriding
+//!   its values; without a file `--broker`, `--pin` and `--evidence` are
+//!   all needed. `probe` takes its settings the same way.
 //! - `list` prints one line per binding that can be pasted back after
 //!   `guest-unlock` (`bind DEVICE --broker … --volume … --pin …  # keyslot 1,
 //!   key version 1, token 0`); `--json` prints an array.
