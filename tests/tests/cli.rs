@@ -478,90 +478,6 @@ fn report_verify_bad_input() {
     assert!(r.stdout.contains("--at <RFC3339>"), "{}", r.stdout);
 }
 
-// ---------------------------------------------------------------- init
-
-#[test]
-fn init_creates_a_broker_directory() {
-    let tmp = tempdir();
-    let (r, pin) = init(tmp.path(), "kb", "127.0.0.1:8443");
-    let d = tmp.path().join("kb");
-    for f in ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"] {
-        assert!(d.join(f).is_file(), "{f} missing");
-    }
-    assert_eq!(mode(&d.join("master.key")), 0o600);
-    assert_eq!(mode(&d.join("tls/key.pem")), 0o600);
-    assert_eq!(mode(&d), 0o700);
-    assert_eq!(std::fs::read(d.join("master.key")).unwrap().len(), 32);
-
-    // The printed pin is the certificate's.
-    let hex = pin
-        .strip_prefix("sha256:")
-        .expect("pin starts with sha256:");
-    assert_eq!(hex.len(), 64, "{pin}");
-    assert!(
-        hex.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{pin}"
-    );
-    let (certs, _key) = broker::tls::load(&d.join("tls/cert.pem"), &d.join("tls/key.pem")).unwrap();
-    assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap().to_string(), pin);
-
-    // The config it wrote is usable as is, with the admin socket asked for.
-    let cfg = broker::config::Config::load(&d.join("config.toml")).unwrap();
-    assert_eq!(cfg.admin.socket, d.join("admin.sock"));
-    assert!(cfg.admin.tcp.is_none() && cfg.admin.allowed_uids.is_none());
-
-    let shown = r.transcript().replace(hex, "[PIN]");
-    assert_snapshot("init", &shown);
-}
-
-#[test]
-fn init_refuses_a_non_empty_directory_and_overwrites_nothing() {
-    let tmp = tempdir();
-    init(tmp.path(), "kb", "127.0.0.1:8443");
-    let d = tmp.path().join("kb");
-    let files = ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"];
-    let before: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| std::fs::read(d.join(f)).unwrap())
-        .collect();
-
-    let r = run_in(tmp.path(), &["init", "--dir", "kb"]);
-    r.expect_code(1);
-    assert_eq!(r.stdout, "");
-    assert_eq!(
-        r.stderr,
-        "broker: error: kb exists and is not empty; choose a new directory so no existing key is overwritten\n"
-    );
-    for (f, b) in files.iter().zip(&before) {
-        assert_eq!(&std::fs::read(d.join(f)).unwrap(), b, "{f} changed");
-    }
-
-    // A directory holding anything at all is refused the same way.
-    std::fs::create_dir(tmp.path().join("other")).unwrap();
-    write(&tmp.path().join("other"), "notes.txt", "keep me");
-    let r = run_in(tmp.path(), &["init", "--dir", "other"]);
-    r.expect_code(1);
-    assert!(
-        r.stderr.contains("other exists and is not empty"),
-        "{}",
-        r.stderr
-    );
-    assert!(!tmp.path().join("other/master.key").exists());
-    assert_eq!(
-        std::fs::read_to_string(tmp.path().join("other/notes.txt")).unwrap(),
-        "keep me"
-    );
-}
-
-#[test]
-fn init_accepts_an_existing_empty_directory() {
-    let tmp = tempdir();
-    std::fs::create_dir(tmp.path().join("empty")).unwrap();
-    init(tmp.path(), "empty", "127.0.0.1:8443");
-    assert!(tmp.path().join("empty/master.key").is_file());
-}
-
 // ---------------------------------------------------------------- pin, check-config, log format
 
 #[test]
@@ -785,6 +701,90 @@ fn log_format_json_writes_one_object_per_line() {
         &["--log-format", "yaml", "pin", "-c", "kb/config.toml"],
     )
     .expect_code(2);
+}
+
+// ---------------------------------------------------------------- init
+
+#[test]
+fn init_creates_a_broker_directory() {
+    let tmp = tempdir();
+    let (r, pin) = init(tmp.path(), "kb", "127.0.0.1:8443");
+    let d = tmp.path().join("kb");
+    for f in ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"] {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(mode(&d.join("master.key")), 0o600);
+    assert_eq!(mode(&d.join("tls/key.pem")), 0o600);
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(std::fs::read(d.join("master.key")).unwrap().len(), 32);
+
+    // The printed pin is the certificate's.
+    let hex = pin
+        .strip_prefix("sha256:")
+        .expect("pin starts with sha256:");
+    assert_eq!(hex.len(), 64, "{pin}");
+    assert!(
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{pin}"
+    );
+    let (certs, _key) = broker::tls::load(&d.join("tls/cert.pem"), &d.join("tls/key.pem")).unwrap();
+    assert_eq!(broker::tls::spki_pin(&certs[0]).unwrap().to_string(), pin);
+
+    // The config it wrote is usable as is, with the admin socket asked for.
+    let cfg = broker::config::Config::load(&d.join("config.toml")).unwrap();
+    assert_eq!(cfg.admin.socket, d.join("admin.sock"));
+    assert!(cfg.admin.tcp.is_none() && cfg.admin.allowed_uids.is_none());
+
+    let shown = r.transcript().replace(hex, "[PIN]");
+    assert_snapshot("init", &shown);
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory_and_overwrites_nothing() {
+    let tmp = tempdir();
+    init(tmp.path(), "kb", "127.0.0.1:8443");
+    let d = tmp.path().join("kb");
+    let files = ["config.toml", "master.key", "tls/key.pem", "tls/cert.pem"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(d.join(f)).unwrap())
+        .collect();
+
+    let r = run_in(tmp.path(), &["init", "--dir", "kb"]);
+    r.expect_code(1);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        "broker: error: kb exists and is not empty; choose a new directory so no existing key is overwritten\n"
+    );
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(d.join(f)).unwrap(), b, "{f} changed");
+    }
+
+    // A directory holding anything at all is refused the same way.
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    write(&tmp.path().join("other"), "notes.txt", "keep me");
+    let r = run_in(tmp.path(), &["init", "--dir", "other"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("other exists and is not empty"),
+        "{}",
+        r.stderr
+    );
+    assert!(!tmp.path().join("other/master.key").exists());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("other/notes.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn init_accepts_an_existing_empty_directory() {
+    let tmp = tempdir();
+    std::fs::create_dir(tmp.path().join("empty")).unwrap();
+    init(tmp.path(), "empty", "127.0.0.1:8443");
+    assert!(tmp.path().join("empty/master.key").is_file());
 }
 
 // ---------------------------------------------------------------- policy and volume
