@@ -328,12 +328,11 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
     text.expect_code(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
     assert_eq!(lines.len(), ADMIN + 9, "{}", text.stdout);
-    // Admin lines say what was done, and to what.
     assert!(
         lines[0].contains(
             " admin allow policy.set sim volumes=- reasons=- measurement=- chip=- client=uid="
         ),
-        "{}",
+        "{}: admin lines say what was done, and to what",
         lines[0]
     );
     assert!(
