@@ -306,18 +306,12 @@ impl Server {
     /// Runs `broker serve --config CONFIG` in `cwd` and waits until it
     /// prints its `listening on` line (the admin socket is bound by then).
     pub fn start(cwd: &Path, config: &str) -> Server {
-        Self::start_with(cwd, &[], config)
-    }
-
-    /// [`Server::start`] with global options before `serve` (`--log-format json`).
-    pub fn start_with(cwd: &Path, global: &[&str], config: &str) -> Server {
         use std::io::BufRead as _;
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cwd.join(format!("serve-{n}.log"));
         let mut child = broker_cmd()
             .current_dir(cwd)
-            .args(global)
             .args(["serve", "--config", config])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create serve log"))

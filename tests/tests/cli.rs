@@ -679,10 +679,28 @@ fn log_format_json_writes_one_object_per_line() {
         v["message"].as_str().unwrap().contains("TOML parse error"),
         "{v}"
     );
-    // The service's log lines.
-    let server = Server::start_with(tmp.path(), &["--log-format", "json"], "kb/config.toml");
-    let log = server.log();
-    drop(server);
+    // The service's log lines, until it listens.
+    let log = {
+        use std::io::BufRead as _;
+        let log_path = tmp.path().join("serve-json.log");
+        let mut child = broker_cmd()
+            .current_dir(tmp.path())
+            .args(["--log-format", "json", "serve", "-c", "kb/config.toml"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let listening = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("listening on "));
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(listening, "serve did not start:\n{log}");
+        log
+    };
     let mut messages = Vec::new();
     for l in log.lines() {
         let v: serde_json::Value =
