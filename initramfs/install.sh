@@ -9,6 +9,8 @@
 #   /usr/share/initramfs-tools/hooks/guest-unlock
 #   /usr/share/initramfs-tools/scripts/local-top/guest-unlock
 #   /usr/lib/dracut/modules.d/90guest-unlock/
+#   /usr/lib/dracut/modules.d/91guest-unlock-token/  the token plugin in a
+#       systemd initrd (the plugin itself comes with the package)
 # The guest-unlock binary itself is built and installed separately (for
 # example `cargo build --profile ship -p guest-unlock`, then
 # `install -m 0755 target/ship/guest-unlock /usr/local/bin/`), and
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
 	--no-initramfs-tools) itools=n; shift ;;
 	--no-dracut) dracut=n; shift ;;
 	-h | --help)
-		sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -61,6 +63,10 @@ if [ "$dracut" = y ]; then
 	install -m 0755 "$here/dracut/90guest-unlock/module-setup.sh" "$m/module-setup.sh"
 	install -m 0755 "$here/dracut/90guest-unlock/guest-unlock-settled.sh" "$m/guest-unlock-settled.sh"
 	install -m 0644 "$here/dracut/90guest-unlock/guest-unlock.service" "$m/guest-unlock.service"
+	t="$destdir/usr/lib/dracut/modules.d/91guest-unlock-token"
+	install -d "$t"
+	install -m 0755 "$here/dracut/91guest-unlock-token/module-setup.sh" "$t/module-setup.sh"
+	install -m 0644 "$here/dracut/91guest-unlock-token/network.conf" "$t/network.conf"
 fi
 
 echo "guest-unlock initramfs integration installed${destdir:+ under $destdir}."

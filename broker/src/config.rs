@@ -473,18 +473,46 @@ pub fn default_config_text(listen: SocketAddr) -> String {
     config_text(listen, Path::new(DEFAULT_ADMIN_SOCKET))
 }
 
-/// The config file `broker init` writes, with `admin_socket` in `[admin]`.
+/// The config file `broker init` writes, with `admin_socket` in `[admin]`
+/// and the broker's files beside it (relative paths).
 pub fn config_text(listen: SocketAddr, admin_socket: &Path) -> String {
+    config_text_in(listen, admin_socket, None)
+}
+
+/// The config file `broker init` writes, with `admin_socket` in `[admin]`.
+/// With `data_dir`, the broker's files (keys, database, certificate cache)
+/// are named by absolute paths in that directory: the config then lives
+/// elsewhere (the packaged layout: `/etc/keybroker/config.toml`, files in
+/// `/var/lib/keybroker`, where the sandboxed service may write).
+pub fn config_text_in(listen: SocketAddr, admin_socket: &Path, data_dir: Option<&Path>) -> String {
     let admin_socket = toml_string(&admin_socket.display().to_string());
+    let file = |name: &str| match data_dir {
+        Some(d) => toml_string(&d.join(name).display().to_string()),
+        None => toml_string(name),
+    };
+    let (paths_note, tls_cert, tls_key, db, master_key) = (
+        match data_dir {
+            Some(d) => format!("# The broker's files are in {}.", d.display()),
+            None => "# Paths are relative to this file.".to_owned(),
+        },
+        file("tls/cert.pem"),
+        file("tls/key.pem"),
+        file("broker.db"),
+        file("master.key"),
+    );
+    let cert_cache = match data_dir {
+        Some(_) => format!("cert_cache = {}", file(DEFAULT_CERT_CACHE)),
+        None => format!("# cert_cache = \"{DEFAULT_CERT_CACHE}\""),
+    };
     format!(
         r#"# keybroker configuration, written by `broker init`.
-# Paths are relative to this file.
+{paths_note}
 
 [server]
 # Guest-facing gRPC over TLS. Administration is never served here.
 listen = "{listen}"
-tls_cert = "tls/cert.pem"
-tls_key = "tls/key.pem"
+tls_cert = {tls_cert}
+tls_key = {tls_key}
 max_message_bytes = {DEFAULT_MAX_MESSAGE_BYTES}
 nonce_ttl_secs = {DEFAULT_NONCE_TTL_SECS}
 # How long a guest may confirm a rotated key (ConfirmRotation) after the
@@ -493,11 +521,11 @@ rotation_session_ttl_secs = {DEFAULT_ROTATION_SESSION_TTL_SECS}
 
 [store]
 kind = "sqlite"
-path = "broker.db"
+path = {db}
 
 [keys]
 # 32 random bytes, mode 0600. Back it up offline: without it no key can be unsealed.
-master_key = "master.key"
+master_key = {master_key}
 # Retired key versions (replaced by a rotation) are kept this long for old
 # snapshots and backups, then `purge_retired` may destroy them.
 retired_retention_days = {DEFAULT_RETIRED_RETENTION_DAYS}
@@ -507,7 +535,7 @@ retired_retention_days = {DEFAULT_RETIRED_RETENTION_DAYS}
 # certs_dir = "certs"
 # The certificate cache, keyed by generation, hwID and TCB: filled by
 # `broker certs import` and, when enabled, by AMD KDS.
-# cert_cache = "{DEFAULT_CERT_CACHE}"
+{cert_cache}
 
 # AMD KDS as an online certificate source: OFF by default, so that the broker
 # makes no outbound connection unless told to. When on, a guest whose VCEK is
@@ -568,6 +596,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/kb/broker.toml"), Path::new("/etc/kb"))
+    }
+
+    #[test]
+    fn packaged_layout_names_every_file_in_the_data_dir() {
+        let text = config_text_in(
+            "127.0.0.1:8443".parse().unwrap(),
+            Path::new(DEFAULT_ADMIN_SOCKET),
+            Some(Path::new("/var/lib/keybroker")),
+        );
+        // The config sits in /etc/kb, its files do not.
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.tls_cert, Path::new("/var/lib/keybroker/tls/cert.pem"));
+        assert_eq!(cfg.tls_key, Path::new("/var/lib/keybroker/tls/key.pem"));
+        assert_eq!(cfg.master_key, Path::new("/var/lib/keybroker/master.key"));
+        assert_eq!(cfg.cert_cache, Path::new("/var/lib/keybroker/cert-cache"));
+        assert!(
+            matches!(&cfg.store, StoreConfig::Sqlite { path } if path == Path::new("/var/lib/keybroker/broker.db")),
+            "{:?}",
+            cfg.store
+        );
+        assert!(!text.contains("/etc/kb"), "{text}");
     }
 
     #[test]

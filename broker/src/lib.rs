@@ -22,6 +22,7 @@ pub mod measure;
 pub mod metrics;
 pub mod policy;
 pub mod release;
+pub mod sd_notify;
 pub mod store;
 pub mod tls;
 pub mod verify;

@@ -7,9 +7,13 @@ mod logging;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 fn main() -> ExitCode {
+    // `broker __generate-docs OUTDIR`: man pages and completions (scripts/package).
+    if let Some(code) = keybroker_rt::docs::generate_if_asked(cli::Cli::command) {
+        return ExitCode::from(code);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

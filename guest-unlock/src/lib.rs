@@ -16,6 +16,8 @@
 //! - [`flow`]: the unlock flow as explicit states, and [`flow::fetch_keys`];
 //! - [`luks`]: LUKS2 through libcryptsetup (bind, list, unbind);
 //! - [`token`]: the `sev-keybroker` LUKS2 token format;
+//! - [`plugin`]: what the libcryptsetup token plugin does (validate, dump,
+//!   the passphrase from the broker), in safe code;
 //! - [`unlock`]: finding bound devices and opening them at boot;
 //! - [`rotation`]: enrolling a pending key version, confirming it, removing
 //!   the retired keyslot;
@@ -33,6 +35,7 @@ pub mod config;
 pub mod evidence;
 pub mod flow;
 pub mod luks;
+pub mod plugin;
 pub mod rotation;
 #[cfg(feature = "sim")]
 pub use keybroker_sim as sim;

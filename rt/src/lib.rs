@@ -6,10 +6,12 @@
 //! - [`channel`]: a tonic channel over a TCP connection this crate opens and
 //!   a rustls handshake it does itself, so that tonic's own TLS (and its CA
 //!   handling) never runs; the caller's `ClientConfig` decides trust;
-//! - [`error_chain`]: an error and its sources in one line.
+//! - [`error_chain`]: an error and its sources in one line;
+//! - [`docs`]: man pages and shell completions from a clap definition.
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod docs;
 pub mod hardening;
 
 /// An error and its sources, `outer: inner: innermost`, each cause written

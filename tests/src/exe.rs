@@ -24,6 +24,10 @@ pub enum Exe {
     Broker,
     /// `guest-unlock` (package `guest-unlock`).
     GuestUnlock,
+    /// The libcryptsetup token plugin, `libcryptsetup_token_sev_keybroker.so`
+    /// (package `cryptsetup-token-sev-keybroker`; libcryptsetup loads it as
+    /// `libcryptsetup-token-sev-keybroker.so`).
+    TokenPlugin,
 }
 
 impl Exe {
@@ -32,6 +36,24 @@ impl Exe {
         match self {
             Exe::Broker => "broker",
             Exe::GuestUnlock => "guest-unlock",
+            Exe::TokenPlugin => "libcryptsetup_token_sev_keybroker.so",
+        }
+    }
+
+    /// The package that builds it.
+    fn package(self) -> &'static str {
+        match self {
+            Exe::Broker => "broker",
+            Exe::GuestUnlock => "guest-unlock",
+            Exe::TokenPlugin => "cryptsetup-token-sev-keybroker",
+        }
+    }
+
+    /// The package's directory in the workspace.
+    fn dir(self) -> &'static str {
+        match self {
+            Exe::TokenPlugin => "token-plugin",
+            _ => self.package(),
         }
     }
 
@@ -41,6 +63,7 @@ impl Exe {
             Exe::Broker => &[],
             // The simulated platform and the crash points of the tests.
             Exe::GuestUnlock => &["sim", "failpoints"],
+            Exe::TokenPlugin => &["sim"],
         }
     }
 
@@ -48,9 +71,11 @@ impl Exe {
     pub fn path(self) -> &'static Path {
         static BROKER: OnceLock<PathBuf> = OnceLock::new();
         static GUEST_UNLOCK: OnceLock<PathBuf> = OnceLock::new();
+        static TOKEN_PLUGIN: OnceLock<PathBuf> = OnceLock::new();
         let cell = match self {
             Exe::Broker => &BROKER,
             Exe::GuestUnlock => &GUEST_UNLOCK,
+            Exe::TokenPlugin => &TOKEN_PLUGIN,
         };
         cell.get_or_init(|| self.locate())
     }
@@ -93,7 +118,7 @@ impl Exe {
         let mut inputs = vec![
             root.join("Cargo.lock"),
             root.join("Cargo.toml"),
-            root.join(self.name()).join("Cargo.toml"),
+            root.join(self.dir()).join("Cargo.toml"),
         ];
         // `TARGET: SOURCE SOURCE ...`, spaces in paths escaped as `\ `.
         let sources = dep_info.split_once(": ").map_or("", |(_, s)| s);
@@ -119,7 +144,11 @@ impl Exe {
             .arg("--locked")
             .arg("--manifest-path")
             .arg(workspace().join("Cargo.toml"))
-            .args(["-p", self.name(), "--bin", self.name()]);
+            .args(["-p", self.package()]);
+        match self {
+            Exe::TokenPlugin => cmd.arg("--lib"),
+            _ => cmd.args(["--bin", self.name()]),
+        };
         match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => {}
             Some("release") => {
@@ -138,9 +167,10 @@ impl Exe {
             .unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", self.name()));
         assert!(
             status.success(),
-            "building {} failed ({status}); build it with `cargo build -p {0} --bin {0}`, or run \
+            "building {} failed ({status}); build it with `cargo build -p {}`, or run \
              `cargo test --workspace`",
-            self.name()
+            self.name(),
+            self.package()
         );
     }
 }

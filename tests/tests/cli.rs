@@ -805,6 +805,125 @@ fn init_accepts_an_existing_empty_directory() {
     assert!(tmp.path().join("empty/master.key").is_file());
 }
 
+/// The packaged layout: the config in one directory (/etc/keybroker), the
+/// keys and database in another (/var/lib/keybroker), named by absolute
+/// paths; `serve` from it tells systemd it is ready (`READY=1` on
+/// `$NOTIFY_SOCKET`) only once its guest port and admin socket are bound.
+#[test]
+fn init_with_the_config_elsewhere_and_serve_notifies_systemd_when_ready() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let tmp = tempdir();
+    let d = tmp.path();
+    let r = run_in(
+        d,
+        &[
+            "init",
+            "--dir",
+            "state",
+            "--config",
+            "etc/config.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-socket",
+            "run/admin.sock",
+        ],
+    );
+    r.expect_code(0);
+    assert!(!d.join("state/config.toml").exists());
+    let text = std::fs::read_to_string(d.join("etc/config.toml")).unwrap();
+    let state = d.join("state");
+    for f in [
+        "master.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "broker.db",
+        "cert-cache",
+    ] {
+        let want = format!("\"{}\"", state.join(f).display());
+        assert!(text.contains(&want), "{want} not in the config:\n{text}");
+    }
+    // A second init overwrites no config.
+    std::fs::create_dir(d.join("state2")).unwrap();
+    let again = run_in(
+        d,
+        &["init", "--dir", "state2", "--config", "etc/config.toml"],
+    );
+    again.expect_code(1);
+    assert!(
+        again.stderr.contains("etc/config.toml exists"),
+        "{}",
+        again.stderr
+    );
+    assert!(!d.join("state2/master.key").exists());
+
+    std::fs::create_dir(d.join("run")).unwrap();
+    let notify = d.join("notify.sock");
+    let rx = UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut child = keybroker_tests::exe::broker_cmd()
+        .current_dir(d)
+        .args(["serve", "--config", "etc/config.toml"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = rx.recv(&mut buf);
+    // Ready means connectable: the admin socket and the guest port.
+    let admin = UnixStream::connect(d.join("run/admin.sock"));
+    let mut line = String::new();
+    {
+        use std::io::BufRead as _;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+    }
+    let guest = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(std::net::TcpStream::connect);
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("no READY=1 from broker serve within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    admin.expect("READY=1 before the admin socket accepts connections");
+    guest
+        .unwrap_or_else(|| panic!("no `listening on` line: {line:?}"))
+        .expect("READY=1 before the guest port accepts connections");
+}
+
+#[test]
+fn init_as_root_gives_the_keys_to_the_owner_of_the_directory() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (chown)");
+        return;
+    }
+    let tmp = tempdir();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    // The package's /var/lib/keybroker: owned by the service user.
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    run_in(
+        tmp.path(),
+        &["init", "--dir", "state", "--config", "etc/config.toml"],
+    )
+    .expect_code(0);
+    for f in ["master.key", "tls", "tls/key.pem", "tls/cert.pem"] {
+        let m = std::fs::metadata(state.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+    }
+    assert_eq!(mode(&state.join("master.key")), 0o600);
+    // The config stays root's.
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("etc/config.toml"))
+            .unwrap()
+            .uid(),
+        0
+    );
+}
+
 // ---------------------------------------------------------------- policy and volume
 
 /// Runs an admin command against `kb/config.toml` in `dir`.

@@ -10,16 +10,34 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use broker::config::config_text;
+use broker::config::config_text_in;
 use broker::keys::MasterKey;
 use broker::tls;
 
+/// The packaged layout's data directory (the unit's StateDirectory).
+pub const PACKAGED_DIR: &str = "/var/lib/keybroker";
+/// The packaged layout's config file (in the unit's ConfigurationDirectory).
+pub const PACKAGED_CONFIG: &str = "/etc/keybroker/config.toml";
+
 /// Arguments of `broker init`.
+///
+/// With neither `--dir` nor `--config`, the layout of the `keybroker`
+/// package: the keys, the TLS key and the database in /var/lib/keybroker
+/// (created by the package, owned by the `keybroker` user: what `init`
+/// writes there as root is given to that owner), the config in
+/// /etc/keybroker/config.toml.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Directory to create (must not exist or be empty).
+    /// Directory to create (must not exist or be empty) for the master key,
+    /// the TLS key and certificate and the database [default:
+    /// /var/lib/keybroker].
     #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
+    /// Where to write the config file [default: DIR/config.toml with
+    /// --dir, else /etc/keybroker/config.toml]. Outside DIR it names the
+    /// broker's files by absolute paths.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Guest-facing listen address written into the config.
     #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -35,7 +53,15 @@ pub struct InitArgs {
 /// Creates config.toml, master.key (0600), tls/key.pem (0600), tls/cert.pem
 /// and prints the certificate's SPKI pin for guests.
 pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
-    let dir = &args.dir;
+    let (dir, config) = match (&args.dir, &args.config) {
+        (Some(d), Some(c)) => (d.clone(), c.clone()),
+        (Some(d), None) => (d.clone(), d.join("config.toml")),
+        (None, c) => (
+            PathBuf::from(PACKAGED_DIR),
+            c.clone().unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)),
+        ),
+    };
+    let dir = &dir;
     let admin_socket = if args.admin_socket.is_absolute() {
         args.admin_socket.clone()
     } else {
@@ -52,6 +78,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
         bail!(
             "{} exists and is not empty; choose a new directory so no existing key is overwritten",
             dir.display()
+        );
+    }
+    if config.exists() {
+        bail!(
+            "{} exists; choose another --config (or remove it) so that no broker's config is overwritten",
+            config.display()
         );
     }
     fs::DirBuilder::new()
@@ -72,13 +104,23 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
         generated.cert_pem.as_bytes(),
         0o644,
     )?;
+    // The config names the files relative to itself when it sits in DIR,
+    // else by absolute paths.
+    let abs_dir = absolute(dir)?;
+    let data_dir =
+        (absolute(&config)?.parent() != Some(abs_dir.as_path())).then_some(abs_dir.as_path());
+    if let Some(parent) = config.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     write_new(
-        &dir.join("config.toml"),
-        config_text(args.listen, &admin_socket).as_bytes(),
+        &config,
+        config_text_in(args.listen, &admin_socket, data_dir).as_bytes(),
         0o644,
     )?;
+    give_to_dir_owner(dir)?;
     println!("created broker directory {}", dir.display());
-    println!("config:   {}", dir.join("config.toml").display());
+    println!("config:   {}", config.display());
     println!(
         "admin:    {} (created by `broker serve`)",
         args.admin_socket.display()
@@ -101,4 +143,25 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `path` made absolute against the current directory.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// Run as root in a directory that another user owns (the package's
+/// /var/lib/keybroker, the `keybroker` user's), hands what `init` wrote
+/// there to that user, so that the service can read its keys.
+fn give_to_dir_owner(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if rustix::process::geteuid().is_root() && owner.uid() != 0 {
+        for p in ["master.key", "tls", "tls/key.pem", "tls/cert.pem"] {
+            let p = dir.join(p);
+            std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid()))
+                .with_context(|| format!("cannot give {} to uid {}", p.display(), owner.uid()))?;
+        }
+    }
+    Ok(())
 }

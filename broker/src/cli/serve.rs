@@ -68,6 +68,11 @@ pub fn run(args: ConfigArg, log_format: crate::logging::LogFormat) -> anyhow::Re
     tracing::info!(addr = %addr, shards, spki_pin = %pin, "serving keybroker.v1 over TLS");
     // A line on stdout that scripts and tests can wait for.
     println!("listening on {addr}");
+    // Under systemd (Type=notify): ready now, with the store open and every
+    // listener bound (connections queue until their tasks accept them).
+    if let Err(e) = broker::sd_notify::notify("READY=1") {
+        tracing::warn!("could not tell systemd that the broker is ready (NOTIFY_SOCKET): {e}");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The main thread waits for SIGTERM/Ctrl-C and runs store upkeep.
     let control = std::thread::Builder::new()
@@ -110,6 +115,7 @@ pub fn run(args: ConfigArg, log_format: crate::logging::LogFormat) -> anyhow::Re
                     }
                     grpc::shutdown_signal().await;
                     tracing::info!("shutdown requested");
+                    let _ = broker::sd_notify::notify("STOPPING=1");
                     upkeep.abort();
                     if let Some(m) = metrics {
                         m.abort();

@@ -136,9 +136,20 @@ provision_sim() {
     [ -n "${VM[measurement]}" ] || die "sim-platform show printed no measurement"
 }
 
-# provision_images VARIANT...: each image built at most once.
+# provision_images VARIANT...: each image built at most once. The images
+# of the packaged integration first need the .debs (scripts/package: a
+# cargo no-op and dpkg-deb once the ship builds exist; CI builds them in
+# its own step, before the tests).
 provision_images() {
     local v t
+    for v in "$@"; do
+        [ "${IMAGE_BUILDER[$v]}" = dracut-token ] || continue
+        if [ "${KEYBROKER_VM_NO_BUILD:-0}" != 1 ]; then
+            note "scripts/package"
+            quiet "$ROOT/scripts/package" --no-lintian || die "scripts/package failed"
+        fi
+        break
+    done
     for v in "$@"; do
         [ -n "${IMAGE[$v]:-}${IMAGE_ERR[$v]:-}" ] && continue
         t=$(now)
