@@ -286,6 +286,22 @@ impl Config {
                  confirms only after all of them, about 0.8 s per device)",
             ));
         }
+        let request_timeout = raw.server.request_timeout_secs.unwrap_or(10);
+        if !(1..=300).contains(&request_timeout) {
+            return Err(value_err(
+                "server.request_timeout_secs",
+                "must be between 1 and 300 seconds (an Attest takes milliseconds; 0 would \
+                 refuse every request)",
+            ));
+        }
+        let handshake_timeout = raw.server.handshake_timeout_secs.unwrap_or(5);
+        if !(1..=60).contains(&handshake_timeout) {
+            return Err(value_err(
+                "server.handshake_timeout_secs",
+                "must be between 1 and 60 seconds (0 would refuse every connection; a long one \
+                 lets idle strangers hold connections)",
+            ));
+        }
         let threads = match raw.server.threads {
             Some(0) | Some(257..) => {
                 return Err(value_err("server.threads", "must be between 1 and 256"))
@@ -338,8 +354,8 @@ impl Config {
             max_message_bytes,
             nonce_ttl: Duration::from_secs(ttl.into()),
             rotation_session_ttl: Duration::from_secs(rotation_ttl.into()),
-            request_timeout: Duration::from_secs(raw.server.request_timeout_secs.unwrap_or(10)),
-            handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs.unwrap_or(5)),
+            request_timeout: Duration::from_secs(request_timeout),
+            handshake_timeout: Duration::from_secs(handshake_timeout),
             threads,
             store: match raw.store {
                 RawStore::Sqlite { path } => StoreConfig::Sqlite {
@@ -614,6 +630,29 @@ mod tests {
         );
         let bad = text.replace("# listen = \"127.0.0.1:9464\"", "listen = \"nowhere\"");
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn zero_or_absurd_timeouts_are_refused() {
+        let base = default_config_text("127.0.0.1:1".parse().unwrap());
+        for (key, bad) in [
+            ("handshake_timeout_secs", "0"),
+            ("handshake_timeout_secs", "3600"),
+            ("request_timeout_secs", "0"),
+            ("request_timeout_secs", "86400"),
+        ] {
+            let text = base.replace("[server]", &format!("[server]\n{key} = {bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("server.{key}")) && err.contains("must be between"),
+                "{key} = {bad}: {err}"
+            );
+        }
+        let ok = base.replace("[server]", "[server]\nhandshake_timeout_secs = 2");
+        assert_eq!(
+            parse(&ok).unwrap().handshake_timeout,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

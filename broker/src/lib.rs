@@ -24,6 +24,7 @@ pub mod noise;
 pub mod nonce;
 pub mod policy;
 pub mod release;
+pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod verify;

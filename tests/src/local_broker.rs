@@ -134,6 +134,8 @@ impl BrokerDir {
         }
         let config_path = root.join("config.toml");
         std::fs::write(&config_path, text)?;
+        // As `broker init` does: the database, created once.
+        broker::wiring::create_store(&Config::load(&config_path)?)?;
         Ok(BrokerDir {
             dir,
             config_path,

@@ -77,6 +77,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
         config_text(args.listen, &admin_socket).as_bytes(),
         0o644,
     )?;
+    // The database, with the master key's key-check value: `broker serve`
+    // never creates one, so a lost database is noticed, not replaced.
+    let config = broker::config::Config::load(&dir.join("config.toml"))?;
+    let store = broker::wiring::create_store(&config)?;
+    let keyring = broker::wiring::keyring(&config)?;
+    broker::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", dir.join("config.toml").display());
     println!(

@@ -12,8 +12,8 @@
 //! with the records it reads and writes: [`NonceStore`] (used nonces),
 //! [`PolicyStore`] (policies), [`VolumeStore`] (volumes and key versions),
 //! [`RotationSessionStore`] (which Attest released which pending version),
-//! [`ResealStore`] (master key re-sealing) and [`AuditStore`] (the audit
-//! log). A backend implements each part, in a module per part (see
+//! [`ResealStore`] (master key re-sealing), [`AuditStore`] (the audit
+//! log) and [`KeyCheckStore`] (which master keys the database belongs to). A backend implements each part, in a module per part (see
 //! `sqlite/`), and `Store` for upkeep. An operation that must change several
 //! parts in one transaction belongs in `Store` itself, implemented by the
 //! backend over its per-part statements.
@@ -34,6 +34,7 @@
 
 mod audit;
 mod audit_hash;
+mod keycheck;
 mod nonce;
 mod policy;
 mod release;
@@ -44,6 +45,7 @@ mod volume;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
+pub use keycheck::{KeyCheck, KeyCheckStore};
 pub use nonce::{NonceBurn, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
 pub use release::{AttestCommit, AttestCommitted};
@@ -147,6 +149,7 @@ pub trait Store:
     + RotationSessionStore
     + ResealStore
     + AuditStore
+    + KeyCheckStore
     + Send
     + Sync
 {

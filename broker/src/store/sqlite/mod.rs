@@ -14,6 +14,7 @@
 //! also see exactly one `Fresh` (tested).
 
 mod audit;
+mod keycheck;
 mod nonce;
 mod policy;
 mod reseal;
@@ -127,6 +128,7 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        schema::restore_audit_triggers(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             checkpointer: None,
