@@ -526,3 +526,36 @@ async fn damaged_requests_never_release_a_key() {
     assert_eq!(out.keys[0].expose_secret(), key.as_slice());
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_per_address_rate_get_resource_exhausted() {
+    let (dir, broker) = setup(BrokerOptions {
+        requests_per_sec: 5,
+        ..BrokerOptions::default()
+    })
+    .await;
+    dir.add_volume("root", "prod").unwrap();
+    let mut raw = Raw::connect(&dir, &broker).await;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = raw
+            .client
+            .challenge(pb::ChallengeRequest {
+                version: Some(keybroker_proto::protocol_version()),
+                volume_ids: vec!["root".into()],
+            })
+            .await;
+        if let Err(e) = r {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+            assert_eq!(reasons(&e), vec!["RATE_LIMITED".to_owned()]);
+            assert!(
+                e.message().contains("requests_per_sec_per_address"),
+                "{e:?}"
+            );
+            limited += 1;
+        }
+    }
+    // A burst of 5, then about 5 a second: most of 20 quick ones refused.
+    assert!(limited >= 10, "{limited} of 20 refused");
+    broker.stop().await.unwrap();
+}

@@ -652,10 +652,8 @@ fn child_process_entry() {
                     tls,
                     service,
                     broker::grpc::ServeOptions {
-                        max_message_bytes: cfg.max_message_bytes,
-                        request_timeout: cfg.request_timeout,
-                        handshake_timeout: cfg.handshake_timeout,
                         drain_timeout: Duration::from_secs(1),
+                        ..broker::grpc::ServeOptions::from_config(&cfg, None)
                     },
                     tokio::time::sleep(Duration::from_secs(120)),
                 );
