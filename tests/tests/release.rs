@@ -559,3 +559,31 @@ async fn requests_beyond_the_per_address_rate_get_resource_exhausted() {
     assert!(limited >= 10, "{limited} of 20 refused");
     broker.stop().await.unwrap();
 }
+
+/// A pin mismatch cannot be fixed by retrying: the guest gives up after
+/// one attempt instead of spending its whole timeout (issue #9: 13
+/// attempts in 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_not_retried() {
+    let (dir, broker) = setup(BrokerOptions::default()).await;
+    dir.add_volume("root", "prod").unwrap();
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let cfg = guest_config(&[broker.url()], &wrong, dir.sim.dir(), 60).unwrap();
+    let err = fetch_keys(
+        &cfg,
+        sim_provider(&dir, default_guest()).as_ref(),
+        &vols(&["root"]),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        guest_unlock::flow::UnlockError::Unreachable {
+            attempts, cause, ..
+        } => {
+            assert_eq!(attempts, 1);
+            assert_eq!(cause, guest_unlock::flow::UnreachableCause::PinMismatch);
+        }
+        other => panic!("{other}"),
+    }
+    broker.stop().await.unwrap();
+}

@@ -99,20 +99,37 @@ fn a_second_broker_on_a_served_port_is_refused() {
     broker::grpc::bind_shards(addr, 2).unwrap();
 }
 
-/// A database written before key-check values existed (schema 3, as the
-/// previous version left it) upgrades in place: the key is shown to
-/// unseal a record, its key-check value is recorded, nothing enrolled is
-/// lost; a wrong key on such a database is still refused.
+/// The schema this branch's main left (version 2: a `nonces` table with
+/// every issued nonce, no used nonces, no key-check values), made from a
+/// current database by undoing migrations 3 and 4.
+const MAIN_SCHEMA: &str = "DROP TABLE key_checks; DROP TABLE used_nonces; \
+     CREATE TABLE nonces (nonce BLOB PRIMARY KEY, volumes TEXT NOT NULL, \
+       expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID; \
+     INSERT INTO nonces VALUES (x'00', '[\"root\"]', 1, 0); \
+     DELETE FROM schema_version WHERE version >= 3;";
+
+/// A database written before key-check values existed (schema 3, and
+/// main's schema 2) upgrades in place: the key is shown to unseal a
+/// record, its key-check value is recorded, nothing enrolled is lost; a
+/// wrong key on such a database is still refused.
 #[test]
 fn a_database_without_key_check_upgrades_in_place() {
+    for old in [
+        "DROP TABLE key_checks; DELETE FROM schema_version WHERE version >= 4;",
+        MAIN_SCHEMA,
+    ] {
+        upgrade_from(old);
+    }
+}
+
+fn upgrade_from(old_schema: &str) {
     let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
     dir.set_policy("p", &policy_for(&[0; 48], "")).unwrap();
     let key = dir.add_volume("root", "p").unwrap();
     let db = dir.dir.path().join("broker.db");
     {
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch("DROP TABLE key_checks; DELETE FROM schema_version WHERE version >= 4;")
-            .unwrap();
+        c.execute_batch(old_schema).unwrap();
     }
     let right = master_key(&dir);
     let mut wrong = right;
