@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_anchor;
 pub mod certsource;
 pub mod config;
 pub mod error;

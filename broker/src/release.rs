@@ -113,6 +113,8 @@ pub struct Broker {
     nonce_ttl: Duration,
     rotation_session_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
+    /// The audit checkpoint file and what was last written to it.
+    anchor: Option<(std::path::PathBuf, Mutex<crate::audit_anchor::AnchorState>)>,
 }
 
 impl Broker {
@@ -150,6 +152,7 @@ impl Broker {
                 crate::config::DEFAULT_ROTATION_SESSION_TTL_SECS.into(),
             ),
             policies: Mutex::new(HashMap::new()),
+            anchor: None,
         }
     }
 
@@ -160,6 +163,36 @@ impl Broker {
     pub fn with_rotation_session_ttl(mut self, ttl: Duration) -> Self {
         self.rotation_session_ttl = ttl;
         self
+    }
+
+    /// Keeps the audit checkpoint at `path` up to date from store upkeep,
+    /// starting from `known` (what the file held at start).
+    pub fn with_audit_anchor(
+        mut self,
+        path: std::path::PathBuf,
+        known: Option<crate::audit_anchor::Checkpoint>,
+    ) -> Self {
+        self.anchor = Some((
+            path,
+            Mutex::new(crate::audit_anchor::AnchorState {
+                known,
+                written_with: None,
+            }),
+        ));
+        self
+    }
+
+    /// Moves the audit checkpoint to the newest entry (store upkeep).
+    pub fn advance_audit_anchor(&self) {
+        let Some((path, state)) = &self.anchor else {
+            return;
+        };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) =
+            crate::audit_anchor::advance(self.store.as_ref(), &self.keyring, path, &mut state)
+        {
+            tracing::error!("could not update the audit checkpoint: {e}");
+        }
     }
 
     /// The store (for admin commands and tests).
@@ -688,6 +721,7 @@ pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::J
                 if flush_noise {
                     b.audit_noise(now);
                 }
+                b.advance_audit_anchor();
                 b.store.maintain(now)
             };
             match tokio::task::spawn_blocking(work).await {

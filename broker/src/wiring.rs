@@ -25,6 +25,9 @@ pub enum WiringError {
         /// The database file.
         path: PathBuf,
     },
+    /// The audit log does not match its checkpoint.
+    #[error(transparent)]
+    AuditAnchor(#[from] crate::audit_anchor::AnchorError),
     /// The master key is not the database's.
     #[error(transparent)]
     Startup(#[from] crate::startup::StartupError),
@@ -168,9 +171,16 @@ pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     let keyring = keyring(config)?;
     let store = store(config)?;
     crate::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
+    // The audit log must still hold what its checkpoint vouches for.
+    let anchor = crate::audit_anchor::checkpoint_path(&config.master_key);
+    let checkpoint = crate::audit_anchor::read(&keyring, &anchor)?;
+    if let Some(c) = &checkpoint {
+        crate::audit_anchor::check(store.as_ref(), &anchor, c)?;
+    }
     let verifier = verifier(config, trust(config)?)?;
     Ok(
         Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
-            .with_rotation_session_ttl(config.rotation_session_ttl),
+            .with_rotation_session_ttl(config.rotation_session_ttl)
+            .with_audit_anchor(anchor, checkpoint),
     )
 }

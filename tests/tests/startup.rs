@@ -145,3 +145,97 @@ fn upgrade_from(old_schema: &str) {
     let unsealed = broker::keys::unseal(&master, "root", 1, &sealed[0].sealed).unwrap();
     assert_eq!(unsealed.expose_secret(), &key[..]);
 }
+
+fn event(i: i64, verdict: &str) -> broker::store::AuditEvent {
+    broker::store::AuditEvent {
+        at_unix: 1_700_000_000 + i,
+        kind: "attest".into(),
+        verdict: verdict.into(),
+        volumes: vec!["root".into()],
+        reason_codes: vec![],
+        details_json: "{}".into(),
+        client_addr: None,
+    }
+}
+
+/// Someone who can write the database but not the master key's directory
+/// rewrites an entry and recomputes the whole (plain SHA-256) chain, or
+/// removes the newest entries and fixes up the head: the chain alone
+/// verifies, but the checkpoint beside master.key does not match, so
+/// `audit verify` reports it and the broker refuses to start.
+#[test]
+fn a_rewritten_and_recomputed_or_truncated_audit_log_is_detected() {
+    use broker::store::audit_entry_hash;
+    for tamper in ["recompute", "truncate"] {
+        let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
+        let cfg = dir.config().unwrap();
+        let b = broker::wiring::broker(&cfg).unwrap();
+        for i in 1..=5 {
+            b.store().append_audit(&event(i, "deny")).unwrap();
+        }
+        b.advance_audit_anchor();
+        let checkpoint = broker::audit_anchor::checkpoint_path(&cfg.master_key);
+        assert!(checkpoint.exists());
+        drop(b);
+        let db = dir.dir.path().join("broker.db");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+            .unwrap();
+        if tamper == "recompute" {
+            // Entry 3 becomes an allow; 3..5 rehashed, the head updated.
+            let mut prev: Vec<u8> = c
+                .query_row("SELECT hash FROM audit WHERE id = 2", [], |r| r.get(0))
+                .unwrap();
+            for id in 3..=5i64 {
+                let verdict = if id == 3 { "allow" } else { "deny" };
+                let p: [u8; 32] = prev.clone().try_into().unwrap();
+                let h = audit_entry_hash(&p, id, &event(id, verdict));
+                c.execute(
+                    "UPDATE audit SET verdict = ?1, prev_hash = ?2, hash = ?3 WHERE id = ?4",
+                    rusqlite::params![verdict, &p[..], &h[..], id],
+                )
+                .unwrap();
+                prev = h.to_vec();
+            }
+            c.execute(
+                "UPDATE audit_head SET last_hash = ?1 WHERE singleton = 1",
+                [&prev[..]],
+            )
+            .unwrap();
+        } else {
+            let h3: Vec<u8> = c
+                .query_row("SELECT hash FROM audit WHERE id = 3", [], |r| r.get(0))
+                .unwrap();
+            c.execute_batch("DELETE FROM audit WHERE id > 3;").unwrap();
+            c.execute(
+                "UPDATE audit_head SET last_id = 3, last_hash = ?1 WHERE singleton = 1",
+                [&h3[..]],
+            )
+            .unwrap();
+        }
+        drop(c);
+        // The chain alone is consistent again...
+        let store = broker::wiring::store(&cfg).unwrap();
+        store.verify_audit_chain().unwrap();
+        // ...but not with its anchor.
+        let keyring = std::sync::Arc::new(broker::keys::Keyring::load(&cfg.master_key).unwrap());
+        let admin = broker::admin::Admin::new(store, keyring);
+        match admin.audit_verify().unwrap() {
+            broker::admin::ChainCheck::Broken { what, .. } => {
+                let want = if tamper == "recompute" {
+                    "another hash"
+                } else {
+                    "is missing"
+                };
+                assert!(what.contains(want), "{tamper}: {what}");
+            }
+            other => panic!("{tamper}: {other:?}"),
+        }
+        let e = refusal(&dir);
+        assert!(
+            e.contains("does not match its checkpoint")
+                && e.contains("move the checkpoint file aside"),
+            "{tamper}: {e}"
+        );
+    }
+}

@@ -42,10 +42,29 @@ impl Admin {
         Ok(entries)
     }
 
-    /// Recomputes the audit chain.
+    /// Recomputes the audit chain and compares it with the checkpoint
+    /// beside the master key (`crate::audit_anchor`), if there is one.
     pub fn audit_verify(&self) -> Result<ChainCheck, AdminError> {
         match self.store.verify_audit_chain() {
-            Ok(n) => Ok(ChainCheck::Intact(n)),
+            Ok(n) => {
+                let Some(master) = self.keyring.path() else {
+                    return Ok(ChainCheck::Intact(n));
+                };
+                let path = crate::audit_anchor::checkpoint_path(master);
+                let checked = crate::audit_anchor::read(&self.keyring, &path).and_then(|c| {
+                    c.map_or(Ok(()), |c| {
+                        crate::audit_anchor::check(self.store.as_ref(), &path, &c)
+                    })
+                });
+                match checked {
+                    Ok(()) => Ok(ChainCheck::Intact(n)),
+                    Err(crate::audit_anchor::AnchorError::Store(e)) => Err(e.into()),
+                    Err(e) => Ok(ChainCheck::Broken {
+                        at_id: n as i64 + 1,
+                        what: e.to_string(),
+                    }),
+                }
+            }
             Err(StoreError::AuditChain(e)) => Ok(ChainCheck::Broken {
                 at_id: e.at_id,
                 what: e.what,
