@@ -51,16 +51,21 @@ impl Admin {
                     return Ok(ChainCheck::Intact(n));
                 };
                 let path = crate::audit_anchor::checkpoint_path(master);
-                let checked = crate::audit_anchor::read(&self.keyring, &path).and_then(|c| {
-                    c.map_or(Ok(()), |c| {
-                        crate::audit_anchor::check(self.store.as_ref(), &path, &c)
-                    })
-                });
+                // The first entry the checkpoint shows to be wrong: its own
+                // id (missing or changed), or the first for a bad file.
+                let checked = crate::audit_anchor::read(&self.keyring, &path)
+                    .map_err(|e| (1, e))
+                    .and_then(|c| {
+                        c.map_or(Ok(()), |c| {
+                            crate::audit_anchor::check(self.store.as_ref(), &path, &c)
+                                .map_err(|e| (c.id, e))
+                        })
+                    });
                 match checked {
                     Ok(()) => Ok(ChainCheck::Intact(n)),
-                    Err(crate::audit_anchor::AnchorError::Store(e)) => Err(e.into()),
-                    Err(e) => Ok(ChainCheck::Broken {
-                        at_id: n as i64 + 1,
+                    Err((_, crate::audit_anchor::AnchorError::Store(e))) => Err(e.into()),
+                    Err((at_id, e)) => Ok(ChainCheck::Broken {
+                        at_id,
                         what: e.to_string(),
                     }),
                 }
