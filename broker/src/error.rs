@@ -20,6 +20,7 @@ pub const ALL_REASON_CODES: &[&str] = &[
     "NONCE_EXPIRED",
     "NONCE_REPLAYED",
     "STORE_UNAVAILABLE",
+    "RATE_LIMITED",
     "INTERNAL",
     "VOLUME_UNKNOWN",
     "VOLUME_DISABLED",
@@ -54,6 +55,13 @@ pub enum Error {
     /// A ConfirmRotation was refused.
     #[error("rotation refused: {0}")]
     Rotation(RotationRejected),
+    /// The source address sent more requests than `[limits]
+    /// requests_per_sec_per_address` allows.
+    #[error("too many requests from this address (at most {per_sec} a second)")]
+    RateLimited {
+        /// The configured rate.
+        per_sec: u32,
+    },
     /// A volume key could not be unsealed or wrapped: never the guest's fault.
     #[error("key handling failed for volume {volume}: {what}")]
     Keys {
@@ -78,16 +86,15 @@ pub enum InvalidRequest {
         /// What is wrong.
         message: String,
     },
-    /// Attest named other volumes than its Challenge.
-    #[error("volume_ids differ from the ones named in Challenge")]
-    VolumesDiffer,
 }
 
 /// Why a nonce was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NonceRejected {
-    /// Never issued (or purged long ago).
-    #[error("unknown nonce; call Challenge again")]
+    /// Not issued by this broker (or its replicas) for these volumes: made
+    /// up, changed, issued under another master key, or the Attest names
+    /// other volume ids than its Challenge.
+    #[error("unknown nonce, or volume_ids differ from the Challenge's; call Challenge again with the volumes to attest for")]
     Unknown,
     /// Issued but expired.
     #[error("nonce expired; call Challenge again and attest within its lifetime")]
@@ -217,6 +224,7 @@ impl Error {
             }
             Error::Rotation(r) => vec![r.reason_code().into()],
             Error::Store(_) => vec!["STORE_UNAVAILABLE".into()],
+            Error::RateLimited { .. } => vec!["RATE_LIMITED".into()],
             Error::Keys { .. } => vec!["INTERNAL".into()],
         }
     }
@@ -247,6 +255,14 @@ impl Error {
             Error::Store(_) => (
                 Code::Unavailable,
                 "the broker's store is unavailable; retry later".to_owned(),
+            ),
+            Error::RateLimited { per_sec } => (
+                Code::ResourceExhausted,
+                format!(
+                    "too many requests from this address: the broker answers at most {per_sec} \
+                     Challenge and Attest requests a second per address ([limits] \
+                     requests_per_sec_per_address); retry in a second"
+                ),
             ),
             Error::Keys { .. } => (
                 Code::Internal,

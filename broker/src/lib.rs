@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_anchor;
 pub mod certsource;
 pub mod config;
 pub mod error;
@@ -20,9 +21,12 @@ pub mod keys;
 pub mod lifecycle;
 pub mod measure;
 pub mod metrics;
+pub mod noise;
+pub mod nonce;
 pub mod policy;
 pub mod release;
 pub mod sd_notify;
+pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod verify;

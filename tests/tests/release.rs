@@ -337,7 +337,14 @@ async fn volumes_other_than_challenged_are_refused() {
     let key = keybroker_proto::GuestKeyPair::generate().unwrap();
     let req = attest_request(&dir, &nonce, &key, &["root", "data"], &default_guest());
     let err = raw.client.attest(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // The nonce's MAC binds the Challenge's volume ids: for other volumes
+    // it is not a nonce this broker issued.
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reasons(&err), vec!["NONCE_UNKNOWN".to_owned()]);
+    // Refused before verification, so not burnt: it still serves the
+    // volumes it was issued for.
+    let req = attest_request(&dir, &nonce, &key, &["root"], &default_guest());
+    raw.client.attest(req).await.unwrap();
     broker.stop().await.unwrap();
 }
 
@@ -384,8 +391,9 @@ async fn malformed_requests_get_invalid_argument_and_no_key() {
     r.report.truncate(100);
     let err = raw.client.attest(r).await.unwrap_err();
     assert_eq!(reasons(&err), vec!["EVIDENCE_REPORT_LENGTH".to_owned()]);
-    // The nonce was burnt by the truncated-report attempt: the good request
-    // is now a replay. The broker still answers.
+    // Only evidence that verified burns a nonce: none of the above did, so
+    // the good request is still released, once.
+    raw.client.attest(good.clone()).await.unwrap();
     let err = raw.client.attest(good).await.unwrap_err();
     assert_eq!(reasons(&err), vec!["NONCE_REPLAYED".to_owned()]);
     broker.stop().await.unwrap();
@@ -516,5 +524,66 @@ async fn damaged_requests_never_release_a_key() {
     .await
     .unwrap();
     assert_eq!(out.keys[0].expose_secret(), key.as_slice());
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_per_address_rate_get_resource_exhausted() {
+    let (dir, broker) = setup(BrokerOptions {
+        requests_per_sec: 5,
+        ..BrokerOptions::default()
+    })
+    .await;
+    dir.add_volume("root", "prod").unwrap();
+    let mut raw = Raw::connect(&dir, &broker).await;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = raw
+            .client
+            .challenge(pb::ChallengeRequest {
+                version: Some(keybroker_proto::protocol_version()),
+                volume_ids: vec!["root".into()],
+            })
+            .await;
+        if let Err(e) = r {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+            assert_eq!(reasons(&e), vec!["RATE_LIMITED".to_owned()]);
+            assert!(
+                e.message().contains("requests_per_sec_per_address"),
+                "{e:?}"
+            );
+            limited += 1;
+        }
+    }
+    // A burst of 5, then about 5 a second: most of 20 quick ones refused.
+    assert!(limited >= 10, "{limited} of 20 refused");
+    broker.stop().await.unwrap();
+}
+
+/// A pin mismatch cannot be fixed by retrying: the guest gives up after
+/// one attempt instead of spending its whole timeout (issue #9: 13
+/// attempts in 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_not_retried() {
+    let (dir, broker) = setup(BrokerOptions::default()).await;
+    dir.add_volume("root", "prod").unwrap();
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let cfg = guest_config(&[broker.url()], &wrong, dir.sim.dir(), 60).unwrap();
+    let err = fetch_keys(
+        &cfg,
+        sim_provider(&dir, default_guest()).as_ref(),
+        &vols(&["root"]),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        guest_unlock::flow::UnlockError::Unreachable {
+            attempts, cause, ..
+        } => {
+            assert_eq!(attempts, 1);
+            assert_eq!(cause, guest_unlock::flow::UnreachableCause::PinMismatch);
+        }
+        other => panic!("{other}"),
+    }
     broker.stop().await.unwrap();
 }

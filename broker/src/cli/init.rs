@@ -118,7 +118,17 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
         config_text_in(args.listen, &admin_socket, data_dir).as_bytes(),
         0o644,
     )?;
-    give_to_dir_owner(dir)?;
+    // The database, with the master key's key-check value: `broker serve`
+    // never creates one, so a lost database is noticed, not replaced.
+    let loaded = broker::config::Config::load(&config)?;
+    let store = broker::wiring::create_store(&loaded)?;
+    let keyring = broker::wiring::keyring(&loaded)?;
+    broker::startup::check_master_key(store.as_ref(), &keyring, &loaded.master_key)?;
+    drop(store);
+    let database = match &loaded.store {
+        broker::config::StoreConfig::Sqlite { path } => path.clone(),
+    };
+    give_to_dir_owner(dir, &database)?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", config.display());
     println!(
@@ -153,13 +163,14 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 /// Run as root in a directory that another user owns (the package's
 /// /var/lib/keybroker, the `keybroker` user's), hands what `init` wrote
 /// there to that user, so that the service can read its keys.
-fn give_to_dir_owner(dir: &Path) -> anyhow::Result<()> {
+fn give_to_dir_owner(dir: &Path, database: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let owner = fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if rustix::process::geteuid().is_root() && owner.uid() != 0 {
-        for p in ["master.key", "tls", "tls/key.pem", "tls/cert.pem"] {
-            let p = dir.join(p);
-            std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid()))
+        let files = ["master.key", "tls", "tls/key.pem", "tls/cert.pem"].map(|p| dir.join(p));
+        // SQLite's -wal and -shm files are gone once the store is closed.
+        for p in files.iter().map(PathBuf::as_path).chain([database]) {
+            std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid()))
                 .with_context(|| format!("cannot give {} to uid {}", p.display(), owner.uid()))?;
         }
     }

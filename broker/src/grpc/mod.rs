@@ -6,6 +6,7 @@
 //! ([`crate::error::Error::to_status`]).
 
 mod evidence;
+pub mod limits;
 mod server;
 mod shards;
 
@@ -26,12 +27,37 @@ pub use shards::{bind_shards, run_shards};
 /// Implementation of `keybroker.v1.KeyBroker`.
 pub struct KeyBrokerService {
     broker: Arc<Broker>,
+    rate_limit: Option<Arc<limits::RateLimiter>>,
 }
 
 impl KeyBrokerService {
     /// Wraps the release service.
     pub fn new(broker: Arc<Broker>) -> Self {
-        KeyBrokerService { broker }
+        KeyBrokerService {
+            broker,
+            rate_limit: None,
+        }
+    }
+
+    /// Limits Challenge and Attest requests per source address.
+    pub fn with_rate_limit(mut self, rate_limit: Option<Arc<limits::RateLimiter>>) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+
+    /// RESOURCE_EXHAUSTED when `client` has used up its requests per second.
+    fn rate_limited(&self, kind: &str, client: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        let (Some(limit), Some(addr)) = (&self.rate_limit, client) else {
+            return Ok(());
+        };
+        if limit.allow(addr.ip()) {
+            return Ok(());
+        }
+        let e = Error::RateLimited {
+            per_sec: limit.per_sec(),
+        };
+        self.broker.noise(kind, &e, client);
+        Err(e.to_status(None))
     }
 }
 
@@ -106,16 +132,15 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: Request<pb::ChallengeRequest>,
     ) -> Result<Response<pb::ChallengeResponse>, Status> {
         let client = request.remote_addr();
+        self.rate_limited("challenge", client)?;
         let req = request.into_inner();
         let grant = version(req.version.as_ref())
             .and_then(|()| volumes(&req.volume_ids))
             .and_then(|v| self.broker.challenge(&v, client))
             .map_err(|e| {
-                if !matches!(e, crate::error::Error::Store(_)) {
-                    // Store failures were counted with their audit entry.
-                    crate::metrics::global().decision("challenge", "deny", &e.reason_codes());
-                }
-                tracing::info!(client = ?client, reasons = ?e.reason_codes(), "challenge refused: {e}");
+                // Nothing about a Challenge is authenticated: counted, not
+                // audited (`crate::noise`).
+                self.broker.noise("challenge", &e, client);
                 e.to_status(None)
             })?;
         Ok(Response::new(pb::ChallengeResponse {
@@ -130,10 +155,10 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
         let client = request.remote_addr();
+        self.rate_limited("attest", client)?;
         let started = std::time::Instant::now();
         let input = attest_input(request.into_inner()).map_err(|e| {
-            crate::metrics::global().decision("attest", "deny", &e.reason_codes());
-            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "attest request malformed: {e}");
+            self.broker.noise("attest", &e, client);
             e.to_status(None)
         })?;
         // Verification is CPU work of a few hundred microseconds; it runs on
@@ -172,8 +197,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
     ) -> Result<Response<pb::ConfirmRotationResponse>, Status> {
         let client = request.remote_addr();
         let input = confirm_input(request.into_inner()).map_err(|e| {
-            crate::metrics::global().decision("rotation", "deny", &e.reason_codes());
-            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "confirm rotation request malformed: {e}");
+            self.broker.noise("rotation", &e, client);
             e.to_status(None)
         })?;
         // One unseal, one HMAC and one short transaction: inline, like Attest.

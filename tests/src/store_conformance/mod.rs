@@ -6,7 +6,9 @@
 //! memory and on a file). Names are unique per function, so the functions
 //! can share one store.
 
+mod attest_commit;
 mod audit;
+mod key_checks;
 mod nonces;
 mod policies;
 mod reseal;
@@ -16,10 +18,11 @@ mod volumes;
 use broker::keys::{MasterKeyId, SealedKey};
 use broker::store::{KeyState, NewVolume, Store};
 
+pub use attest_commit::{attest_commit_is_all_or_nothing, attest_commit_race_one_winner};
 pub use audit::{audit_append_filter_and_chain, audit_tamper_detected, FreshTamperable, Tamper};
+pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
-    maintain_purges_expired_nonces, nonce_expiry_and_unknown, nonce_purge,
-    nonce_race_exactly_one_fresh, nonce_single_use,
+    maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
 };
 pub use policies::policies_crud;
 pub use reseal::reseal_batch_is_compare_and_set;
@@ -35,8 +38,9 @@ pub use volumes::{
 pub fn run_all(store: &dyn Store) {
     nonce_single_use(store);
     nonce_race_exactly_one_fresh(store);
-    nonce_expiry_and_unknown(store);
     nonce_purge(store);
+    attest_commit_is_all_or_nothing(store);
+    attest_commit_race_one_winner(store);
     policies_crud(store);
     volumes_crud(store);
     duplicate_volume_refused(store);
@@ -51,6 +55,7 @@ pub fn run_all(store: &dyn Store) {
     cancel_pending_rules(store);
     rotation_sessions_expire(store);
     reseal_batch_is_compare_and_set(store);
+    key_checks_recorded_once(store);
     // Last: it destroys every retired version older than its cutoff.
     purge_retired_respects_cutoff(store);
 }
