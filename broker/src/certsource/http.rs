@@ -71,7 +71,11 @@ pub struct Url {
 }
 
 impl Url {
-    /// Parses `http(s)://host[:port][/prefix]`; no user info, query or fragment.
+    /// Parses `http(s)://host[:port][/prefix]`; no user info, query or
+    /// fragment. The host is a DNS name or IPv4 address (letters, digits,
+    /// `.`, `-`, `_`) or an IPv6 address in brackets, the port 1 to 65535
+    /// in decimal, the path printable ASCII: each goes into the request
+    /// as it is, so nothing that could end a header line gets through.
     pub fn parse(s: &str) -> Result<Url, HttpError> {
         let err = |reason: &str| HttpError::Url {
             url: s.to_owned(),
@@ -91,20 +95,39 @@ impl Url {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err("the path must be printable ASCII"));
+        }
         let default_port = if https { 443 } else { 80 };
+        let port = |p: &str| -> Result<u16, HttpError> {
+            match p.parse() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+                _ => Err(err("bad port (1 to 65535)")),
+            }
+        };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(err("not an IPv6 address in '[…]'"));
+            }
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| err("bad port"))?,
+                Some(p) => port(p)?,
                 None if after.is_empty() => default_port,
                 None => return Err(err("junk after ']'")),
             };
             (h.to_owned(), port)
         } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| err("bad port"))?),
-                None => (authority.to_owned(), default_port),
+            let (h, p) = match authority.split_once(':') {
+                Some((h, p)) => (h, port(p)?),
+                None => (authority, default_port),
+            };
+            let name_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+            if !h.bytes().all(name_byte) {
+                return Err(err(
+                    "the host must be a DNS name, an IPv4 address or an IPv6 address in '[…]'",
+                ));
             }
+            (h.to_owned(), p)
         };
         if host.is_empty() {
             return Err(err("no host"));
@@ -244,7 +267,9 @@ pub fn get(
     let _ = sock.set_nodelay(true);
     let stream = Deadlined { sock, deadline };
     let host_header = if url.port == if url.https { 443 } else { 80 } {
-        url.host.clone()
+        url.authority()
+            .rsplit_once(':')
+            .map_or_else(|| url.host.clone(), |(h, _)| h.to_owned())
     } else {
         url.authority()
     };
@@ -680,6 +705,38 @@ mod tests {
             "kdsintf.amd.com",
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `kds_http` fuzz target: hosts and paths with control
+    /// characters, which went into the request line and the Host header as
+    /// they were, and ports and addresses that are not ones.
+    #[test]
+    fn urls_with_junk_are_refused() {
+        for bad in [
+            "http://h/a\r\nX-Injected: 1",
+            "http://h/\u{7f}",
+            "http://h/caf\u{e9}",
+            "http://h\r\nX: y/",
+            "http://h\u{0}ost",
+            "http://h\tost",
+            "http://ho%st",
+            "http://h:1:2",
+            "http://h:+80",
+            "http://h:0",
+            "http://h:65536",
+            "http://[not-v6]:80",
+            "http://[::1\n]",
+            "http://[fe80::1%eth0]",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "http://kds_proxy.internal:8080/a-b/c.d~e",
+            "https://10.0.0.1",
+            "https://[fd00::1]:8443",
+        ] {
+            assert!(Url::parse(good).is_ok(), "{good}");
         }
     }
 }

@@ -105,6 +105,12 @@ fn u32_at(b: &[u8; REPORT_LEN], off: usize) -> u32 {
     layout::u32_at(b, off).unwrap_or_default()
 }
 
+/// The little-endian u64 at `off` of a report already checked to be
+/// [`REPORT_LEN`] bytes long.
+fn u64_at(b: &[u8; REPORT_LEN], off: usize) -> u64 {
+    layout::u64_at(b, off).unwrap_or_default()
+}
+
 /// The `N` bytes at `off` of a report already checked to be [`REPORT_LEN`]
 /// bytes long.
 fn arr<const N: usize>(b: &[u8; REPORT_LEN], off: usize) -> [u8; N] {
@@ -227,9 +233,11 @@ pub fn decode_report(bytes: &[u8]) -> Result<DecodedReport, EvidenceRejected> {
         key_info,
         signer,
         guest_svn: r.guest_svn,
-        policy: GuestPolicyBits::from_raw(u64::from(r.policy)),
+        // The words as signed: the sev crate's GuestPolicy sets the
+        // reserved bit 17 whether or not the report has it.
+        policy: GuestPolicyBits::from_raw(u64_at(bytes, offset::POLICY)),
         vmpl: r.vmpl,
-        platform_info: u64::from(r.plat_info),
+        platform_info: u64_at(bytes, offset::PLATFORM_INFO),
         measurement: r.measurement,
         host_data: r.host_data,
         family_id: r.family_id,
@@ -423,6 +431,26 @@ mod tests {
                         "{name} {off:#x}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Found by the `snp_report` fuzz target: the POLICY word came from the
+    /// sev crate, which sets the reserved bit 17 whatever the report says,
+    /// so the broker showed and judged a policy that was not the signed one.
+    #[test]
+    fn policy_and_platform_info_are_the_signed_words() {
+        let r = fixture("oak-genoa-v5");
+        for policy in [0u64, 1 << 19, (1 << 17) | (1 << 16), u64::MAX >> 43] {
+            for info in [0u64, 1, 0x25] {
+                let mut m = r.clone();
+                m[offset::POLICY..offset::POLICY + 8].copy_from_slice(&policy.to_le_bytes());
+                m[offset::PLATFORM_INFO..offset::PLATFORM_INFO + 8]
+                    .copy_from_slice(&info.to_le_bytes());
+                let d = decode_report(&m).unwrap();
+                assert_eq!(d.policy.raw, policy, "{policy:#x}");
+                assert_eq!(d.policy, GuestPolicyBits::from_raw(policy));
+                assert_eq!(d.platform_info, info);
             }
         }
     }
