@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use broker::config::config_text;
+use broker::config::config_text_with_store;
 use broker::keys::MasterKey;
 use broker::tls;
 
@@ -30,6 +30,11 @@ pub struct InitArgs {
     /// (relative paths are taken from the current directory).
     #[arg(long, value_name = "PATH", default_value = broker::config::DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
+    /// The store written into the config's `[store] url`: `sqlite:PATH`
+    /// (relative to the directory) or `postgres://USER@HOST/DB`. Put a
+    /// PostgreSQL password in `[store] password_file`, not here.
+    #[arg(long, value_name = "URL", default_value = "sqlite:broker.db")]
+    pub store_url: String,
 }
 
 /// Creates config.toml, master.key (0600), tls/key.pem (0600), tls/cert.pem
@@ -43,6 +48,16 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
             .context("cannot read the current directory")?
             .join(&args.admin_socket)
     };
+    let store = broker::store::StoreUrl::parse(&args.store_url)
+        .map_err(|e| anyhow::anyhow!("--store-url: {e}"))?;
+    if let broker::store::StoreUrl::Postgres(url) = &store {
+        if broker::store::redact_url(url) != *url {
+            bail!(
+                "--store-url holds a password; give the URL without it and write the password \
+                 into a file (mode 0600) named by [store] password_file, so it never sits in the config"
+            );
+        }
+    }
     if dir.exists()
         && fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -74,11 +89,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     )?;
     write_new(
         &dir.join("config.toml"),
-        config_text(args.listen, &admin_socket).as_bytes(),
+        config_text_with_store(args.listen, &admin_socket, &args.store_url).as_bytes(),
         0o644,
     )?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", dir.join("config.toml").display());
+    println!("store:    {store}");
     println!(
         "admin:    {} (created by `broker serve`)",
         args.admin_socket.display()

@@ -1,6 +1,8 @@
-//! Storage: one interface ([`Store`]) and one embedded implementation
-//! ([`SqliteStore`]). Every implementation must pass the conformance suite
-//! of the test kit (`tests/src/store_conformance/`).
+//! Storage: one interface ([`Store`]) and two implementations, the embedded
+//! [`SqliteStore`] (the default) and [`PgStore`] (PostgreSQL, for several
+//! broker replicas sharing one database), chosen by a [`StoreUrl`]. Both
+//! must pass the conformance suite of the test kit
+//! (`tests/src/store_conformance/`).
 //!
 //! The store holds single-use nonces, policies (as text: validation is the
 //! policy module's job), volumes with their sealed key versions, and the
@@ -14,7 +16,7 @@
 //! [`RotationSessionStore`] (which Attest released which pending version),
 //! [`ResealStore`] (master key re-sealing) and [`AuditStore`] (the audit
 //! log). A backend implements each part, in a module per part (see
-//! `sqlite/`), and `Store` for upkeep. An operation that must change several
+//! `sqlite/` and `postgres/`), and `Store` for upkeep. An operation that must change several
 //! parts in one transaction belongs in `Store` itself, implemented by the
 //! backend over its per-part statements.
 //!
@@ -32,18 +34,22 @@ mod audit;
 mod audit_hash;
 mod nonce;
 mod policy;
+mod postgres;
 mod reseal;
 mod rotation;
 mod sqlite;
+mod url;
 mod volume;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
 pub use nonce::{NonceOutcome, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
+pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 pub use reseal::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion};
 pub use rotation::{RotationSessionLookup, RotationSessionRecord, RotationSessionStore};
 pub use sqlite::SqliteStore;
+pub use url::{redact_url, StoreUrl};
 pub use volume::{
     KeyState, KeyVersionRecord, NewVolume, PurgedVersion, ReleaseView, VolumeRecord, VolumeStore,
 };
@@ -86,6 +92,11 @@ pub enum StoreError {
     /// The database failed (I/O, locking, SQL). The text is the backend's.
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The database cannot be reached now, or did not answer in time (a
+    /// PostgreSQL server down or restarting, a row lock held elsewhere):
+    /// retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The database holds something this code cannot have written.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
