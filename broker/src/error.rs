@@ -78,16 +78,15 @@ pub enum InvalidRequest {
         /// What is wrong.
         message: String,
     },
-    /// Attest named other volumes than its Challenge.
-    #[error("volume_ids differ from the ones named in Challenge")]
-    VolumesDiffer,
 }
 
 /// Why a nonce was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NonceRejected {
-    /// Never issued (or purged long ago).
-    #[error("unknown nonce; call Challenge again")]
+    /// Not issued by this broker (or its replicas) for these volumes: made
+    /// up, changed, issued under another master key, or the Attest names
+    /// other volume ids than its Challenge.
+    #[error("unknown nonce, or volume_ids differ from the Challenge's; call Challenge again with the volumes to attest for")]
     Unknown,
     /// Issued but expired.
     #[error("nonce expired; call Challenge again and attest within its lifetime")]

@@ -20,6 +20,8 @@ pub mod keys;
 pub mod lifecycle;
 pub mod measure;
 pub mod metrics;
+pub mod noise;
+pub mod nonce;
 pub mod policy;
 pub mod release;
 pub mod store;

@@ -23,10 +23,12 @@ use crate::audit::AuditDraft;
 use crate::error::{Error, NonceRejected, RefusalCause, RotationRejected, VolumeRefusal};
 use crate::keys::{Keyring, MasterKey};
 use crate::lifecycle::failpoint;
+use crate::noise::Noise;
+use crate::nonce::NonceMinter;
 use crate::policy::Policy;
 use crate::store::{
-    KeyState, NonceOutcome, RotationSessionLookup, RotationSessionRecord, Store, StoreError,
-    StoredPolicy,
+    AttestCommit, AttestCommitted, KeyState, RotationSessionLookup, RotationSessionRecord, Store,
+    StoreError, StoredPolicy,
 };
 use crate::verify::{BoundEvidence, Evidence, Verifier};
 
@@ -105,6 +107,8 @@ pub struct Confirmed {
 pub struct Broker {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
+    nonces: NonceMinter,
+    noise: Noise,
     verifier: Verifier,
     nonce_ttl: Duration,
     rotation_session_ttl: Duration,
@@ -137,6 +141,8 @@ impl Broker {
     ) -> Self {
         Broker {
             store,
+            nonces: NonceMinter::new(keyring.clone()),
+            noise: Noise::default(),
             keyring,
             verifier,
             nonce_ttl,
@@ -167,79 +173,86 @@ impl Broker {
         &self.keyring
     }
 
-    /// Step 1: issue a single-use nonce for these volumes.
+    /// Step 1: issue a single-use nonce for these volumes. Writes nothing:
+    /// the nonce is its own proof of issue ([`crate::nonce`]).
     pub fn challenge(
         &self,
         volumes: &VolumeIds,
         client: Option<SocketAddr>,
     ) -> Result<ChallengeGrant, Error> {
-        let nonce = Nonce::random().map_err(|e| Error::Keys {
-            volume: String::new(),
-            what: format!("no randomness for a nonce: {e}"),
-        })?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let names: Vec<String> = volumes.iter().map(|v| v.as_str().to_owned()).collect();
-        let mut audit = AuditDraft::new("challenge", now, names.clone(), client);
-        if let Err(e) = self.store.insert_nonce(
-            nonce.as_bytes(),
-            &names,
-            now + self.nonce_ttl.as_secs() as i64,
-        ) {
-            let err = Error::from(e);
-            audit.verdict = "error".into();
-            audit.reason_codes = err.reason_codes();
-            audit.detail("error", &err.to_string());
-            self.append_audit(audit);
-            return Err(err);
-        }
-        // The nonce itself is not recorded: the attest entry that uses it
-        // is what matters, and it carries the report id.
-        audit.verdict = "allow".into();
-        audit.detail("nonce_ttl_secs", &self.nonce_ttl.as_secs().to_string());
-        let decision_id = self.append_audit(audit);
-        tracing::debug!(
-            decision = decision_id.as_deref().unwrap_or("-"),
-            volumes = ?names,
-            client = ?client,
-            "challenge issued"
-        );
+        let expires_at = now.saturating_add(self.nonce_ttl.as_secs() as i64);
+        let nonce = self
+            .nonces
+            .issue(volumes, expires_at)
+            .map_err(|e| Error::Keys {
+                volume: String::new(),
+                what: format!("cannot issue a nonce: {e}"),
+            })?;
+        crate::metrics::global().decision("challenge", "allow", &[]);
+        tracing::debug!(volumes = volumes.len(), client = ?client, "challenge issued");
         Ok(ChallengeGrant {
             nonce,
             expires_in: self.nonce_ttl,
         })
     }
 
-    /// Step 3-5: verify the evidence, evaluate each volume's policy and wrap
-    /// every granted key to the attested guest key. Every decision is
-    /// audited; the returned error carries the decision id when one exists.
+    /// Counts a failure that is not a decision about verified evidence
+    /// ([`crate::noise`]): no audit entry of its own.
+    pub fn noise(&self, kind: &str, err: &Error, client: Option<SocketAddr>) {
+        self.noise.record(kind, &err.reason_codes(), client, err);
+    }
+
+    /// The unauthenticated failures counted since the last call, for the
+    /// aggregate audit entry of store upkeep.
+    pub fn take_noise(&self) -> std::collections::BTreeMap<String, u64> {
+        self.noise.take()
+    }
+
+    /// Step 3-5: check the nonce, verify the evidence, evaluate each
+    /// volume's policy and wrap every granted key to the attested guest
+    /// key. Failures before the evidence is verified and bound to this
+    /// request (and replays) are counted, not audited ([`crate::noise`]);
+    /// every decision after is audited, in the one transaction that burns
+    /// the nonce ([`Store::commit_attest`]). The returned error carries the
+    /// decision id when one exists.
     pub fn attest(
         &self,
         input: AttestInput,
         client: Option<SocketAddr>,
     ) -> Result<Release, (Error, Option<String>)> {
         let now = OffsetDateTime::now_utc();
-        let names: Vec<String> = input
-            .volumes
-            .iter()
-            .map(|v| v.as_str().to_owned())
-            .collect();
-        let mut audit = AuditDraft::new("attest", now.unix_timestamp(), names, client);
-        match self.attest_inner(&input, now, &mut audit) {
-            Ok((keys, denied)) => {
+        // 1-5: nonce, evidence, binding. Nothing is written on failure.
+        let (bound, expected, nonce_expires_at, mut audit) =
+            match self.authenticate(&input, now, client) {
+                Ok(v) => v,
+                Err(err) => {
+                    self.noise("attest", &err, client);
+                    return Err((err, None));
+                }
+            };
+        // 6. Each volume's state and policy; keys wrapped in memory only.
+        let decided = self.decide(&input, &bound, &expected, now);
+        let sessions = match &decided {
+            Ok((_, _, sessions)) => sessions.clone(),
+            Err(_) => Vec::new(),
+        };
+        match &decided {
+            Ok((_, denied, _)) => {
                 audit.verdict = "allow".into();
                 audit.reason_codes = denied.iter().flat_map(|d| d.reason_codes()).collect();
-                let decision_id = self.append_audit(audit);
-                tracing::info!(
-                    decision = decision_id.as_deref().unwrap_or("-"),
-                    granted = keys.len(),
-                    denied = denied.len(),
-                    "attest allowed"
-                );
-                Ok(Release {
-                    keys,
-                    denied,
-                    decision_id: decision_id.unwrap_or_default(),
-                })
+                if !denied.is_empty() {
+                    audit.detail("refusals", &refusal_details(denied));
+                }
+                for s in &sessions {
+                    audit.detail(
+                        &format!("rotation_session.{}", s.volume),
+                        &format!(
+                            "pending v{} released; session open until {}",
+                            s.version, s.expires_at
+                        ),
+                    );
+                }
             }
             Err(err) => {
                 audit.verdict = match err {
@@ -248,83 +261,126 @@ impl Broker {
                 };
                 audit.reason_codes = err.reason_codes();
                 audit.detail("error", &err.to_string());
-                let details = match &err {
-                    Error::PolicyDenied(refusals) => refusal_details(refusals),
-                    _ => String::new(),
-                };
-                if !details.is_empty() {
-                    audit.detail("refusals", &details);
+                if let Error::PolicyDenied(refusals) = err {
+                    audit.detail("refusals", &refusal_details(refusals));
                 }
-                let decision_id = self.append_audit(audit);
-                tracing::warn!(
-                    decision = decision_id.as_deref().unwrap_or("-"),
-                    reasons = ?err.reason_codes(),
-                    "attest refused: {err} {details}"
+            }
+        }
+        // 7. The one write: burn the nonce, audit the decision, open the
+        // rotation sessions. Only then does a key leave.
+        let event = audit.into_event();
+        let commit = AttestCommit {
+            nonce: *input.nonce.as_bytes(),
+            nonce_expires_at,
+            audit: &event,
+            sessions: &sessions,
+        };
+        let m = crate::metrics::global();
+        let decision_id = match self.store.commit_attest(&commit) {
+            Ok(AttestCommitted::Committed(id)) => id.to_string(),
+            Ok(AttestCommitted::NonceAlreadyUsed) => {
+                let err = Error::Nonce(NonceRejected::AlreadyUsed);
+                self.noise("attest", &err, client);
+                return Err((err, None));
+            }
+            Err(e) => {
+                m.store_error();
+                tracing::error!("could not record the attest decision: {e}");
+                return Err((Error::Store(e), None));
+            }
+        };
+        m.decision(&event.kind, &event.verdict, &event.reason_codes);
+        if !sessions.is_empty() {
+            failpoint::hit("attest-after-session-recorded");
+        }
+        match decided {
+            Ok((keys, denied, _)) => {
+                tracing::info!(
+                    decision = decision_id.as_str(),
+                    granted = keys.len(),
+                    denied = denied.len(),
+                    "attest allowed"
                 );
-                Err((err, decision_id))
+                Ok(Release {
+                    keys,
+                    denied,
+                    decision_id,
+                })
+            }
+            Err(err) => {
+                tracing::warn!(
+                    decision = decision_id.as_str(),
+                    reasons = ?err.reason_codes(),
+                    "attest refused: {err}"
+                );
+                Err((err, Some(decision_id)))
             }
         }
     }
 
-    fn attest_inner(
+    /// Steps 1-5: the nonce is authentic, for these volumes and unexpired;
+    /// the evidence verifies and binds this request's transcript. Returns
+    /// the bound evidence, the transcript hash, the nonce's expiry and the
+    /// audit entry started with the report's claims.
+    fn authenticate(
         &self,
         input: &AttestInput,
         now: OffsetDateTime,
-        audit: &mut AuditDraft,
-    ) -> Result<(Vec<ReleasedKey>, Vec<VolumeRefusal>), Error> {
-        // 1. The nonce: known, unexpired, unused; burnt now whatever follows.
-        let challenged = match self
-            .store
-            .consume_nonce(input.nonce.as_bytes(), now.unix_timestamp())?
-        {
-            NonceOutcome::Fresh { volumes } => volumes,
-            NonceOutcome::Unknown => return Err(Error::Nonce(NonceRejected::Unknown)),
-            NonceOutcome::Expired => return Err(Error::Nonce(NonceRejected::Expired)),
-            NonceOutcome::AlreadyUsed => return Err(Error::Nonce(NonceRejected::AlreadyUsed)),
-        };
-        if !input
+        client: Option<SocketAddr>,
+    ) -> Result<(BoundEvidence, ReportData, i64, AuditDraft), Error> {
+        let nonce_expires_at = self
+            .nonces
+            .check(&input.nonce, &input.volumes, now.unix_timestamp())
+            .map_err(Error::Nonce)?;
+        let verified = self.verifier.verify_evidence(&input.evidence, None, now)?;
+        let expected = report_data(&input.nonce, &input.guest_public_key, &input.volumes);
+        let names: Vec<String> = input
             .volumes
             .iter()
-            .map(VolumeId::as_str)
-            .eq(challenged.iter().map(String::as_str))
-        {
-            return Err(crate::error::InvalidRequest::VolumesDiffer.into());
-        }
-
-        // 2-5. Parse, chain, VEK binding, signature; then the binding:
-        // REPORT_DATA, or on Azure the quote and the HCL user data.
-        let verified = self.verifier.verify_evidence(&input.evidence, None, now)?;
+            .map(|v| v.as_str().to_owned())
+            .collect();
+        let mut audit = AuditDraft::new("attest", now.unix_timestamp(), names, client);
         audit.record_claims(verified.claims());
         audit.detail("evidence", verified.kind().as_str());
-        let expected = report_data(&input.nonce, &input.guest_public_key, &input.volumes);
         let bound = verified.bind(expected.as_bytes())?;
         audit.record_bound(&bound);
+        Ok((bound, expected, nonce_expires_at, audit))
+    }
 
-        // 6. Each volume's state and policy.
+    /// Step 6: each volume's state and policy, and the wrapped keys of the
+    /// granted ones with the rotation sessions their pending keys open.
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        input: &AttestInput,
+        bound: &BoundEvidence,
+        expected: &ReportData,
+        now: OffsetDateTime,
+    ) -> Result<
+        (
+            Vec<ReleasedKey>,
+            Vec<VolumeRefusal>,
+            Vec<RotationSessionRecord>,
+        ),
+        Error,
+    > {
         let mut keys = Vec::new();
         let mut denied = Vec::new();
+        let mut sessions = Vec::new();
         let session_expiry = now.unix_timestamp() + self.rotation_session_ttl.as_secs() as i64;
         for volume in input.volumes.iter() {
-            match self.release_volume(&bound, volume, &expected, &input.guest_public_key)? {
+            match self.release_volume(bound, volume, expected, &input.guest_public_key)? {
                 Ok(mut released) => {
                     // A released pending key opens a rotation session: the
                     // guest's ConfirmRotation is checked against it.
                     for k in released.iter().filter(|k| k.state == KeyState::Pending) {
-                        self.store.record_rotation_session(&RotationSessionRecord {
+                        sessions.push(RotationSessionRecord {
                             nonce: *input.nonce.as_bytes(),
                             volume: volume.as_str().to_owned(),
                             version: k.version,
                             report_data: *expected.as_bytes(),
                             expires_at: session_expiry,
-                        })?;
-                        audit.detail(
-                            &format!("rotation_session.{}", volume.as_str()),
-                            &format!(
-                                "pending v{} released; session open until {session_expiry}",
-                                k.version
-                            ),
-                        );
-                        failpoint::hit("attest-after-session-recorded");
+                        });
                     }
                     keys.append(&mut released);
                 }
@@ -337,10 +393,7 @@ impl Broker {
         if keys.is_empty() {
             return Err(Error::PolicyDenied(denied));
         }
-        if !denied.is_empty() {
-            audit.detail("refusals", &refusal_details(&denied));
-        }
-        Ok((keys, denied))
+        Ok((keys, denied, sessions))
     }
 
     /// Releases the keys of one volume, or says why not. The outer error is
@@ -441,6 +494,16 @@ impl Broker {
                     already_current,
                     decision_id: decision_id.unwrap_or_default(),
                 })
+            }
+            Err(
+                err @ Error::Rotation(
+                    RotationRejected::SessionUnknown | RotationRejected::SessionExpired,
+                ),
+            ) => {
+                // Anyone can name a made-up nonce: not a decision about
+                // anything verified, so counted, not audited.
+                self.noise("rotation", &err, client);
+                Err((err, None))
             }
             Err(err) => {
                 audit.verdict = match err {
@@ -603,18 +666,32 @@ impl Broker {
     }
 }
 
-/// Runs store upkeep (purging expired nonces, checkpointing) every `every`
-/// on the blocking pool, until the returned task is aborted.
+/// Runs store upkeep (purging used-nonce records past their expiry,
+/// checkpointing) every `every` on the blocking pool, and once per
+/// [`crate::noise::AUDIT_INTERVAL`] appends the aggregate audit entry of
+/// the unauthenticated failures counted meanwhile, until the returned task
+/// is aborted.
 pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_noise = std::time::Instant::now();
         loop {
             tick.tick().await;
             let b = broker.clone();
+            let flush_noise = last_noise.elapsed() >= crate::noise::AUDIT_INTERVAL;
+            if flush_noise {
+                last_noise = std::time::Instant::now();
+            }
             let now = OffsetDateTime::now_utc().unix_timestamp();
-            match tokio::task::spawn_blocking(move || b.store.maintain(now)).await {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired nonces purged"),
+            let work = move || {
+                if flush_noise {
+                    b.audit_noise(now);
+                }
+                b.store.maintain(now)
+            };
+            match tokio::task::spawn_blocking(work).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired used nonces purged"),
                 Ok(Err(e)) => {
                     crate::metrics::global().store_error();
                     tracing::warn!("store maintenance failed: {e}")
@@ -623,6 +700,37 @@ pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::J
             }
         }
     })
+}
+
+impl Broker {
+    /// Appends one audit entry of kind `noise` with the unauthenticated
+    /// failures counted since the last one, if there were any: their counts
+    /// by request kind and reason code, nothing the requests named.
+    pub fn audit_noise(&self, now_unix: i64) {
+        let counts = self.take_noise();
+        if counts.is_empty() {
+            return;
+        }
+        let mut audit = AuditDraft::new("noise", now_unix, Vec::new(), None);
+        audit.verdict = "deny".into();
+        let mut reasons: Vec<String> = counts
+            .keys()
+            .filter_map(|k| k.split_once('/').map(|(_, r)| r.to_owned()))
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        audit.reason_codes = reasons;
+        let total: u64 = counts.values().sum();
+        audit.detail("total", &total.to_string());
+        for (k, n) in &counts {
+            audit.detail(&format!("count.{k}"), &n.to_string());
+        }
+        let event = audit.into_event();
+        if let Err(e) = self.store.append_audit(&event) {
+            crate::metrics::global().store_error();
+            tracing::error!("could not append the noise audit entry: {e}");
+        }
+    }
 }
 
 fn refusal_details(refusals: &[VolumeRefusal]) -> String {

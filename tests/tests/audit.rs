@@ -162,8 +162,10 @@ fn release(
 }
 
 /// Releases `root` (allow), asks for `root` with another image (deny),
-/// asks for `other` (deny: TCB and firmware floor), and replays a nonce
-/// (deny, no claims). Returns the released root key.
+/// asks for `other` (deny: TCB and firmware floor), uses a nonce (allow)
+/// and replays it (counted, not audited), then lets upkeep append the
+/// aggregate entry of the unauthenticated failures. Returns the released
+/// root key.
 fn decisions(s: &Setup) -> Vec<u8> {
     let service = s.service();
     let (ok, keys) = release(&service, &s.sim, &SimGuest::default(), &["root"], GUEST_A);
@@ -178,7 +180,7 @@ fn decisions(s: &Setup) -> Vec<u8> {
     assert!(denied.is_err());
     let (denied, _) = release(&service, &s.sim, &SimGuest::default(), &["other"], GUEST_B);
     assert!(denied.is_err());
-    // A replayed nonce: refused before any evidence is looked at.
+    // A nonce used, then replayed: the replay writes nothing.
     let vols = VolumeIds::parse(["root"]).unwrap();
     let grant = service
         .challenge(&vols, Some(GUEST_A.parse().unwrap()))
@@ -197,6 +199,7 @@ fn decisions(s: &Setup) -> Vec<u8> {
         };
         let _ = service.attest(input, Some(GUEST_A.parse().unwrap()));
     }
+    service.audit_noise(time::OffsetDateTime::now_utc().unix_timestamp());
     keys.into_iter().next().unwrap()
 }
 
@@ -219,12 +222,13 @@ fn codes(v: &Value) -> Vec<String> {
 fn audit_lists_every_decision_with_its_fields_and_filters() {
     let s = Setup::new();
     decisions(&s);
-    // 4 challenges, 5 attests (allow, deny, deny, allow, replay deny).
+    // 4 attests (allow, deny, deny, allow) and the aggregate of the
+    // unauthenticated failures (the replay). Challenges write nothing.
     let all = s.run(&[&["audit", "--json"][..], &CFG].concat());
     all.expect_code(0);
     let all = json(&all);
     let entries = all.as_array().unwrap();
-    assert_eq!(entries.len(), ADMIN + 9, "{all:#}");
+    assert_eq!(entries.len(), ADMIN + 5, "{all:#}");
     // First the setup's admin calls, each naming its caller.
     let actions: Vec<&str> = entries[..ADMIN]
         .iter()
@@ -243,31 +247,13 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            "challenge",
-            "attest",
-            "challenge",
-            "attest",
-            "challenge",
-            "attest",
-            "challenge",
-            "attest",
-            "attest"
-        ]
-    );
+    assert_eq!(kinds, ["attest", "attest", "attest", "attest", "noise"]);
     let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids, (5..=13).collect::<Vec<_>>());
+    assert_eq!(ids, (5..=9).collect::<Vec<_>>());
 
-    // A challenge: allowed, volumes and client, nothing else of note.
-    let c = &entries[0];
-    assert_eq!(c["verdict"], "allow");
-    assert_eq!(c["volumes"], serde_json::json!(["root"]));
-    assert_eq!(c["client"], GUEST_A);
-    assert_eq!(codes(&c["reason_codes"]), Vec::<String>::new());
     // The allowed attest: claims as structured JSON.
-    let a = &entries[1];
+    let a = &entries[0];
+    assert_eq!(a["client"], GUEST_A);
     assert_eq!(
         (a["kind"].as_str(), a["verdict"].as_str()),
         (Some("attest"), Some("allow"))
@@ -295,9 +281,9 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         "2025-06-01T00:00:00Z".len()
     );
     assert_eq!(a["hash"].as_str().unwrap().len(), 64);
-    assert_eq!(entries[2]["prev_hash"], entries[1]["hash"]);
+    assert_eq!(entries[1]["prev_hash"], entries[0]["hash"]);
     // The other image: every code, expected and actual in the details.
-    let denied = &entries[3];
+    let denied = &entries[1];
     assert_eq!(denied["verdict"], "deny");
     assert_eq!(
         codes(&denied["reason_codes"]),
@@ -310,7 +296,7 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         "{refusals}"
     );
     // The strict policy: each TCB component and the firmware.
-    let strict = codes(&entries[5]["reason_codes"]);
+    let strict = codes(&entries[2]["reason_codes"]);
     assert!(
         strict.contains(&"POLICY_TCB_BELOW_MINIMUM".to_owned()),
         "{strict:?}"
@@ -319,15 +305,21 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         strict.contains(&"POLICY_FIRMWARE_BELOW_MINIMUM".to_owned()),
         "{strict:?}"
     );
-    // The replay: no claims at all.
-    assert_eq!(codes(&entries[8]["reason_codes"]), ["NONCE_REPLAYED"]);
-    assert!(entries[8]["details"].get("measurement").is_none());
+    // The replay: only counted, in the aggregate entry, with no claims
+    // and nothing the request named.
+    let noise = &entries[4];
+    assert_eq!(codes(&noise["reason_codes"]), ["NONCE_REPLAYED"]);
+    assert_eq!(noise["details"]["count.attest/NONCE_REPLAYED"], "1");
+    assert_eq!(noise["details"]["total"], "1");
+    assert!(noise["details"].get("measurement").is_none());
+    assert_eq!(noise["volumes"], serde_json::json!([]));
+    assert!(noise["client"].is_null());
 
     // The text form: one line per entry with every column.
     let text = s.run(&[&["audit"][..], &CFG].concat());
     text.expect_code(0);
     let lines: Vec<&str> = text.stdout.lines().collect();
-    assert_eq!(lines.len(), ADMIN + 9, "{}", text.stdout);
+    assert_eq!(lines.len(), ADMIN + 5, "{}", text.stdout);
     assert!(
         lines[0].contains(" admin allow volumes=- reasons=- measurement=- chip=- client=uid="),
         "{}",
@@ -335,19 +327,23 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
     );
     let lines = &lines[ADMIN..];
     let chip16 = &hex::encode(s.sim.chip_id())[..16];
-    assert!(lines[1].starts_with("6 "), "{}", lines[1]);
+    assert!(lines[0].starts_with("5 "), "{}", lines[0]);
     for part in [
         " attest allow volumes=root reasons=- ",
         &format!("measurement={measurement} chip={chip16} client={GUEST_A}"),
     ] {
-        assert!(lines[1].contains(part), "{part:?} not in {}", lines[1]);
+        assert!(lines[0].contains(part), "{part:?} not in {}", lines[0]);
     }
     assert!(
-        lines[3].contains(" attest deny volumes=root reasons=POLICY_MEASUREMENT_NOT_ALLOWED "),
+        lines[1].contains(" attest deny volumes=root reasons=POLICY_MEASUREMENT_NOT_ALLOWED "),
         "{}",
-        lines[3]
+        lines[1]
     );
-    assert!(lines[0].contains(" challenge allow volumes=root reasons=- measurement=- chip=- "));
+    assert!(
+        lines[4].contains(" noise deny volumes=- reasons=NONCE_REPLAYED measurement=- chip=- "),
+        "{}",
+        lines[4]
+    );
 
     // Filters.
     let count = |extra: &[&str]| {
@@ -356,17 +352,17 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         json(&r).as_array().unwrap().len()
     };
     assert_eq!(count(&["--verdict", "deny"]), 3);
-    assert_eq!(count(&["--verdict", "allow"]), ADMIN + 6);
+    assert_eq!(count(&["--verdict", "allow"]), ADMIN + 2);
     assert_eq!(count(&["--verdict", "error"]), 0);
-    assert_eq!(count(&["--kind", "challenge"]), 4);
-    assert_eq!(count(&["--kind", "attest", "--verdict", "deny"]), 3);
-    assert_eq!(count(&["--volume", "other"]), 1 + 2);
+    assert_eq!(count(&["--kind", "noise"]), 1);
+    assert_eq!(count(&["--kind", "attest", "--verdict", "deny"]), 2);
+    assert_eq!(count(&["--volume", "other"]), 1 + 1);
     assert_eq!(count(&["--kind", "admin"]), ADMIN);
     assert_eq!(count(&["--volume", "nothing"]), 0);
-    assert_eq!(count(&["--since", "1h"]), ADMIN + 9);
+    assert_eq!(count(&["--since", "1h"]), ADMIN + 5);
     assert_eq!(count(&["--since", "2999-01-01T00:00:00Z"]), 0);
     assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"]), 0);
-    assert_eq!(count(&["--until", "2999-01-01T00:00:00+02:00"]), ADMIN + 9);
+    assert_eq!(count(&["--until", "2999-01-01T00:00:00+02:00"]), ADMIN + 5);
     assert_eq!(
         count(&["--since", "2000-01-01T00:00:00Z", "--until", "1w"]),
         0
@@ -379,7 +375,7 @@ fn audit_lists_every_decision_with_its_fields_and_filters() {
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, [12, 13], "--limit keeps the most recent, oldest first");
+    assert_eq!(ids, [8, 9], "--limit keeps the most recent, oldest first");
     let none = s.run(&[&["audit", "--volume", "nothing"][..], &CFG].concat());
     none.expect_code(0);
     assert_eq!(none.stdout, "");
@@ -422,7 +418,7 @@ fn audit_refuses_bad_input_with_what_to_do() {
     bad_kind.expect_code(2);
     assert!(bad_kind
         .stderr
-        .contains("[possible values: challenge, attest, admin]"));
+        .contains("[possible values: challenge, attest, admin, noise]"));
 
     // A config whose broker is not running: the commands say so, and never
     // open (or create) its database themselves.
@@ -513,20 +509,20 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
     decisions(&s);
     let ok = s.run(&[&["audit", "verify"][..], &CFG].concat());
     ok.expect_code(0);
-    assert_eq!(ok.stdout, "audit chain ok: 13 entries\n");
+    assert_eq!(ok.stdout, "audit chain ok: 9 entries\n");
     assert_eq!(ok.stderr, "");
 
     let cases: [(&str, &str, &str); 7] = [
         ("untouched", "SELECT 1;", ""),
         (
             "deny-to-allow",
-            "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 8;",
-            "audit chain BROKEN at entry 8: its content does not match its hash (the entry was changed)\n",
+            "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 6;",
+            "audit chain BROKEN at entry 6: its content does not match its hash (the entry was changed)\n",
         ),
         (
             "details",
-            "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 10;",
-            "audit chain BROKEN at entry 10: its content does not match its hash (the entry was changed)\n",
+            "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 7;",
+            "audit chain BROKEN at entry 7: its content does not match its hash (the entry was changed)\n",
         ),
         (
             "client",
@@ -540,21 +536,21 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
         ),
         (
             "swap",
-            "UPDATE audit SET id = -1 WHERE id = 9; UPDATE audit SET id = 9 WHERE id = 10; \
-             UPDATE audit SET id = 10 WHERE id = -1;",
-            "audit chain BROKEN at entry 9: its link to the previous entry does not match (an earlier entry was changed, removed or reordered)\n",
+            "UPDATE audit SET id = -1 WHERE id = 7; UPDATE audit SET id = 7 WHERE id = 8; \
+             UPDATE audit SET id = 8 WHERE id = -1;",
+            "audit chain BROKEN at entry 7: its link to the previous entry does not match (an earlier entry was changed, removed or reordered)\n",
         ),
         (
             "delete-last",
-            "DELETE FROM audit WHERE id = 13;",
-            "audit chain BROKEN at entry 13: the chain head records 13 entries but 12 are present (entries at the end were removed or the head was changed)\n",
+            "DELETE FROM audit WHERE id = 9;",
+            "audit chain BROKEN at entry 9: the chain head records 9 entries but 8 are present (entries at the end were removed or the head was changed)\n",
         ),
     ];
     for (name, sql, want) in cases {
         let r = tampered(&s, name, sql);
         if want.is_empty() {
             r.expect_code(0);
-            assert_eq!(r.stdout, "audit chain ok: 13 entries\n", "{name}");
+            assert_eq!(r.stdout, "audit chain ok: 9 entries\n", "{name}");
         } else {
             r.expect_code(1);
             assert_eq!(r.stdout, want, "{name}");
@@ -569,21 +565,21 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
     let r = tampered(
         &s,
         "swap-contents",
-        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE id IN (11, 12);
-         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 12),
-             verdict = (SELECT verdict FROM t WHERE id = 12),
-             details_json = (SELECT details_json FROM t WHERE id = 12),
-             prev_hash = (SELECT prev_hash FROM t WHERE id = 12),
-             hash = (SELECT hash FROM t WHERE id = 12) WHERE id = 11;
-         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 11),
-             verdict = (SELECT verdict FROM t WHERE id = 11),
-             details_json = (SELECT details_json FROM t WHERE id = 11),
-             prev_hash = (SELECT prev_hash FROM t WHERE id = 11),
-             hash = (SELECT hash FROM t WHERE id = 11) WHERE id = 12;",
+        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE id IN (6, 7);
+         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 7),
+             verdict = (SELECT verdict FROM t WHERE id = 7),
+             details_json = (SELECT details_json FROM t WHERE id = 7),
+             prev_hash = (SELECT prev_hash FROM t WHERE id = 7),
+             hash = (SELECT hash FROM t WHERE id = 7) WHERE id = 6;
+         UPDATE audit SET kind = (SELECT kind FROM t WHERE id = 6),
+             verdict = (SELECT verdict FROM t WHERE id = 6),
+             details_json = (SELECT details_json FROM t WHERE id = 6),
+             prev_hash = (SELECT prev_hash FROM t WHERE id = 6),
+             hash = (SELECT hash FROM t WHERE id = 6) WHERE id = 7;",
     );
     r.expect_code(1);
     assert!(
-        r.stdout.starts_with("audit chain BROKEN at entry 11: "),
+        r.stdout.starts_with("audit chain BROKEN at entry 6: "),
         "{}",
         r.stdout
     );
@@ -658,7 +654,7 @@ fn audit_entries_never_hold_the_released_key() {
     let entries = store
         .audit_entries(&broker::store::AuditFilter::default())
         .unwrap();
-    assert_eq!(entries.len(), ADMIN + 9);
+    assert_eq!(entries.len(), ADMIN + 5);
     for e in &entries {
         assert_no_key(
             &format!("audit entry {}", e.id),
@@ -694,7 +690,7 @@ fn audit_entries_never_hold_the_released_key() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows.len(), ADMIN + 9);
+    assert_eq!(rows.len(), ADMIN + 5);
     for (text, prev, hash) in rows {
         assert_no_key("an audit row", &key, text.as_bytes());
         assert_no_key("an audit row's hashes", &key, &[prev, hash].concat());

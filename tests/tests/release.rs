@@ -337,7 +337,14 @@ async fn volumes_other_than_challenged_are_refused() {
     let key = keybroker_proto::GuestKeyPair::generate().unwrap();
     let req = attest_request(&dir, &nonce, &key, &["root", "data"], &default_guest());
     let err = raw.client.attest(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // The nonce's MAC binds the Challenge's volume ids: for other volumes
+    // it is not a nonce this broker issued.
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reasons(&err), vec!["NONCE_UNKNOWN".to_owned()]);
+    // Refused before verification, so not burnt: it still serves the
+    // volumes it was issued for.
+    let req = attest_request(&dir, &nonce, &key, &["root"], &default_guest());
+    raw.client.attest(req).await.unwrap();
     broker.stop().await.unwrap();
 }
 
@@ -384,8 +391,9 @@ async fn malformed_requests_get_invalid_argument_and_no_key() {
     r.report.truncate(100);
     let err = raw.client.attest(r).await.unwrap_err();
     assert_eq!(reasons(&err), vec!["EVIDENCE_REPORT_LENGTH".to_owned()]);
-    // The nonce was burnt by the truncated-report attempt: the good request
-    // is now a replay. The broker still answers.
+    // Only evidence that verified burns a nonce: none of the above did, so
+    // the good request is still released, once.
+    raw.client.attest(good.clone()).await.unwrap();
     let err = raw.client.attest(good).await.unwrap_err();
     assert_eq!(reasons(&err), vec!["NONCE_REPLAYED".to_owned()]);
     broker.stop().await.unwrap();

@@ -1,7 +1,7 @@
 //! The PostgreSQL store: the conformance suite against a throwaway cluster
 //! (`keybroker_tests::pg`), tampering through a superuser's SQL, and what
 //! replicas sharing one database rely on: two `PgStore`s (two brokers) on
-//! one database burn a nonce once, append one audit chain, compare and set
+//! one database commit an Attest (burn its nonce) once, append one audit chain, compare and set
 //! policy revisions, and migrate once when they start together. A wrong
 //! URL, password or server is refused at open; a schema from a newer broker
 //! too; a server that goes away fails calls fast and is reconnected to.
@@ -13,8 +13,8 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use broker::store::{
-    AuditEvent, AuditStore, NonceOutcome, NonceStore, PgOptions, PgStore, PolicyStore, Store,
-    StoreError, PG_SCHEMA_VERSION,
+    AttestCommit, AttestCommitted, AuditEvent, AuditStore, NonceBurn, NonceStore, PgOptions,
+    PgStore, PolicyStore, Store, StoreError, PG_SCHEMA_VERSION,
 };
 use keybroker_tests::pg::{PgCluster, ROLE};
 use keybroker_tests::store_conformance::{self as conformance, Tamper};
@@ -94,35 +94,46 @@ fn event(at: i64) -> AuditEvent {
     }
 }
 
-/// The same nonce burnt through two replicas at once: one `Fresh`.
+/// The same Attest committed through two replicas at once: the nonce is
+/// burnt once, one audit entry is written, the other commits write nothing.
 #[test]
-fn nonce_burnt_once_across_replicas() {
+fn attest_commits_once_across_replicas() {
     let url = fresh();
     let replicas = [open(url.clone()), open(url)];
     for round in 0..20u8 {
         let n = [round; 32];
-        replicas[0]
-            .insert_nonce(&n, &["v".into()], i64::MAX)
-            .unwrap();
         let barrier = Barrier::new(8);
-        let outcomes: Vec<NonceOutcome> = std::thread::scope(|s| {
+        let outcomes: Vec<AttestCommitted> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
                 .map(|i| {
                     let (r, b) = (&replicas[i % 2], &barrier);
                     s.spawn(move || {
+                        let audit = event(i as i64);
                         b.wait();
-                        r.consume_nonce(&n, 0).unwrap()
+                        r.commit_attest(&AttestCommit {
+                            nonce: n,
+                            nonce_expires_at: i64::MAX,
+                            audit: &audit,
+                            sessions: &[],
+                        })
+                        .unwrap()
                     })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let fresh = outcomes
+        let committed = outcomes
             .iter()
-            .filter(|o| matches!(o, NonceOutcome::Fresh { .. }))
+            .filter(|o| matches!(o, AttestCommitted::Committed(_)))
             .count();
-        assert_eq!(fresh, 1, "round {round}: {outcomes:?}");
+        assert_eq!(committed, 1, "round {round}: {outcomes:?}");
+        assert_eq!(
+            replicas[1].burn_nonce(&n, i64::MAX).unwrap(),
+            NonceBurn::AlreadyUsed
+        );
     }
+    assert_eq!(replicas[0].verify_audit_chain().unwrap(), 20);
+    assert_eq!(replicas[1].used_nonce_count().unwrap(), 20);
 }
 
 /// Two replicas appending at once write one chain that verifies.

@@ -79,12 +79,15 @@ pub enum VerdictArg {
 /// A decision's kind, as `--kind` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KindArg {
-    /// Nonce requests.
+    /// Nonce requests (none since challenges became stateless; kept for
+    /// audit logs written before).
     Challenge,
     /// Evidence and key release.
     Attest,
     /// Administration through the admin API (volumes, policies).
     Admin,
+    /// Counts of unauthenticated failures per interval (no entry each).
+    Noise,
 }
 
 /// A time bound as written: absolute, or an age resolved against "now"
@@ -200,6 +203,7 @@ fn kind_str(k: KindArg) -> &'static str {
         KindArg::Challenge => "challenge",
         KindArg::Attest => "attest",
         KindArg::Admin => "admin",
+        KindArg::Noise => "noise",
     }
 }
 

@@ -111,11 +111,9 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
             .and_then(|()| volumes(&req.volume_ids))
             .and_then(|v| self.broker.challenge(&v, client))
             .map_err(|e| {
-                if !matches!(e, crate::error::Error::Store(_)) {
-                    // Store failures were counted with their audit entry.
-                    crate::metrics::global().decision("challenge", "deny", &e.reason_codes());
-                }
-                tracing::info!(client = ?client, reasons = ?e.reason_codes(), "challenge refused: {e}");
+                // Nothing about a Challenge is authenticated: counted, not
+                // audited (`crate::noise`).
+                self.broker.noise("challenge", &e, client);
                 e.to_status(None)
             })?;
         Ok(Response::new(pb::ChallengeResponse {
@@ -132,8 +130,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         let client = request.remote_addr();
         let started = std::time::Instant::now();
         let input = attest_input(request.into_inner()).map_err(|e| {
-            crate::metrics::global().decision("attest", "deny", &e.reason_codes());
-            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "attest request malformed: {e}");
+            self.broker.noise("attest", &e, client);
             e.to_status(None)
         })?;
         // Verification is CPU work of a few hundred microseconds; it runs on
@@ -172,8 +169,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
     ) -> Result<Response<pb::ConfirmRotationResponse>, Status> {
         let client = request.remote_addr();
         let input = confirm_input(request.into_inner()).map_err(|e| {
-            crate::metrics::global().decision("rotation", "deny", &e.reason_codes());
-            tracing::info!(client = ?client, reasons = ?e.reason_codes(), "confirm rotation request malformed: {e}");
+            self.broker.noise("rotation", &e, client);
             e.to_status(None)
         })?;
         // One unseal, one HMAC and one short transaction: inline, like Attest.

@@ -148,6 +148,26 @@ impl Keyring {
         self.read().next.as_ref().map(|k| k.id())
     }
 
+    /// Every key this process holds, the current one first (checking a MAC
+    /// made under any of them: a nonce issued just before a master rotation
+    /// finished still verifies).
+    pub fn all_keys(&self) -> Vec<Arc<MasterKey>> {
+        let s = self.read();
+        let mut out = vec![s.current.clone()];
+        out.extend(
+            s.by_id
+                .values()
+                .filter(|k| k.id() != s.current.id())
+                .cloned(),
+        );
+        out
+    }
+
+    /// The key in `K` (what challenge nonces are issued under).
+    pub fn current_key(&self) -> Arc<MasterKey> {
+        self.read().current.clone()
+    }
+
     /// Whether this keyring holds the key with this id.
     pub fn has(&self, id: MasterKeyId) -> bool {
         self.read().by_id.contains_key(&id)

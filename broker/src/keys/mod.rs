@@ -37,6 +37,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+pub mod derived;
 mod keyring;
 pub use keyring::{next_path, retired_path, Keyring, RetiredKey};
 

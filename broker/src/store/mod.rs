@@ -4,14 +4,14 @@
 //! must pass the conformance suite of the test kit
 //! (`tests/src/store_conformance/`).
 //!
-//! The store holds single-use nonces, policies (as text: validation is the
+//! The store holds used nonces, policies (as text: validation is the
 //! policy module's job), volumes with their sealed key versions, and the
 //! append-only, hash-chained audit log. It never holds key material in the
 //! clear and never the master key: only [`SealedKey`](crate::keys::SealedKey)
 //! records.
 //!
 //! [`Store`] is the union of one trait per part, each in its own module
-//! with the records it reads and writes: [`NonceStore`] (nonces),
+//! with the records it reads and writes: [`NonceStore`] (used nonces),
 //! [`PolicyStore`] (policies), [`VolumeStore`] (volumes and key versions),
 //! [`RotationSessionStore`] (which Attest released which pending version),
 //! [`ResealStore`] (master key re-sealing) and [`AuditStore`] (the audit
@@ -21,11 +21,15 @@
 //! backend over its per-part statements.
 //!
 //! **Architecture invariant:** every guarantee that must hold across broker
-//! replicas is made by the database, not by a lock in this process. A nonce
-//! is burnt by one conditional `UPDATE ... WHERE used = 0 ... RETURNING`, so
-//! two replicas sharing a PostgreSQL database cannot both accept it; the
-//! audit chain head is one row updated in the same transaction as each
-//! append (`SELECT ... FOR UPDATE` on PostgreSQL), so appends serialize.
+//! replicas is made by the database, not by a lock in this process. A
+//! Challenge writes nothing (its nonce is a MAC, `crate::nonce`); a nonce is
+//! burnt by one insert into `used_nonces`, whose primary key lets exactly
+//! one of two replicas sharing a PostgreSQL database succeed; the audit
+//! chain head is one row updated in the same transaction as each append
+//! (`SELECT ... FOR UPDATE` on PostgreSQL), so appends serialize. An
+//! Attest whose evidence verified writes once: [`Store::commit_attest`]
+//! burns the nonce, appends the audit entry and records rotation sessions
+//! in one transaction.
 //!
 //! The traits are synchronous and object-safe; the gRPC layer calls them
 //! inline (SQLite operations take microseconds) or from `spawn_blocking`.
@@ -35,6 +39,7 @@ mod audit_hash;
 mod nonce;
 mod policy;
 mod postgres;
+mod release;
 mod reseal;
 mod rotation;
 mod sqlite;
@@ -43,9 +48,10 @@ mod volume;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
-pub use nonce::{NonceOutcome, NonceStore};
+pub use nonce::{NonceBurn, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
 pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
+pub use release::{AttestCommit, AttestCommitted};
 pub use reseal::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion};
 pub use rotation::{RotationSessionLookup, RotationSessionRecord, RotationSessionStore};
 pub use sqlite::SqliteStore;
@@ -155,12 +161,21 @@ pub trait Store:
     + Send
     + Sync
 {
-    /// Periodic upkeep, called off the request path: deletes expired nonces
-    /// and lets the backend compact (SQLite checkpoints its WAL here, so a
+    /// The one write of an Attest whose evidence verified, in one
+    /// transaction: burn `commit.nonce` (as [`NonceStore::burn_nonce`]),
+    /// append `commit.audit` (as [`AuditStore::append_audit`]) and record
+    /// each of `commit.sessions`. If the nonce was used before, nothing is
+    /// written and the answer is [`AttestCommitted::NonceAlreadyUsed`]; on
+    /// any error nothing is written either.
+    fn commit_attest(&self, commit: &AttestCommit<'_>) -> Result<AttestCommitted, StoreError>;
+
+    /// Periodic upkeep, called off the request path: deletes used-nonce
+    /// records past their nonce's expiry and expired rotation sessions, and
+    /// lets the backend compact (SQLite checkpoints its WAL here, so a
     /// request never waits for the fsync of a checkpoint). Returns how many
-    /// nonces were purged.
+    /// used-nonce records were purged.
     fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
-        let n = self.purge_nonces(now_unix)?;
+        let n = self.purge_used_nonces(now_unix)?;
         self.purge_rotation_sessions(now_unix)?;
         Ok(n)
     }

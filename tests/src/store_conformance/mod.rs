@@ -6,6 +6,7 @@
 //! memory and on a file, and against PostgreSQL in a throwaway cluster). Names are unique per function, so the functions
 //! can share one store.
 
+mod attest_commit;
 mod audit;
 mod nonces;
 mod policies;
@@ -16,13 +17,13 @@ mod volumes;
 use broker::keys::{MasterKeyId, SealedKey};
 use broker::store::{KeyState, NewVolume, Store};
 
+pub use attest_commit::{attest_commit_is_all_or_nothing, attest_commit_race_one_winner};
 pub use audit::{
     audit_append_filter_and_chain, audit_concurrent_appends_one_chain, audit_tamper_detected,
     FreshTamperable, Tamper,
 };
 pub use nonces::{
-    maintain_purges_expired_nonces, nonce_expiry_and_unknown, nonce_purge,
-    nonce_race_exactly_one_fresh, nonce_single_use,
+    maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
 };
 pub use policies::{policies_crud, policy_compare_and_set};
 pub use reseal::reseal_batch_is_compare_and_set;
@@ -38,8 +39,9 @@ pub use volumes::{
 pub fn run_all(store: &dyn Store) {
     nonce_single_use(store);
     nonce_race_exactly_one_fresh(store);
-    nonce_expiry_and_unknown(store);
     nonce_purge(store);
+    attest_commit_is_all_or_nothing(store);
+    attest_commit_race_one_winner(store);
     policies_crud(store);
     policy_compare_and_set(store);
     volumes_crud(store);

@@ -6,7 +6,8 @@
 //!
 //! One module per part of the [`Store`] trait, like `sqlite/`. Every
 //! guarantee that must hold across replicas is made by the database: a
-//! nonce is burnt by one conditional `UPDATE ... RETURNING`, the audit chain
+//! nonce is burnt by one insert into `used_nonces` (its primary key lets one
+//! replica succeed), an Attest's writes are one transaction, the audit chain
 //! head is read `FOR UPDATE` in the transaction of each append, policy
 //! revisions are compare-and-set, and key state changes take row locks.
 //!
@@ -32,7 +33,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::{NonceStore, RotationSessionStore, Store, StoreError};
+use super::{
+    AttestCommit, AttestCommitted, NonceBurn, NonceStore, RotationSessionStore, Store, StoreError,
+};
 pub use pool::PgOptions;
 use pool::Pool;
 pub use schema::SCHEMA_VERSION as PG_SCHEMA_VERSION;
@@ -80,11 +83,6 @@ pub(super) fn now_unix() -> i64 {
 
 pub(super) fn to_json(list: &[String]) -> String {
     serde_json::Value::from(list.to_vec()).to_string()
-}
-
-pub(super) fn from_json(text: &str, what: &'static str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("{what} is not a JSON list of strings: {e}")))
 }
 
 pub(super) fn not_found(what: &'static str, name: &str) -> StoreError {
@@ -184,8 +182,29 @@ impl PgStore {
 }
 
 impl Store for PgStore {
+    fn commit_attest(&self, commit: &AttestCommit<'_>) -> Result<AttestCommitted, StoreError> {
+        commit.audit.validate()?;
+        let (nonce, expires_at) = (commit.nonce, commit.nonce_expires_at);
+        let (event, sessions) = (commit.audit.clone(), commit.sessions.to_vec());
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(backend)?;
+                if nonce::burn(&tx, &nonce, expires_at).await? == NonceBurn::AlreadyUsed {
+                    // Dropping the transaction rolls it back: nothing written.
+                    return Ok(AttestCommitted::NonceAlreadyUsed);
+                }
+                let id = audit::append(&tx, &event).await?;
+                for s in &sessions {
+                    rotation::record(&tx, s).await?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(AttestCommitted::Committed(id))
+            })
+        })
+    }
+
     fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
-        let n = self.purge_nonces(now_unix)?;
+        let n = self.purge_used_nonces(now_unix)?;
         self.purge_rotation_sessions(now_unix)?;
         Ok(n)
     }

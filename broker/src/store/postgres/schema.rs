@@ -51,13 +51,11 @@ CREATE UNIQUE INDEX key_versions_one_current ON key_versions(volume) WHERE state
 CREATE UNIQUE INDEX key_versions_one_pending ON key_versions(volume) WHERE state = 'pending';
 CREATE INDEX key_versions_master ON key_versions(master_key_id);
 CREATE INDEX key_versions_retired ON key_versions(retired_at) WHERE state = 'retired';
-CREATE TABLE nonces (
+CREATE TABLE used_nonces (
     nonce      BYTEA PRIMARY KEY,
-    volumes    TEXT NOT NULL,
-    expires_at BIGINT NOT NULL,
-    used       BOOLEAN NOT NULL DEFAULT FALSE
+    expires_at BIGINT NOT NULL
 );
-CREATE INDEX nonces_expiry ON nonces(expires_at);
+CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
 CREATE TABLE rotation_sessions (
     nonce       BYTEA NOT NULL,
     volume      TEXT NOT NULL,

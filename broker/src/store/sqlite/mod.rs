@@ -28,9 +28,11 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
-use super::{NonceStore, RotationSessionStore, Store, StoreError};
+use super::{
+    AttestCommit, AttestCommitted, NonceBurn, NonceStore, RotationSessionStore, Store, StoreError,
+};
 
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -146,8 +148,26 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn commit_attest(&self, commit: &AttestCommit<'_>) -> Result<AttestCommitted, StoreError> {
+        commit.audit.validate()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if nonce::burn(&tx, &commit.nonce, commit.nonce_expires_at)? == NonceBurn::AlreadyUsed {
+            // Dropping the transaction rolls it back: nothing written.
+            return Ok(AttestCommitted::NonceAlreadyUsed);
+        }
+        let id = audit::append(&tx, commit.audit)?;
+        for s in commit.sessions {
+            rotation::record(&tx, s)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(AttestCommitted::Committed(id))
+    }
+
     fn maintain(&self, now_unix: i64) -> Result<u64, StoreError> {
-        let purged = self.purge_nonces(now_unix)?;
+        let purged = self.purge_used_nonces(now_unix)?;
         self.purge_rotation_sessions(now_unix)?;
         if let Some(ck) = &self.checkpointer {
             let ck = ck.lock().unwrap_or_else(|p| p.into_inner());

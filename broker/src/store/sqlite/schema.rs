@@ -91,6 +91,18 @@ CREATE TABLE rotation_sessions (
 ) WITHOUT ROWID;
 CREATE INDEX rotation_sessions_expiry ON rotation_sessions(expires_at);
 "#,
+    // 3: stateless challenges (issue #9). A Challenge writes nothing; an
+    // Attest whose evidence verified records its nonce as used, until the
+    // nonce's expiry. Nonces issued before the upgrade are refused
+    // (another format): a guest asks for a new one.
+    r#"
+DROP TABLE nonces;
+CREATE TABLE used_nonces (
+    nonce      BLOB PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
+"#,
 ];
 
 /// The schema version this code writes.

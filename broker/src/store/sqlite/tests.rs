@@ -90,7 +90,7 @@ fn file_is_0600_wal_and_persists() {
                 &sample_sealed(7),
             )
             .unwrap();
-        store.insert_nonce(&[1; 32], &["root".into()], 100).unwrap();
+        assert_eq!(store.burn_nonce(&[1; 32], 100).unwrap(), NonceBurn::Burnt);
     }
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -100,10 +100,11 @@ fn file_is_0600_wal_and_persists() {
         store.key_versions("root").unwrap()[0].sealed,
         sample_sealed(7)
     );
-    assert!(matches!(
-        store.consume_nonce(&[1; 32], 50).unwrap(),
-        NonceOutcome::Fresh { .. }
-    ));
+    assert_eq!(
+        store.burn_nonce(&[1; 32], 100).unwrap(),
+        NonceBurn::AlreadyUsed,
+        "a used nonce stays used across reopening"
+    );
     let c = rusqlite::Connection::open(&path).unwrap();
     let jm: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -223,7 +224,6 @@ fn nonce_single_use_across_connections() {
     let stores: Vec<SqliteStore> = (0..4).map(|_| SqliteStore::open(&path).unwrap()).collect();
     for round in 0..25u8 {
         let n = [round; 32];
-        stores[0].insert_nonce(&n, &["v".into()], i64::MAX).unwrap();
         let barrier = Barrier::new(stores.len());
         let fresh: usize = std::thread::scope(|s| {
             let hs: Vec<_> = stores
@@ -232,7 +232,7 @@ fn nonce_single_use_across_connections() {
                     let barrier = &barrier;
                     s.spawn(move || {
                         barrier.wait();
-                        matches!(st.consume_nonce(&n, 0).unwrap(), NonceOutcome::Fresh { .. })
+                        st.burn_nonce(&n, i64::MAX).unwrap() == NonceBurn::Burnt
                     })
                 })
                 .collect();
@@ -243,8 +243,8 @@ fn nonce_single_use_across_connections() {
 }
 
 /// The store operations of many releases in a row on one file: every nonce
-/// burns once and the audit chain still verifies. (Their speed is measured
-/// by the `release` benchmark, not here.)
+/// burns once, a replay writes nothing, and the audit chain still
+/// verifies. (Their speed is measured by the `release` benchmark, not here.)
 #[test]
 fn release_path_sequence_keeps_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,20 +273,27 @@ fn release_path_sequence_keeps_chain() {
     for i in 0..N {
         let mut n = [0u8; 32];
         n[..4].copy_from_slice(&i.to_be_bytes());
-        store.insert_nonce(&n, &["root".into()], 100).unwrap();
-    }
-    for i in 0..N {
-        let mut n = [0u8; 32];
-        n[..4].copy_from_slice(&i.to_be_bytes());
-        assert!(matches!(
-            store.consume_nonce(&n, 1).unwrap(),
-            NonceOutcome::Fresh { .. }
-        ));
         assert!(store.get_volume("root").unwrap().unwrap().enabled);
         assert_eq!(store.releasable_keys("root").unwrap().len(), 1);
-        store.append_audit(&ev).unwrap();
+        let commit = AttestCommit {
+            nonce: n,
+            nonce_expires_at: 100,
+            audit: &ev,
+            sessions: &[],
+        };
+        assert!(matches!(
+            store.commit_attest(&commit).unwrap(),
+            AttestCommitted::Committed(_)
+        ));
+        if i % 100 == 0 {
+            assert_eq!(
+                store.commit_attest(&commit).unwrap(),
+                AttestCommitted::NonceAlreadyUsed
+            );
+        }
     }
     assert_eq!(store.verify_audit_chain().unwrap(), u64::from(N));
+    assert_eq!(store.used_nonce_count().unwrap(), u64::from(N));
 }
 
 #[test]
