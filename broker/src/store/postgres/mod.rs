@@ -45,7 +45,8 @@ pub(super) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// PostgreSQL implementation of [`Store`].
 pub struct PgStore {
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
     pool: Arc<Pool>,
     op_timeout: Duration,
 }
@@ -109,7 +110,7 @@ impl PgStore {
         let op_timeout = opts.op_timeout;
         let pool = Arc::new(Pool::new(opts)?);
         let store = PgStore {
-            rt,
+            rt: Some(rt),
             pool,
             op_timeout,
         };
@@ -138,7 +139,10 @@ impl PgStore {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let pool = self.pool.clone();
         let deadline = std::time::Instant::now() + timeout;
-        let task = self.rt.spawn(async move {
+        let Some(rt) = &self.rt else {
+            return Err(StoreError::Unavailable("the store is closing".into()));
+        };
+        let task = rt.spawn(async move {
             let result = async {
                 let mut conn = pool.get(deadline).await?;
                 let r = f(conn.client()).await;
@@ -178,6 +182,15 @@ impl PgStore {
     /// The URL this store connects to, with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         self.pool.redacted_url()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Without waiting: a store may be dropped on an async thread.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
