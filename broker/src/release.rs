@@ -256,7 +256,9 @@ impl Broker {
             }
             Err(err) => {
                 audit.verdict = match err {
-                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    Error::Store(_) | Error::Keys { .. } | Error::MasterKeyUnavailable { .. } => {
+                        "error".into()
+                    }
                     _ => "deny".into(),
                 };
                 audit.reason_codes = err.reason_codes();
@@ -428,10 +430,7 @@ impl Broker {
             let key = self
                 .keyring
                 .unseal(volume.as_str(), v.version, &v.sealed)
-                .map_err(|e| Error::Keys {
-                    volume: volume.as_str().to_owned(),
-                    what: e.to_string(),
-                })?;
+                .map_err(|e| Error::unseal_failed(volume.as_str(), e))?;
             let wrapped =
                 wrap_volume_key(guest, report_data, volume, v.version, key.expose_secret())
                     .map_err(|e| Error::Keys {
@@ -507,7 +506,9 @@ impl Broker {
             }
             Err(err) => {
                 audit.verdict = match err {
-                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    Error::Store(_) | Error::Keys { .. } | Error::MasterKeyUnavailable { .. } => {
+                        "error".into()
+                    }
                     _ => "deny".into(),
                 };
                 audit.reason_codes = err.reason_codes();
@@ -569,10 +570,7 @@ impl Broker {
         let key = self
             .keyring
             .unseal(volume, record.version, &record.sealed)
-            .map_err(|e| Error::Keys {
-                volume: volume.to_owned(),
-                what: e.to_string(),
-            })?;
+            .map_err(|e| Error::unseal_failed(volume, e))?;
         let rd = ReportData::from_bytes(session.report_data);
         if !verify_rotation_proof(
             key.expose_secret(),
@@ -664,6 +662,33 @@ impl Broker {
             }
         }
     }
+}
+
+/// Re-reads the master key files (`K` and `K.next`) on every SIGHUP, so
+/// a replica given a new master key (a rollout) serves records sealed under
+/// it without a restart. Keys already held stay. (A record sealed under a
+/// key not yet held also makes the keyring re-read the files once.)
+pub fn spawn_key_reload_on_sighup(keyring: Arc<Keyring>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP; master keys reload only on demand: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match keyring.refresh() {
+                Ok(()) => tracing::info!(
+                    current = %keyring.current_id(),
+                    next = ?keyring.next_id().map(|k| k.to_string()),
+                    "SIGHUP: master key files re-read"
+                ),
+                Err(e) => tracing::error!("SIGHUP: cannot re-read the master key files: {e}"),
+            }
+        }
+    })
 }
 
 /// Runs store upkeep (purging used-nonce records past their expiry,

@@ -29,7 +29,7 @@ struct Pair {
     a_dir: BrokerDir,
     a: RunningBroker,
     b: RunningBroker,
-    _b_dir: BrokerDir,
+    b_dir: BrokerDir,
     key: Vec<u8>,
 }
 
@@ -49,7 +49,7 @@ async fn pair() -> Pair {
         a_dir,
         a,
         b,
-        _b_dir: b_dir,
+        b_dir,
         key,
     }
 }
@@ -256,6 +256,68 @@ async fn admin_through_either_replica_and_concurrent_edits_both_land() {
     }
     // Nothing was written over: 1 + 20 revisions.
     assert_eq!(text.revision, 21);
+    p.a.stop().await.unwrap();
+    p.b.stop().await.unwrap();
+}
+
+/// A record sealed under a master key one replica lacks (a rollout that
+/// has not reached it): that replica refuses with MASTER_KEY_UNAVAILABLE
+/// (UNAVAILABLE: another replica may serve it) and never a wrong key; once
+/// the key file is there, it serves without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_master_key_refuses_clearly_then_reloads() {
+    use broker::keys::{self, next_path, MasterKey, VolumeKey};
+    use broker::store::NewVolume;
+    let p = pair().await;
+    // Replica A has begun a master rotation: K.next exists in its
+    // directory only, and a new volume is sealed under it.
+    let a_cfg = p.a_dir.config().unwrap();
+    let next = next_path(&a_cfg.master_key);
+    MasterKey::generate_to_file(&next).unwrap();
+    let m2 = MasterKey::load(&next).unwrap();
+    let v2 = VolumeKey::generate();
+    broker::wiring::store(&a_cfg)
+        .unwrap()
+        .create_volume(
+            &NewVolume {
+                name: "v2".into(),
+                policy: "prod".into(),
+                description: String::new(),
+            },
+            &keys::seal(&m2, "v2", 1, &v2).unwrap(),
+        )
+        .unwrap();
+    let mut ca = client(&p.a_dir, &p.a).await;
+    let mut cb = client(&p.a_dir, &p.b).await;
+    // B lacks it.
+    let nonce = challenge(&mut cb, &["v2"]).await;
+    let kp = GuestKeyPair::generate().unwrap();
+    let (req, _) = attest(&p.a_dir.sim, nonce, &kp, &["v2"]);
+    let refused = cb.attest(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        denial_from_status(&refused).unwrap().reason_codes,
+        vec!["MASTER_KEY_UNAVAILABLE".to_owned()]
+    );
+    // A holds it (re-read on the miss).
+    let nonce = challenge(&mut ca, &["v2"]).await;
+    let (req, rd) = attest(&p.a_dir.sim, nonce, &kp, &["v2"]);
+    let k = &ca.attest(req).await.unwrap().into_inner().keys[0];
+    let vid = VolumeId::new("v2").unwrap();
+    let got = kp
+        .unwrap_volume_key(&rd, &vid, k.key_version, &k.enc, &k.ciphertext)
+        .unwrap();
+    assert_eq!(&got[..], v2.expose_secret());
+    // The rollout reaches B: its next Attest is served, no restart.
+    let b_cfg = p.b_dir.config().unwrap();
+    std::fs::copy(&next, next_path(&b_cfg.master_key)).unwrap();
+    let nonce = challenge(&mut cb, &["v2"]).await;
+    let (req, rd) = attest(&p.a_dir.sim, nonce, &kp, &["v2"]);
+    let k = &cb.attest(req).await.unwrap().into_inner().keys[0];
+    let got = kp
+        .unwrap_volume_key(&rd, &vid, k.key_version, &k.enc, &k.ciphertext)
+        .unwrap();
+    assert_eq!(&got[..], v2.expose_secret());
     p.a.stop().await.unwrap();
     p.b.stop().await.unwrap();
 }

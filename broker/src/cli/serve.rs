@@ -81,6 +81,8 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     .build()
                     .context("starting the control runtime")?;
                 rt.block_on(async move {
+                    let reload =
+                        broker::release::spawn_key_reload_on_sighup(broker.keyring().clone());
                     let upkeep = broker::release::spawn_maintenance(broker, Duration::from_secs(1));
                     let metrics =
                         metrics.and_then(|l| match tokio::net::TcpListener::from_std(l) {
@@ -111,6 +113,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
                     grpc::shutdown_signal().await;
                     tracing::info!("shutdown requested");
                     upkeep.abort();
+                    reload.abort();
                     if let Some(m) = metrics {
                         m.abort();
                     }
