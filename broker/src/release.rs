@@ -113,6 +113,7 @@ pub struct Broker {
     nonce_ttl: Duration,
     rotation_session_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
+    store_offload: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Broker {
@@ -150,6 +151,7 @@ impl Broker {
                 crate::config::DEFAULT_ROTATION_SESSION_TTL_SECS.into(),
             ),
             policies: Mutex::new(HashMap::new()),
+            store_offload: None,
         }
     }
 
@@ -160,6 +162,19 @@ impl Broker {
     pub fn with_rotation_session_ttl(mut self, ttl: Duration) -> Self {
         self.rotation_session_ttl = ttl;
         self
+    }
+
+    /// Bounds store-bound requests run on the blocking pool: `permits` at
+    /// once, past which a request is refused with UNAVAILABLE. For a
+    /// remote store (PostgreSQL); without it they run inline.
+    pub fn with_store_offload(mut self, permits: usize) -> Self {
+        self.store_offload = Some(Arc::new(tokio::sync::Semaphore::new(permits.max(1))));
+        self
+    }
+
+    /// The bound of [`Broker::with_store_offload`], if set.
+    pub fn store_offload(&self) -> Option<&Arc<tokio::sync::Semaphore>> {
+        self.store_offload.as_ref()
     }
 
     /// The store (for admin commands and tests).

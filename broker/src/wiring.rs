@@ -198,11 +198,17 @@ pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     crate::lifecycle::failpoint::init();
     let keyring = keyring(config)?;
     let verifier = verifier(config, trust(config)?)?;
-    Ok(Broker::with_keyring(
+    let broker = Broker::with_keyring(
         store(config)?,
         Arc::new(keyring),
         verifier,
         config.nonce_ttl,
     )
-    .with_rotation_session_ttl(config.rotation_session_ttl))
+    .with_rotation_session_ttl(config.rotation_session_ttl);
+    // A remote store's calls may wait (a row lock, a restart): off the
+    // serving threads, at most twice the pool's connections at once.
+    Ok(match &config.store {
+        StoreConfig::Postgres(pg) => broker.with_store_offload(pg.pool_size * 2),
+        StoreConfig::Sqlite { .. } => broker,
+    })
 }

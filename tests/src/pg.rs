@@ -18,7 +18,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The login role the brokers of the tests use.
@@ -32,7 +32,7 @@ pub struct PgCluster {
     bin: PathBuf,
     port: u16,
     run_as: Option<&'static str>,
-    watchdog: Option<(Child, ChildStdin)>,
+    watchdog: Mutex<Option<(Child, ChildStdin)>>,
 }
 
 /// Runs the server while this pipe is open, then stops it and removes its
@@ -129,12 +129,12 @@ impl PgCluster {
                 ));
             }
         }
-        let mut c = PgCluster {
+        let c = PgCluster {
             dir,
             bin,
             port: free_port()?,
             run_as,
-            watchdog: None,
+            watchdog: Mutex::new(None),
         };
         let data = c.dir.join("data");
         let out = c
@@ -180,7 +180,7 @@ impl PgCluster {
     }
 
     /// Starts the server (under its watchdog) and waits until it answers.
-    fn launch(&mut self) -> Result<(), String> {
+    fn launch(&self) -> Result<(), String> {
         let mut cmd = match self.run_as {
             Some(user) => {
                 let mut c = Command::new("runuser");
@@ -203,7 +203,7 @@ impl PgCluster {
             .spawn()
             .map_err(|e| format!("cannot start postgres: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin pipe")?;
-        self.watchdog = Some((child, stdin));
+        *self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some((child, stdin));
         self.wait_ready()
     }
 
@@ -223,14 +223,15 @@ impl PgCluster {
         }
     }
 
-    fn tell(&mut self, line: &str) -> Result<(), String> {
-        let (_, stdin) = self.watchdog.as_mut().ok_or("the cluster is not running")?;
+    fn tell(&self, line: &str) -> Result<(), String> {
+        let mut w = self.watchdog.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, stdin) = w.as_mut().ok_or("the cluster is not running")?;
         writeln!(stdin, "{line}").map_err(|e| format!("cannot reach the watchdog: {e}"))
     }
 
     /// Stops the server (fast shutdown: sessions are ended) and waits until
     /// it no longer answers.
-    pub fn stop_server(&mut self) -> Result<(), String> {
+    pub fn stop_server(&self) -> Result<(), String> {
         self.tell("stop")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.psql("postgres", "SELECT 1").is_ok() {
@@ -244,7 +245,7 @@ impl PgCluster {
 
     /// Starts the server again after [`PgCluster::stop_server`] and waits
     /// until it answers.
-    pub fn start_server(&mut self) -> Result<(), String> {
+    pub fn start_server(&self) -> Result<(), String> {
         self.tell("start")?;
         self.wait_ready()
     }
@@ -340,7 +341,8 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
+        let w = self.watchdog.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((mut child, stdin)) = w.take() {
             drop(stdin);
             let _ = child.wait();
         }

@@ -273,7 +273,7 @@ fn wrong_password_unreachable_and_malformed_urls_are_refused_at_open() {
 /// operation timeout; when it is back, the same store works again.
 #[test]
 fn unavailable_while_down_and_reconnects_after() {
-    let mut pg = PgCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let db = pg.fresh_database();
     let mut opts = PgOptions::new(pg.socket_url(&db));
     opts.op_timeout = Duration::from_millis(1500);
