@@ -36,6 +36,7 @@
 
 mod audit;
 mod audit_hash;
+mod backup;
 mod nonce;
 mod policy;
 mod postgres;
@@ -48,6 +49,9 @@ mod volume;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
+pub use backup::{
+    AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, VolumeRow, SNAPSHOT_FORMAT,
+};
 pub use nonce::{NonceBurn, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
 pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
@@ -158,6 +162,7 @@ pub trait Store:
     + RotationSessionStore
     + ResealStore
     + AuditStore
+    + BackupStore
     + Send
     + Sync
 {

@@ -17,6 +17,7 @@
 //! `StoreError::Unavailable` instead of piling up work.
 
 mod audit;
+mod backup;
 mod nonce;
 mod policy;
 pub(crate) mod pool;
@@ -129,6 +130,17 @@ impl PgStore {
         F: for<'a> FnOnce(&'a mut Client) -> BoxFut<'a, Result<T, StoreError>> + Send + 'static,
     {
         self.run_with_timeout(self.op_timeout, f)
+    }
+
+    /// [`PgStore::run`] for whole-store work (backup, restore): waits up
+    /// to ten minutes. The sessions' statement timeout still applies to
+    /// each statement.
+    pub(super) fn run_long<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Client) -> BoxFut<'a, Result<T, StoreError>> + Send + 'static,
+    {
+        self.run_with_timeout(Duration::from_secs(600), f)
     }
 
     fn run_with_timeout<T, F>(&self, timeout: Duration, f: F) -> Result<T, StoreError>
