@@ -34,6 +34,7 @@ use clap::Parser;
 use guest_unlock::evidence::EvidenceProvider;
 use guest_unlock::flow::fetch_keys;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::haproxy::Haproxy;
 use keybroker_tests::pg::PgCluster;
 use keybroker_tests::sim::{SimPlatform, SimProvider};
 use keybroker_tests::{default_guest, guest_config, policy_for, BrokerDir, BrokerOptions};
@@ -108,62 +109,10 @@ impl Drop for Replica {
     }
 }
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn start_haproxy(backends: &[u16]) -> anyhow::Result<Haproxy> {
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let mut cfg = format!(
-        "global\n    maxconn 2000\n\
-         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    retries 2\n    option redispatch\n\
-         frontend guests\n    bind 127.0.0.1:{port}\n    default_backend brokers\n\
-         backend brokers\n    balance roundrobin\n    option tcp-check\n    default-server inter 300ms fall 2 rise 2\n"
-    );
-    for (i, p) in backends.iter().enumerate() {
-        cfg.push_str(&format!("    server b{i} 127.0.0.1:{p} check\n"));
-    }
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg)?;
-    let child = Command::new("haproxy")
-        .arg("-f")
-        .arg(&path)
-        .arg("-db")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context(
-            "cannot run haproxy: install it with `scripts/setup build` as root (Debian package haproxy)",
-        )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("haproxy did not listen within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Haproxy {
-        child,
-        port,
-        _dir: dir,
-    })
 }
 
 struct Env {
@@ -209,7 +158,7 @@ impl Env {
             r.start(bin)?;
             replicas.push(r);
         }
-        let haproxy = start_haproxy(&replicas.iter().map(|r| r.port).collect::<Vec<_>>())?;
+        let haproxy = Haproxy::start(&replicas.iter().map(|r| r.port).collect::<Vec<_>>())?;
         let provider: Arc<dyn EvidenceProvider> = Arc::new(SimProvider::new(
             SimPlatform::load(replicas[0].dir.sim.dir())?,
             default_guest(),
@@ -226,7 +175,7 @@ impl Env {
     }
 
     fn balancer_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.haproxy.port)
+        self.haproxy.url()
     }
 
     /// One guest unlock through `urls` with `timeout_secs`: the decision id,
