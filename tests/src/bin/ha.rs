@@ -194,29 +194,43 @@ impl Env {
     /// Guests unlocking through the balancer until `stop`; each worker's
     /// decision ids and failures.
     async fn load(self: &Arc<Self>, stop: Arc<AtomicBool>) -> (Vec<String>, Vec<String>) {
+        let (ok, failed, _) = self.load_timed(stop).await;
+        (ok, failed)
+    }
+
+    /// [`Env::load`], also returning the longest single unlock (the gap a
+    /// guest saw, its retries included).
+    async fn load_timed(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> (Vec<String>, Vec<String>, Duration) {
         let mut tasks = Vec::new();
         for _ in 0..WORKERS {
             let (env, stop) = (self.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                let mut longest = Duration::ZERO;
                 let url = env.balancer_url();
                 while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
                     match env.unlock(std::slice::from_ref(&url), 20).await {
                         Ok(id) => ok.push(id),
                         Err(e) => failed.push(e),
                     }
+                    longest = longest.max(t.elapsed());
                 }
-                (ok, failed)
+                (ok, failed, longest)
             }));
         }
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        let (mut ok, mut failed, mut longest) = (Vec::new(), Vec::new(), Duration::ZERO);
         for t in tasks {
-            if let Ok((o, f)) = t.await {
+            if let Ok((o, f, l)) = t.await {
                 ok.extend(o);
                 failed.extend(f);
+                longest = longest.max(l);
             }
         }
-        (ok, failed)
+        (ok, failed, longest)
     }
 
     /// Every released decision is an `allow` entry of its own, and the
@@ -269,7 +283,7 @@ async fn kill9_replica(env: &Arc<Env>) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (env, stop) = (env.clone(), stop.clone());
-        tokio::spawn(async move { env.load(stop).await })
+        tokio::spawn(async move { env.load_timed(stop).await })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = Instant::now();
@@ -284,7 +298,7 @@ async fn kill9_replica(env: &Arc<Env>) -> Outcome {
     };
     tokio::time::sleep(Duration::from_millis(2000)).await;
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.await?;
+    let (ok, failed, gap) = load.await?;
     restarted?;
     if !failed.is_empty() {
         bail!(
@@ -300,8 +314,9 @@ async fn kill9_replica(env: &Arc<Env>) -> Outcome {
     }
     env.check_audit(&ok)?;
     Ok(format!(
-        "{} unlocks through the balancer, 0 failed; the replica restarted {:.1} s after the kill serves again",
+        "{} unlocks through the balancer, 0 failed; longest unlock (fail-over gap) {} ms; the replica restarted {:.1} s after the kill serves again",
         ok.len(),
+        gap.as_millis(),
         killed_at.elapsed().as_secs_f64()
     ))
 }
