@@ -43,7 +43,7 @@ impl Haproxy {
             .stderr(Stdio::null())
             .spawn()
             .context(
-                "cannot run haproxy: install it with `scripts/setup build` as root (Debian package haproxy)",
+                "cannot run haproxy: install it with `scripts/setup build test` as root (Debian package haproxy)",
             )?;
         let mut h = Haproxy {
             child,

@@ -86,7 +86,7 @@ pub fn bin_dir() -> Result<PathBuf, String> {
     found.pop().map(|(_, d)| d).ok_or_else(|| {
         "the PostgreSQL server binaries (initdb, postgres) are not installed in \
          /usr/lib/postgresql/N/bin; the PostgreSQL store tests need them: run \
-         `scripts/setup build` as root (Debian package postgresql)"
+         `scripts/setup build test` as root (Debian package postgresql)"
             .to_owned()
     })
 }
@@ -123,7 +123,7 @@ impl PgCluster {
             if !out.status.success() {
                 return Err(format!(
                     "cannot hand {} to the postgres user (does it exist? the Debian package \
-                     postgresql creates it: run `scripts/setup build`): {}",
+                     postgresql creates it: run `scripts/setup build test`): {}",
                     dir.display(),
                     String::from_utf8_lossy(&out.stderr)
                 ));

@@ -7,7 +7,7 @@
 //! too; a server that goes away fails calls fast and is reconnected to.
 //!
 //! These tests FAIL, never skip, when the PostgreSQL binaries are missing:
-//! `scripts/setup build` installs them.
+//! `scripts/setup build test` installs them.
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
