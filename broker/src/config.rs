@@ -40,6 +40,128 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    max_streams_per_connection: Option<u32>,
+    requests_per_sec_per_address: Option<u32>,
+    request_burst_per_address: Option<u32>,
+    max_policy_bytes: Option<usize>,
+    max_description_bytes: Option<usize>,
+}
+
+/// What a stranger may use of the broker (`[limits]`); every field has a
+/// documented default (`docs/operations.md`, "Limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Guest connections open at once (TLS handshakes included); at the
+    /// cap the broker stops accepting until one closes. Lowered at start
+    /// to what RLIMIT_NOFILE allows, with descriptors kept for the admin
+    /// socket, metrics and the database.
+    pub max_connections: usize,
+    /// Guest connections open at once from one source address; more are
+    /// closed as soon as they are accepted.
+    pub max_connections_per_address: usize,
+    /// A connection with no bytes in either direction for this long after
+    /// its handshake is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams (requests) in flight on one connection.
+    pub max_streams_per_connection: u32,
+    /// Challenge and Attest requests per second from one source address
+    /// (token bucket), answered RESOURCE_EXHAUSTED beyond it; 0 turns the
+    /// limit off.
+    pub requests_per_sec_per_address: u32,
+    /// The bucket's size: requests one address may send at once.
+    pub request_burst_per_address: u32,
+    /// Largest policy text accepted by `policy set`.
+    pub max_policy_bytes: usize,
+    /// Largest volume description accepted by `volume add`.
+    pub max_description_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            idle_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 8,
+            requests_per_sec_per_address: 100,
+            request_burst_per_address: 200,
+            max_policy_bytes: 64 * 1024,
+            max_description_bytes: 1024,
+        }
+    }
+}
+
+fn resolve_limits(raw: RawLimits) -> Result<Limits, (&'static str, &'static str)> {
+    let d = Limits::default();
+    let l = Limits {
+        max_connections: raw.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_address: raw
+            .max_connections_per_address
+            .unwrap_or(d.max_connections_per_address),
+        idle_timeout: raw
+            .idle_timeout_secs
+            .map_or(d.idle_timeout, Duration::from_secs),
+        max_streams_per_connection: raw
+            .max_streams_per_connection
+            .unwrap_or(d.max_streams_per_connection),
+        requests_per_sec_per_address: raw
+            .requests_per_sec_per_address
+            .unwrap_or(d.requests_per_sec_per_address),
+        request_burst_per_address: raw
+            .request_burst_per_address
+            .unwrap_or(d.request_burst_per_address),
+        max_policy_bytes: raw.max_policy_bytes.unwrap_or(d.max_policy_bytes),
+        max_description_bytes: raw.max_description_bytes.unwrap_or(d.max_description_bytes),
+    };
+    if !(1..=1_000_000).contains(&l.max_connections) {
+        return Err(("limits.max_connections", "must be between 1 and 1000000"));
+    }
+    if !(1..=l.max_connections).contains(&l.max_connections_per_address) {
+        return Err((
+            "limits.max_connections_per_address",
+            "must be between 1 and limits.max_connections",
+        ));
+    }
+    if !(1..=3600).contains(&l.idle_timeout.as_secs()) {
+        return Err((
+            "limits.idle_timeout_secs",
+            "must be between 1 and 3600 seconds (0 would close every connection)",
+        ));
+    }
+    if !(1..=1024).contains(&l.max_streams_per_connection) {
+        return Err((
+            "limits.max_streams_per_connection",
+            "must be between 1 and 1024",
+        ));
+    }
+    if l.requests_per_sec_per_address > 0
+        && l.request_burst_per_address < l.requests_per_sec_per_address
+    {
+        return Err((
+            "limits.request_burst_per_address",
+            "must be at least limits.requests_per_sec_per_address",
+        ));
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&l.max_policy_bytes) {
+        return Err((
+            "limits.max_policy_bytes",
+            "must be between 1024 and 16777216",
+        ));
+    }
+    if l.max_description_bytes > 64 * 1024 {
+        return Err(("limits.max_description_bytes", "must be at most 65536"));
+    }
+    Ok(l)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +299,8 @@ pub struct Config {
     /// Where Prometheus metrics are served (`[metrics] listen`); off when
     /// `None`, the default.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 /// Default path of the admin socket.
@@ -413,6 +537,22 @@ impl Config {
                  confirms only after all of them, about 0.8 s per device)",
             ));
         }
+        let request_timeout = raw.server.request_timeout_secs.unwrap_or(10);
+        if !(1..=300).contains(&request_timeout) {
+            return Err(value_err(
+                "server.request_timeout_secs",
+                "must be between 1 and 300 seconds (an Attest takes milliseconds; 0 would \
+                 refuse every request)",
+            ));
+        }
+        let handshake_timeout = raw.server.handshake_timeout_secs.unwrap_or(5);
+        if !(1..=60).contains(&handshake_timeout) {
+            return Err(value_err(
+                "server.handshake_timeout_secs",
+                "must be between 1 and 60 seconds (0 would refuse every connection; a long one \
+                 lets idle strangers hold connections)",
+            ));
+        }
         let threads = match raw.server.threads {
             Some(0) | Some(257..) => {
                 return Err(value_err("server.threads", "must be between 1 and 256"))
@@ -430,6 +570,7 @@ impl Config {
                 "must be between 1 and 36500 days; a retired key may still open old snapshots and backups",
             ));
         }
+        let limits = resolve_limits(raw.limits).map_err(|(field, m)| value_err(field, m))?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let store =
             resolve_store(raw.store, &resolve).map_err(|(field, m)| value_err(field, &m))?;
@@ -467,8 +608,8 @@ impl Config {
             max_message_bytes,
             nonce_ttl: Duration::from_secs(ttl.into()),
             rotation_session_ttl: Duration::from_secs(rotation_ttl.into()),
-            request_timeout: Duration::from_secs(raw.server.request_timeout_secs.unwrap_or(10)),
-            handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs.unwrap_or(5)),
+            request_timeout: Duration::from_secs(request_timeout),
+            handshake_timeout: Duration::from_secs(handshake_timeout),
             threads,
             store,
             master_key: resolve(raw.keys.master_key),
@@ -486,6 +627,7 @@ impl Config {
             }),
             admin,
             metrics_listen: raw.metrics.listen,
+            limits,
         })
     }
 }
@@ -820,6 +962,29 @@ mod tests {
         );
         let bad = text.replace("# listen = \"127.0.0.1:9464\"", "listen = \"nowhere\"");
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn zero_or_absurd_timeouts_are_refused() {
+        let base = default_config_text("127.0.0.1:1".parse().unwrap());
+        for (key, bad) in [
+            ("handshake_timeout_secs", "0"),
+            ("handshake_timeout_secs", "3600"),
+            ("request_timeout_secs", "0"),
+            ("request_timeout_secs", "86400"),
+        ] {
+            let text = base.replace("[server]", &format!("[server]\n{key} = {bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("server.{key}")) && err.contains("must be between"),
+                "{key} = {bad}: {err}"
+            );
+        }
+        let ok = base.replace("[server]", "[server]\nhandshake_timeout_secs = 2");
+        assert_eq!(
+            parse(&ok).unwrap().handshake_timeout,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const ALL_REASON_CODES: &[&str] = &[
     "NONCE_REPLAYED",
     "STORE_UNAVAILABLE",
     "MASTER_KEY_UNAVAILABLE",
+    "RATE_LIMITED",
     "INTERNAL",
     "VOLUME_UNKNOWN",
     "VOLUME_DISABLED",
@@ -70,6 +71,13 @@ pub enum Error {
         sealed_with: String,
         /// The id of this broker's current master key.
         held: String,
+    },
+    /// The source address sent more requests than `[limits]
+    /// requests_per_sec_per_address` allows.
+    #[error("too many requests from this address (at most {per_sec} a second)")]
+    RateLimited {
+        /// The configured rate.
+        per_sec: u32,
     },
     /// A volume key could not be unsealed or wrapped: never the guest's fault.
     #[error("key handling failed for volume {volume}: {what}")]
@@ -253,6 +261,7 @@ impl Error {
             Error::Rotation(r) => vec![r.reason_code().into()],
             Error::Store(_) => vec!["STORE_UNAVAILABLE".into()],
             Error::MasterKeyUnavailable { .. } => vec!["MASTER_KEY_UNAVAILABLE".into()],
+            Error::RateLimited { .. } => vec!["RATE_LIMITED".into()],
             Error::Keys { .. } => vec!["INTERNAL".into()],
         }
     }
@@ -289,6 +298,14 @@ impl Error {
                 "this broker does not hold the master key the volume's key is sealed under; \
                  retry another broker"
                     .to_owned(),
+            ),
+            Error::RateLimited { per_sec } => (
+                Code::ResourceExhausted,
+                format!(
+                    "too many requests from this address: the broker answers at most {per_sec} \
+                     Challenge and Attest requests a second per address ([limits] \
+                     requests_per_sec_per_address); retry in a second"
+                ),
             ),
             Error::Keys { .. } => (
                 Code::Internal,

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_anchor;
 pub mod certsource;
 pub mod config;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod noise;
 pub mod nonce;
 pub mod policy;
 pub mod release;
+pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod verify;

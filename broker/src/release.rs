@@ -114,6 +114,8 @@ pub struct Broker {
     rotation_session_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
     store_offload: Option<Arc<tokio::sync::Semaphore>>,
+    /// The audit checkpoint file and what was last written to it.
+    anchor: Option<(std::path::PathBuf, Mutex<crate::audit_anchor::AnchorState>)>,
 }
 
 impl Broker {
@@ -152,6 +154,7 @@ impl Broker {
             ),
             policies: Mutex::new(HashMap::new()),
             store_offload: None,
+            anchor: None,
         }
     }
 
@@ -175,6 +178,36 @@ impl Broker {
     /// The bound of [`Broker::with_store_offload`], if set.
     pub fn store_offload(&self) -> Option<&Arc<tokio::sync::Semaphore>> {
         self.store_offload.as_ref()
+    }
+
+    /// Keeps the audit checkpoint at `path` up to date from store upkeep,
+    /// starting from `known` (what the file held at start).
+    pub fn with_audit_anchor(
+        mut self,
+        path: std::path::PathBuf,
+        known: Option<crate::audit_anchor::Checkpoint>,
+    ) -> Self {
+        self.anchor = Some((
+            path,
+            Mutex::new(crate::audit_anchor::AnchorState {
+                known,
+                written_with: None,
+            }),
+        ));
+        self
+    }
+
+    /// Moves the audit checkpoint to the newest entry (store upkeep).
+    pub fn advance_audit_anchor(&self) {
+        let Some((path, state)) = &self.anchor else {
+            return;
+        };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) =
+            crate::audit_anchor::advance(self.store.as_ref(), &self.keyring, path, &mut state)
+        {
+            tracing::error!("could not update the audit checkpoint: {e}");
+        }
     }
 
     /// The store (for admin commands and tests).
@@ -728,6 +761,7 @@ pub fn spawn_maintenance(broker: Arc<Broker>, every: Duration) -> tokio::task::J
                 if flush_noise {
                     b.audit_noise(now);
                 }
+                b.advance_audit_anchor();
                 b.store.maintain(now)
             };
             match tokio::task::spawn_blocking(work).await {

@@ -21,6 +21,18 @@ use crate::verify::{EvidenceRejected, TrustStore, Verifier};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WiringError {
+    /// The database does not exist (only `broker init` creates one).
+    #[error("database {} does not exist; `broker init` creates a broker directory with its database. If this broker had enrolled volumes, restore the database from your backup (a new, empty one knows no volume, and every guest would be refused), or fix [store] path", path.display())]
+    StoreMissing {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The audit log does not match its checkpoint.
+    #[error(transparent)]
+    AuditAnchor(#[from] crate::audit_anchor::AnchorError),
+    /// The master key is not the database's.
+    #[error(transparent)]
+    Startup(#[from] crate::startup::StartupError),
     /// The store cannot be opened.
     #[error("cannot open the store {location}")]
     Store {
@@ -72,7 +84,9 @@ pub enum WiringError {
     },
 }
 
-/// Opens the configured store.
+/// Opens the configured store, which must exist: a missing database is
+/// refused, never silently recreated empty ([`create_store`] is for
+/// `broker init`).
 pub fn store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
     open_store(&config.store)
 }
@@ -82,12 +96,10 @@ pub fn store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
 pub fn open_store(store: &StoreConfig) -> Result<Arc<dyn Store>, WiringError> {
     match store {
         StoreConfig::Sqlite { path } => {
-            Ok(Arc::new(SqliteStore::open(path).map_err(|source| {
-                WiringError::Store {
-                    location: format!("sqlite:{}", path.display()),
-                    source,
-                }
-            })?))
+            if !path.exists() {
+                return Err(WiringError::StoreMissing { path: path.clone() });
+            }
+            open_sqlite(path)
         }
         StoreConfig::Postgres(pg) => {
             let mut opts = PgOptions::new(pg.url.clone());
@@ -131,6 +143,24 @@ fn read_password_file(path: &Path) -> Result<Zeroizing<String>, WiringError> {
         ));
     }
     Ok(Zeroizing::new(line.to_owned()))
+}
+
+/// Creates the configured store (`broker init`, the test kit), or opens it
+/// if it exists.
+pub fn create_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => open_sqlite(path),
+        StoreConfig::Postgres(_) => open_store(&config.store),
+    }
+}
+
+fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Store>, WiringError> {
+    Ok(Arc::new(SqliteStore::open(path).map_err(|source| {
+        WiringError::Store {
+            location: format!("sqlite:{}", path.display()),
+            source,
+        }
+    })?))
 }
 
 /// The trust anchors: AMD's pinned roots, plus a simulated root only when
@@ -193,18 +223,23 @@ pub fn verifier(config: &Config, trust: TrustStore) -> Result<Verifier, WiringEr
     Ok(v)
 }
 
-/// The whole key-release service.
+/// The whole key-release service. Refuses a missing database and a master
+/// key that is not the database's (`crate::startup`).
 pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     crate::lifecycle::failpoint::init();
     let keyring = keyring(config)?;
+    let store = store(config)?;
+    crate::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
+    // The audit log must still hold what its checkpoint vouches for.
+    let anchor = crate::audit_anchor::checkpoint_path(&config.master_key);
+    let checkpoint = crate::audit_anchor::read(&keyring, &anchor)?;
+    if let Some(c) = &checkpoint {
+        crate::audit_anchor::check(store.as_ref(), &anchor, c)?;
+    }
     let verifier = verifier(config, trust(config)?)?;
-    let broker = Broker::with_keyring(
-        store(config)?,
-        Arc::new(keyring),
-        verifier,
-        config.nonce_ttl,
-    )
-    .with_rotation_session_ttl(config.rotation_session_ttl);
+    let broker = Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
+        .with_rotation_session_ttl(config.rotation_session_ttl)
+        .with_audit_anchor(anchor, checkpoint);
     // A remote store's calls may wait (a row lock, a restart): off the
     // serving threads, at most twice the pool's connections at once.
     Ok(match &config.store {

@@ -305,13 +305,35 @@ impl Server {
     /// Runs `broker serve --config CONFIG` in `cwd` and waits until it
     /// prints its `listening on` line (the admin socket is bound by then).
     pub fn start(cwd: &Path, config: &str) -> Server {
+        let mut cmd = broker_cmd();
+        cmd.args(["serve", "--config", config]);
+        Self::start_cmd(cwd, config, cmd)
+    }
+
+    /// As [`Server::start`], with RLIMIT_NOFILE (soft and hard) set to
+    /// `nofile` for the broker (through `sh -c 'ulimit -n N; exec ...'`).
+    pub fn start_with_nofile(cwd: &Path, config: &str, nofile: u32) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.env_remove("KEYBROKER_CONFIG")
+            .env_remove("KEYBROKER_ADMIN_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .args([
+                "-c",
+                &format!("ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""),
+            ])
+            .arg(Exe::Broker.path())
+            .arg(config);
+        Self::start_cmd(cwd, config, cmd)
+    }
+
+    fn start_cmd(cwd: &Path, config: &str, mut cmd: Command) -> Server {
         use std::io::BufRead as _;
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cwd.join(format!("serve-{n}.log"));
-        let mut child = broker_cmd()
+        let mut child = cmd
             .current_dir(cwd)
-            .args(["serve", "--config", config])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create serve log"))
             .spawn()

@@ -71,6 +71,10 @@ pub struct BrokerOptions {
     pub nonce_ttl_secs: u32,
     /// Rotation session lifetime (`ConfirmRotation` after an Attest).
     pub rotation_session_ttl_secs: u32,
+    /// `[limits] requests_per_sec_per_address`: 0 (off) by default, since
+    /// tests send many requests from one loopback address; the limit's own
+    /// test sets it.
+    pub requests_per_sec: u32,
 }
 
 impl Default for BrokerOptions {
@@ -80,6 +84,7 @@ impl Default for BrokerOptions {
             sim_certs_dir: false,
             nonce_ttl_secs: 60,
             rotation_session_ttl_secs: broker::config::DEFAULT_ROTATION_SESSION_TTL_SECS,
+            requests_per_sec: 0,
         }
     }
 }
@@ -123,6 +128,10 @@ impl BrokerDir {
                         opts.rotation_session_ttl_secs
                     ),
                 );
+        text.push_str(&format!(
+            "\n[limits]\nrequests_per_sec_per_address = {0}\nrequest_burst_per_address = {0}\n",
+            opts.requests_per_sec
+        ));
         if opts.sim_certs_dir {
             text = text.replace("# certs_dir = \"certs\"", "certs_dir = \"sim\"");
         }
@@ -134,6 +143,8 @@ impl BrokerDir {
         }
         let config_path = root.join("config.toml");
         std::fs::write(&config_path, text)?;
+        // As `broker init` does: the database, created once.
+        broker::wiring::create_store(&Config::load(&config_path)?)?;
         Ok(BrokerDir {
             dir,
             config_path,
@@ -283,10 +294,8 @@ impl RunningBroker {
             tls,
             service,
             broker::grpc::ServeOptions {
-                max_message_bytes: cfg.max_message_bytes,
-                request_timeout: cfg.request_timeout,
-                handshake_timeout: cfg.handshake_timeout,
                 drain_timeout: Duration::from_secs(2),
+                ..broker::grpc::ServeOptions::from_config(&cfg, None)
             },
             async move {
                 let _ = rx.await;

@@ -1138,3 +1138,49 @@ fn explain_refuses_bad_input_with_what_to_do() {
     assert_eq!(v["policy_evaluated"], false);
     assert_eq!(v["claims"], Value::Null);
 }
+
+/// `broker audit --json | head -c 300` (issue #9: a panic on the closed
+/// pipe): the listing ends quietly with status 0. The log is made larger
+/// than a pipe's buffer so the reader really goes away mid-write.
+#[test]
+fn audit_into_a_closed_pipe_ends_quietly() {
+    let tmp = keybroker_tests::exe::tempdir();
+    let d = tmp.path();
+    let _server = keybroker_tests::exe::init_and_serve(d, "kb");
+    let cfg = broker::config::Config::load(&d.join("kb/config.toml")).unwrap();
+    let store = broker::wiring::store(&cfg).unwrap();
+    for i in 0..600 {
+        store
+            .append_audit(&broker::store::AuditEvent {
+                at_unix: 1_700_000_000 + i,
+                kind: "attest".into(),
+                verdict: "deny".into(),
+                volumes: vec!["root".into()],
+                reason_codes: vec!["POLICY_MEASUREMENT_NOT_ALLOWED".into()],
+                details_json: format!("{{\"measurement\":\"{}\"}}", "ab".repeat(48)),
+                client_addr: Some("192.0.2.1:1".into()),
+            })
+            .unwrap();
+    }
+    drop(store);
+    for json in [true, false] {
+        let flag = if json { "--json" } else { "" };
+        let out = std::process::Command::new("bash")
+            .current_dir(d)
+            .args([
+                "-c",
+                &format!(
+                    "set -o pipefail; \"$0\" audit {flag} --config kb/config.toml 2>err.txt | head -c 300 >/dev/null"
+                ),
+            ])
+            .arg(keybroker_tests::exe::Exe::Broker.path())
+            .output()
+            .unwrap();
+        let err = std::fs::read_to_string(d.join("err.txt")).unwrap();
+        assert!(out.status.success(), "json={json}: {:?} {err}", out.status);
+        assert!(
+            !err.contains("panicked") && err.is_empty(),
+            "json={json}: {err}"
+        );
+    }
+}

@@ -526,3 +526,64 @@ async fn damaged_requests_never_release_a_key() {
     assert_eq!(out.keys[0].expose_secret(), key.as_slice());
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_per_address_rate_get_resource_exhausted() {
+    let (dir, broker) = setup(BrokerOptions {
+        requests_per_sec: 5,
+        ..BrokerOptions::default()
+    })
+    .await;
+    dir.add_volume("root", "prod").unwrap();
+    let mut raw = Raw::connect(&dir, &broker).await;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = raw
+            .client
+            .challenge(pb::ChallengeRequest {
+                version: Some(keybroker_proto::protocol_version()),
+                volume_ids: vec!["root".into()],
+            })
+            .await;
+        if let Err(e) = r {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+            assert_eq!(reasons(&e), vec!["RATE_LIMITED".to_owned()]);
+            assert!(
+                e.message().contains("requests_per_sec_per_address"),
+                "{e:?}"
+            );
+            limited += 1;
+        }
+    }
+    // A burst of 5, then about 5 a second: most of 20 quick ones refused.
+    assert!(limited >= 10, "{limited} of 20 refused");
+    broker.stop().await.unwrap();
+}
+
+/// A pin mismatch cannot be fixed by retrying: the guest gives up after
+/// one attempt instead of spending its whole timeout (issue #9: 13
+/// attempts in 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_not_retried() {
+    let (dir, broker) = setup(BrokerOptions::default()).await;
+    dir.add_volume("root", "prod").unwrap();
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let cfg = guest_config(&[broker.url()], &wrong, dir.sim.dir(), 60).unwrap();
+    let err = fetch_keys(
+        &cfg,
+        sim_provider(&dir, default_guest()).as_ref(),
+        &vols(&["root"]),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        guest_unlock::flow::UnlockError::Unreachable {
+            attempts, cause, ..
+        } => {
+            assert_eq!(attempts, 1);
+            assert_eq!(cause, guest_unlock::flow::UnreachableCause::PinMismatch);
+        }
+        other => panic!("{other}"),
+    }
+    broker.stop().await.unwrap();
+}

@@ -57,8 +57,15 @@ fn parse_hex(value: &str, what: &str, lens: &[usize], hint: &str) -> Result<Stri
 impl Admin {
     /// Creates or replaces a policy after validating it; returns the revision.
     pub fn policy_set(&self, caller: &Caller, name: &str, text: &str) -> Result<i64, AdminError> {
+        let max = self.settings().max_policy_bytes;
         let result = (|| {
             crate::store::validate_name("policy name", name)?;
+            if text.len() > max {
+                return Err(AdminError::invalid(format!(
+                    "the policy is {} bytes, more than the {max} allowed ([limits] max_policy_bytes); a policy lists measurements and TCB floors, which take a few KiB",
+                    text.len()
+                )));
+            }
             Policy::from_toml(text).map_err(|e| AdminError::invalid(e.to_string()))?;
             let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
             Ok(self.store.put_policy(name, text)?)

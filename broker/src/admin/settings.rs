@@ -20,6 +20,10 @@ pub struct AdminSettings {
     pub retired_retention: Duration,
     /// What `Status` lists as the broker's listeners.
     pub listeners: Vec<ListenerInfo>,
+    /// `[limits] max_policy_bytes`.
+    pub max_policy_bytes: usize,
+    /// `[limits] max_description_bytes`.
+    pub max_description_bytes: usize,
 }
 
 impl Default for AdminSettings {
@@ -30,6 +34,8 @@ impl Default for AdminSettings {
                 u64::from(crate::config::DEFAULT_RETIRED_RETENTION_DAYS) * 86_400,
             ),
             listeners: Vec::new(),
+            max_policy_bytes: crate::config::Limits::default().max_policy_bytes,
+            max_description_bytes: crate::config::Limits::default().max_description_bytes,
         }
     }
 }
@@ -64,6 +70,8 @@ impl AdminSettings {
         AdminSettings {
             retired_retention: config.retired_retention,
             listeners,
+            max_policy_bytes: config.limits.max_policy_bytes,
+            max_description_bytes: config.limits.max_description_bytes,
         }
     }
 }

@@ -15,9 +15,12 @@ impl Admin {
         policy: &str,
         description: &str,
     ) -> Result<VolumeRecord, AdminError> {
+        let max = self.settings().max_description_bytes;
+        let description_ok = check_description(description, max);
         let result = (|| {
             keybroker_proto::VolumeId::new(name)
                 .map_err(|e| AdminError::invalid(format!("invalid volume name: {e}")))?;
+            description_ok.clone()?;
             if self.store.get_policy(policy)?.is_none() {
                 return Err(AdminError::new(
                     AdminErrorKind::NotFound,
@@ -53,7 +56,13 @@ impl Admin {
             caller,
             "volume.add",
             &[name],
-            serde_json::json!({"policy": policy, "description": description, "key_version": 1}),
+            match description_ok {
+                Ok(()) => {
+                    serde_json::json!({"policy": policy, "description": description, "key_version": 1})
+                }
+                // A refused description is not copied into the audit log.
+                Err(_) => serde_json::json!({"policy": policy, "description_bytes": description.len()}),
+            },
             result,
         )
     }
@@ -154,4 +163,23 @@ impl Admin {
             .release_view(name)?
             .ok_or_else(|| AdminError::no_volume(name))
     }
+}
+
+/// A description is at most `max` bytes of printable text: no control
+/// characters (terminal escapes, newlines), which `volume list` would print
+/// raw.
+fn check_description(description: &str, max: usize) -> Result<(), AdminError> {
+    if description.len() > max {
+        return Err(AdminError::invalid(format!(
+            "the description is {} bytes, more than the {max} allowed ([limits] max_description_bytes); shorten it",
+            description.len()
+        )));
+    }
+    if let Some(c) = description.chars().find(|c| c.is_control()) {
+        return Err(AdminError::invalid(format!(
+            "the description holds the control character {:?}; use printable text on one line",
+            c
+        )));
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! never hold key material, so their output is safe to archive or paste
 //! into a ticket.
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use keybroker_proto::admin_pb as pb;
 use serde_json::{json, Value};
@@ -176,18 +177,33 @@ fn list(args: ListArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Refused);
     };
     let entries = r.entries;
-    if args.json {
+    let printed = if args.json {
         let v: Vec<Value> = entries.iter().map(entry_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_lines(std::iter::once(serde_json::to_string_pretty(&v)?))
     } else {
-        for e in &entries {
-            println!("{}", entry_line(e));
-        }
         if entries.is_empty() {
             eprintln!("broker: no audit entries match");
         }
+        print_lines(entries.iter().map(entry_line))
+    };
+    match printed {
+        // `broker audit | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Success),
+        r => r
+            .map(|()| Outcome::Success)
+            .context("cannot write the audit entries to stdout"),
     }
-    Ok(Outcome::Success)
+}
+
+/// Writes each line to stdout, stopping at the first error (a closed pipe
+/// included, which the caller treats as the end).
+fn print_lines(lines: impl Iterator<Item = String>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()
 }
 
 fn verdict_str(v: VerdictArg) -> &'static str {

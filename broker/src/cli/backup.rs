@@ -139,7 +139,9 @@ fn read_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
 /// `broker restore FILE`.
 pub fn run_restore(a: RestoreArgs) -> anyhow::Result<Outcome> {
     let snap = read_snapshot(&a.file)?;
-    let store = open_config_store(&a.config.config)?;
+    // A restore may create the (empty) database it fills.
+    let cfg = Config::load(&a.config.config)?;
+    let store = broker::wiring::create_store(&cfg)?;
     store.import_snapshot(&snap)?;
     let n = store.verify_audit_chain()?;
     println!(

@@ -48,9 +48,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
             .context("cannot read the current directory")?
             .join(&args.admin_socket)
     };
-    let store = broker::store::StoreUrl::parse(&args.store_url)
+    let store_url = broker::store::StoreUrl::parse(&args.store_url)
         .map_err(|e| anyhow::anyhow!("--store-url: {e}"))?;
-    if let broker::store::StoreUrl::Postgres(url) = &store {
+    if let broker::store::StoreUrl::Postgres(url) = &store_url {
         if broker::store::redact_url(url) != *url {
             bail!(
                 "--store-url holds a password; give the URL without it and write the password \
@@ -92,9 +92,15 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
         config_text_with_store(args.listen, &admin_socket, &args.store_url).as_bytes(),
         0o644,
     )?;
+    // The database, with the master key's key-check value: `broker serve`
+    // never creates one, so a lost database is noticed, not replaced.
+    let config = broker::config::Config::load(&dir.join("config.toml"))?;
+    let store = broker::wiring::create_store(&config)?;
+    let keyring = broker::wiring::keyring(&config)?;
+    broker::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", dir.join("config.toml").display());
-    println!("store:    {store}");
+    println!("store:    {store_url}");
     println!(
         "admin:    {} (created by `broker serve`)",
         args.admin_socket.display()

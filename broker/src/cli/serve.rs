@@ -21,6 +21,20 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
         tracing::info!("memory not locked (needs root or an unlimited RLIMIT_MEMLOCK); keys may reach swap unless swap is encrypted or off");
     }
     let config = Config::load(&args.config)?;
+    // As many descriptors as allowed; guest connections get what is left
+    // after a reserve for the admin socket, metrics, the database and logs,
+    // so those keep working while the guest port is full.
+    let fd_budget = broker::hardening::raise_nofile().map(|limit| {
+        let budget = limit.saturating_sub(broker::hardening::RESERVED_FDS);
+        if budget < config.limits.max_connections {
+            tracing::warn!(
+                nofile = limit,
+                max_connections = budget,
+                "RLIMIT_NOFILE allows fewer guest connections than [limits] max_connections; serving at most {budget} at once"
+            );
+        }
+        budget
+    });
     let broker = Arc::new(broker::wiring::broker(&config)?);
     let (certs, key) = broker::tls::load(&config.tls_cert, &config.tls_key)?;
     let pin = broker::tls::spki_pin(&certs[0])?;
@@ -138,12 +152,7 @@ pub fn run(args: ConfigArg) -> anyhow::Result<Outcome> {
         listeners,
         tls,
         broker,
-        ServeOptions {
-            max_message_bytes: config.max_message_bytes,
-            request_timeout: config.request_timeout,
-            handshake_timeout: config.handshake_timeout,
-            drain_timeout: Duration::from_secs(10),
-        },
+        ServeOptions::from_config(&config, fd_budget),
         stop_rx,
     );
     let _ = control.join();

@@ -6,6 +6,7 @@
 //! ([`crate::error::Error::to_status`]).
 
 mod evidence;
+pub mod limits;
 mod server;
 mod shards;
 
@@ -26,12 +27,37 @@ pub use shards::{bind_shards, run_shards};
 /// Implementation of `keybroker.v1.KeyBroker`.
 pub struct KeyBrokerService {
     broker: Arc<Broker>,
+    rate_limit: Option<Arc<limits::RateLimiter>>,
 }
 
 impl KeyBrokerService {
     /// Wraps the release service.
     pub fn new(broker: Arc<Broker>) -> Self {
-        KeyBrokerService { broker }
+        KeyBrokerService {
+            broker,
+            rate_limit: None,
+        }
+    }
+
+    /// Limits Challenge and Attest requests per source address.
+    pub fn with_rate_limit(mut self, rate_limit: Option<Arc<limits::RateLimiter>>) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+
+    /// RESOURCE_EXHAUSTED when `client` has used up its requests per second.
+    fn rate_limited(&self, kind: &str, client: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        let (Some(limit), Some(addr)) = (&self.rate_limit, client) else {
+            return Ok(());
+        };
+        if limit.allow(addr.ip()) {
+            return Ok(());
+        }
+        let e = Error::RateLimited {
+            per_sec: limit.per_sec(),
+        };
+        self.broker.noise(kind, &e, client);
+        Err(e.to_status(None))
     }
 
     /// Runs `f`, which calls the store: inline for an embedded store
@@ -137,6 +163,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: Request<pb::ChallengeRequest>,
     ) -> Result<Response<pb::ChallengeResponse>, Status> {
         let client = request.remote_addr();
+        self.rate_limited("challenge", client)?;
         let req = request.into_inner();
         let grant = version(req.version.as_ref())
             .and_then(|()| volumes(&req.volume_ids))
@@ -159,6 +186,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
         let client = request.remote_addr();
+        self.rate_limited("attest", client)?;
         let started = std::time::Instant::now();
         let input = attest_input(request.into_inner()).map_err(|e| {
             self.broker.noise("attest", &e, client);

@@ -1,7 +1,8 @@
-//! The guest-facing listener: TCP with TCP_NODELAY, a TLS handshake under a
-//! deadline, then tonic's HTTP/2 server with message-size and request-time
-//! limits, and one shutdown future for SIGTERM and Ctrl-C with bounded
-//! draining.
+//! The guest-facing listener: a free connection slot before each accept,
+//! TCP with TCP_NODELAY, a per-address cap, a TLS handshake under a
+//! deadline, an idle timeout after it (`limits.rs`), then tonic's HTTP/2
+//! server with message-size, stream-count and request-time limits, and one
+//! shutdown future for SIGTERM and Ctrl-C with bounded draining.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{ConnLimits, Guarded, RateLimiter};
 use super::KeyBrokerService;
 use crate::release::Broker;
 
@@ -70,6 +72,30 @@ pub struct ServeOptions {
     pub handshake_timeout: Duration,
     /// How long in-flight requests may drain after shutdown is asked for.
     pub drain_timeout: Duration,
+    /// Connection caps and idle timeout, shared by every shard.
+    pub conns: Arc<ConnLimits>,
+    /// Challenge and Attest requests per second per address (`None`: off).
+    pub rate_limit: Option<Arc<RateLimiter>>,
+}
+
+impl ServeOptions {
+    /// The options of `config`, with at most `fd_budget` connections when
+    /// the descriptor limit allows no more.
+    pub fn from_config(config: &crate::config::Config, fd_budget: Option<usize>) -> Self {
+        let l = &config.limits;
+        ServeOptions {
+            max_message_bytes: config.max_message_bytes,
+            request_timeout: config.request_timeout,
+            handshake_timeout: config.handshake_timeout,
+            drain_timeout: Duration::from_secs(10),
+            conns: ConnLimits::new(l, fd_budget),
+            rate_limit: RateLimiter::new(
+                l.requests_per_sec_per_address,
+                l.request_burst_per_address,
+            )
+            .map(Arc::new),
+        }
+    }
 }
 
 /// A rustls server config for the guest port: TLS 1.3 only, ALPN h2,
@@ -115,8 +141,11 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let handshake_timeout = opts.handshake_timeout;
+    let conns = opts.conns.clone();
     let accept_loop = tokio::spawn(async move {
         loop {
+            // Backpressure: no slot, no accept; the kernel queues the rest.
+            let slot = conns.slot().await;
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -126,12 +155,18 @@ pub async fn serve(
                     continue;
                 }
             };
+            let Some(guard) = conns.admit(peer.ip(), slot) else {
+                tracing::debug!(peer = %peer, "connection refused: this address has limits.max_connections_per_address open");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let stream = Guarded::new(stream, guard);
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(peer = %peer, "TLS handshake failed: {e}"),
@@ -141,13 +176,16 @@ pub async fn serve(
         }
     });
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let svc = KeyBrokerServer::new(KeyBrokerService::new(broker))
-        .max_decoding_message_size(opts.max_message_bytes)
-        .max_encoding_message_size(opts.max_message_bytes);
+    let svc = KeyBrokerServer::new(
+        KeyBrokerService::new(broker).with_rate_limit(opts.rate_limit.clone()),
+    )
+    .max_decoding_message_size(opts.max_message_bytes)
+    .max_encoding_message_size(opts.max_message_bytes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = opts.drain_timeout;
     let server = tonic::transport::Server::builder()
         .timeout(opts.request_timeout)
+        .max_concurrent_streams(opts.conns.max_streams)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.await;

@@ -6,7 +6,11 @@
 //!
 //! SO_REUSEPORT groups are limited by the kernel to sockets of the same
 //! effective user, so another user cannot join the group and take
-//! connections.
+//! connections. A second broker process of the same user could join it,
+//! though, and take a share of the guests with its own config and
+//! database; so before binding its shards a broker first binds the address
+//! once *without* SO_REUSEPORT, which fails while anyone listens there, and
+//! refuses to start if it does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +30,9 @@ pub fn bind_shards(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListen
             source: e.into(),
         }
     };
+    if addr.port() != 0 {
+        ensure_port_free(addr)?;
+    }
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n.max(1) {
@@ -48,6 +55,33 @@ pub fn bind_shards(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListen
         out.push(listener);
     }
     Ok(out)
+}
+
+/// Binds `addr` without SO_REUSEPORT and lets it go: fails with a message
+/// naming the fix while another process (another broker) listens there.
+fn ensure_port_free(addr: SocketAddr) -> Result<(), ServeError> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let err = |what: String| {
+        move |e: rustix::io::Errno| ServeError::Socket {
+            what,
+            source: e.into(),
+        }
+    };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)
+        .map_err(err("creating a socket".into()))?;
+    // SO_REUSEADDR only lets the bind pass over connections in TIME_WAIT;
+    // it never lets it pass over a listener.
+    sockopt::set_socket_reuseaddr(&fd, true).map_err(err("SO_REUSEADDR".into()))?;
+    rustix::net::bind(&fd, &addr).map_err(err(format!(
+        "{addr} (server.listen) is already served by another process, probably another \
+         broker: stop it first, or give this broker another server.listen; two brokers on \
+         one port would share its guests between two databases"
+    )))?;
+    Ok(())
 }
 
 /// Runs one shard per listener, each on its own thread and single-threaded

@@ -49,6 +49,19 @@ pub fn hmac_key(master: &MasterKey, purpose: Purpose) -> Result<hmac::Key, KeyEr
     Ok(hmac::Key::from(okm))
 }
 
+/// The key-check value of `master`: HMAC-SHA256 under its
+/// [`Purpose::KeyCheck`] key of a fixed label. Reveals nothing about the
+/// key; equal values mean equal keys.
+pub fn key_check_value(master: &MasterKey) -> Result<[u8; 32], KeyError> {
+    let tag = hmac::sign(
+        &hmac_key(master, Purpose::KeyCheck)?,
+        b"keybroker/key-check-value/v1",
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

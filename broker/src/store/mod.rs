@@ -14,9 +14,11 @@
 //! with the records it reads and writes: [`NonceStore`] (used nonces),
 //! [`PolicyStore`] (policies), [`VolumeStore`] (volumes and key versions),
 //! [`RotationSessionStore`] (which Attest released which pending version),
-//! [`ResealStore`] (master key re-sealing) and [`AuditStore`] (the audit
-//! log). A backend implements each part, in a module per part (see
-//! `sqlite/` and `postgres/`), and `Store` for upkeep. An operation that must change several
+//! [`ResealStore`] (master key re-sealing), [`AuditStore`] (the audit
+//! log), [`KeyCheckStore`] (which master keys the database belongs to) and
+//! [`BackupStore`] (whole-store snapshots). A backend implements each part,
+//! in a module per part (see `sqlite/` and `postgres/`), and `Store` for
+//! upkeep. An operation that must change several
 //! parts in one transaction belongs in `Store` itself, implemented by the
 //! backend over its per-part statements.
 //!
@@ -37,6 +39,7 @@
 mod audit;
 mod audit_hash;
 mod backup;
+mod keycheck;
 mod nonce;
 mod policy;
 mod postgres;
@@ -52,6 +55,7 @@ pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
 pub use backup::{
     AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, VolumeRow, SNAPSHOT_FORMAT,
 };
+pub use keycheck::{KeyCheck, KeyCheckStore};
 pub use nonce::{NonceBurn, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
 pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
@@ -163,6 +167,7 @@ pub trait Store:
     + ResealStore
     + AuditStore
     + BackupStore
+    + KeyCheckStore
     + Send
     + Sync
 {

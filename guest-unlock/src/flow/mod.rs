@@ -99,7 +99,10 @@ fn refusal_outcome(
 /// stops at `cfg.timeout`. A refusal (`PERMISSION_DENIED`) is an outcome, not
 /// an error: every volume is reported denied with the broker's reason codes.
 /// Protocol violations, keys that do not open, version mismatches and
-/// evidence failures stop at once.
+/// evidence failures stop at once. A broker whose TLS key does not match
+/// the pins cannot become right by retrying: it is not tried again, and
+/// when no broker is left the flow stops at once instead of spending its
+/// whole timeout.
 pub async fn fetch_keys(
     cfg: &GuestConfig,
     provider: &dyn EvidenceProvider,
@@ -128,9 +131,14 @@ pub async fn fetch_keys_session(
     let mut last_errors: BTreeMap<usize, String> = BTreeMap::new();
     let mut pin_mismatch = false;
     let mut timed_out = false;
+    // Brokers that cannot succeed by retrying (their key is not pinned).
+    let mut hopeless = vec![false; cfg.brokers.len()];
 
     'rounds: loop {
         for (i, url) in cfg.brokers.iter().enumerate() {
+            if hopeless[i] {
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 break 'rounds;
@@ -153,7 +161,10 @@ pub async fn fetch_keys_session(
                 }
                 Ok(Err(e)) => {
                     tracing::info!(broker = %url, error = %e, "broker unreachable");
-                    pin_mismatch |= e.is_pin_mismatch();
+                    if e.is_pin_mismatch() {
+                        pin_mismatch = true;
+                        hopeless[i] = true;
+                    }
                     last_errors.insert(i, format!("{url}: {e}"));
                     continue;
                 }
@@ -193,7 +204,7 @@ pub async fn fetch_keys_session(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || hopeless.iter().all(|h| *h) {
             break;
         }
         tokio::time::sleep(backoff.next_delay().min(left)).await;

@@ -607,7 +607,7 @@ async fn a_bad_key_over_the_wire_is_an_error_not_a_retry() {
 }
 
 #[tokio::test]
-async fn wrong_pin_ends_unreachable_within_the_timeout() {
+async fn wrong_pin_ends_unreachable_without_retrying() {
     let cert = test_cert();
     let url = serve(
         GrpcFake {
@@ -617,19 +617,13 @@ async fn wrong_pin_ends_unreachable_within_the_timeout() {
         server_config(&cert),
     )
     .await;
-    let started = std::time::Instant::now();
     let e = fetch_keys(
-        &cfg(vec![url], vec![test_cert().pin], 2),
+        &cfg(vec![url], vec![test_cert().pin], 30),
         &FakeEvidence,
         &vols(),
     )
     .await
     .unwrap_err();
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
     let UnlockError::Unreachable {
         attempts, cause, ..
     } = &e
@@ -637,7 +631,9 @@ async fn wrong_pin_ends_unreachable_within_the_timeout() {
         panic!("{e}")
     };
     assert_eq!(*cause, UnreachableCause::PinMismatch);
-    assert!(*attempts >= 2, "retried with backoff: {attempts}");
+    // A key that is not pinned stays unpinned: one attempt, no backoff
+    // through the whole 30 s budget.
+    assert_eq!(*attempts, 1, "a pin mismatch is not retried");
     let msg = e.to_string();
     assert!(msg.contains("matches none of the configured pins"), "{msg}");
     assert!(msg.contains(&cert.pin.to_string()), "{msg}");

@@ -8,6 +8,7 @@
 
 mod attest_commit;
 mod audit;
+mod key_checks;
 mod nonces;
 mod policies;
 mod reseal;
@@ -22,6 +23,7 @@ pub use audit::{
     audit_append_filter_and_chain, audit_concurrent_appends_one_chain, audit_tamper_detected,
     FreshTamperable, Tamper,
 };
+pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
     maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
 };
@@ -58,6 +60,7 @@ pub fn run_all(store: &dyn Store) {
     cancel_pending_rules(store);
     rotation_sessions_expire(store);
     reseal_batch_is_compare_and_set(store);
+    key_checks_recorded_once(store);
     // Last: it destroys every retired version older than its cutoff.
     purge_retired_respects_cutoff(store);
 }

@@ -18,6 +18,7 @@
 
 mod audit;
 mod backup;
+mod keycheck;
 mod nonce;
 mod policy;
 pub(crate) mod pool;

@@ -56,6 +56,11 @@ CREATE TABLE used_nonces (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
+CREATE TABLE key_checks (
+    master_key_id BYTEA PRIMARY KEY,
+    kcv           BYTEA NOT NULL,
+    created_at    BIGINT NOT NULL
+);
 CREATE TABLE rotation_sessions (
     nonce       BYTEA NOT NULL,
     volume      TEXT NOT NULL,

@@ -15,6 +15,7 @@
 
 mod audit;
 mod backup;
+mod keycheck;
 mod nonce;
 mod policy;
 mod reseal;
@@ -128,6 +129,7 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        schema::restore_audit_triggers(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             checkpointer: None,

@@ -103,10 +103,49 @@ CREATE TABLE used_nonces (
 ) WITHOUT ROWID;
 CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
 "#,
+    // 4: key-check values (issue #9): the master keys this database belongs
+    // to, so a broker started with another key is refused at start.
+    r#"
+CREATE TABLE key_checks (
+    master_key_id BLOB PRIMARY KEY,
+    kcv           BLOB NOT NULL,
+    created_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The triggers that keep `audit` append-only.
+const AUDIT_TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+";
+
+/// Puts back the append-only triggers of `audit` if someone dropped them
+/// (only a writer of the file can), with a warning that names what to do.
+/// Returns whether any was missing.
+pub(super) fn restore_audit_triggers(conn: &Connection) -> Result<bool, StoreError> {
+    let present: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' \
+             AND name IN ('audit_no_update', 'audit_no_delete')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if present == 2 {
+        return Ok(false);
+    }
+    conn.execute_batch(AUDIT_TRIGGERS).map_err(backend)?;
+    tracing::warn!(
+        "the audit log's append-only triggers had been dropped (by someone writing the database file directly); they are restored. Run `broker audit verify` and find out who changed the database"
+    );
+    Ok(true)
+}
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn

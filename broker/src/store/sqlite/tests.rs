@@ -312,3 +312,30 @@ fn store_is_object_safe_send_sync() {
     let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::open_in_memory().unwrap());
     assert!(s.list_volumes().unwrap().is_empty());
 }
+
+#[test]
+fn dropped_audit_triggers_are_restored_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append_audit(&AuditEvent {
+            at_unix: 1,
+            kind: "attest".into(),
+            verdict: "deny".into(),
+            volumes: vec![],
+            reason_codes: vec![],
+            details_json: "{}".into(),
+            client_addr: None,
+        })
+        .unwrap();
+    let e = c
+        .execute("UPDATE audit SET verdict = 'allow'", [])
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(c.execute("DELETE FROM audit", []).is_err());
+}
