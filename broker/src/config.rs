@@ -184,10 +184,32 @@ struct RawServer {
     threads: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
-enum RawStore {
-    Sqlite { path: PathBuf },
+/// `[store]`: `url` (`sqlite:PATH`, a bare path, or `postgres://...`), or
+/// the older `kind = "sqlite"` with `path`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    pool_size: Option<usize>,
+    timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RawStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawStore")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("password_file", &self.password_file)
+            .field("ca_cert", &self.ca_cert)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +339,111 @@ pub enum StoreConfig {
         /// Database file.
         path: PathBuf,
     },
+    /// A PostgreSQL database, shared by the broker's replicas.
+    Postgres(PostgresConfig),
+}
+
+/// Default number of PostgreSQL connections per broker.
+pub const DEFAULT_PG_POOL_SIZE: usize = 8;
+/// Default longest wait of one store call on PostgreSQL.
+pub const DEFAULT_PG_TIMEOUT_MS: u64 = 3000;
+
+/// `[store]` for PostgreSQL. `Debug` never shows a password.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The connection URL (a password in it is accepted, never printed;
+    /// prefer `password_file` or a Unix-socket peer login).
+    pub url: String,
+    /// A file (mode 0600) holding the password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) for TLS to the server.
+    pub ca_cert: Option<PathBuf>,
+    /// Most connections open at once.
+    pub pool_size: usize,
+    /// Longest wait of one store call (also the server's statement and
+    /// lock timeouts): past it the request fails with UNAVAILABLE.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("ca_cert", &self.ca_cert)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn resolve_store(
+    raw: RawStore,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<StoreConfig, (&'static str, String)> {
+    use crate::store::StoreUrl;
+    let url = match (raw.url, raw.kind.as_deref(), raw.path) {
+        (Some(url), None, None) => StoreUrl::parse(&url).map_err(|m| ("store.url", m))?,
+        (None, Some("sqlite") | None, Some(path)) => StoreUrl::Sqlite(path),
+        (Some(_), _, _) => {
+            return Err((
+                "store.url",
+                "write either url or the older kind and path, not both".into(),
+            ))
+        }
+        (None, Some(kind), _) if kind != "sqlite" => {
+            return Err((
+                "store.kind",
+                format!("{kind:?} is not a store kind; write url = \"postgres://USER@HOST/DB\" for PostgreSQL"),
+            ))
+        }
+        (None, _, _) => {
+            return Err((
+                "store.url",
+                "is missing; write url = \"sqlite:broker.db\" or url = \"postgres://USER@HOST/DB\"".into(),
+            ))
+        }
+    };
+    match url {
+        StoreUrl::Sqlite(path) => {
+            for (field, set) in [
+                ("store.password_file", raw.password_file.is_some()),
+                ("store.ca_cert", raw.ca_cert.is_some()),
+                ("store.pool_size", raw.pool_size.is_some()),
+                ("store.timeout_ms", raw.timeout_ms.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        field,
+                        "applies to PostgreSQL only, not to an SQLite store".into(),
+                    ));
+                }
+            }
+            Ok(StoreConfig::Sqlite {
+                path: resolve(path),
+            })
+        }
+        StoreUrl::Postgres(url) => {
+            let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+            if !(1..=256).contains(&pool_size) {
+                return Err(("store.pool_size", "must be between 1 and 256".into()));
+            }
+            let ms = raw.timeout_ms.unwrap_or(DEFAULT_PG_TIMEOUT_MS);
+            if !(100..=60_000).contains(&ms) {
+                return Err((
+                    "store.timeout_ms",
+                    "must be between 100 and 60000 ms (a guest waits for the reply)".into(),
+                ));
+            }
+            Ok(StoreConfig::Postgres(PostgresConfig {
+                url,
+                password_file: raw.password_file.map(resolve),
+                ca_cert: raw.ca_cert.map(resolve),
+                pool_size,
+                timeout: Duration::from_millis(ms),
+            }))
+        }
+    }
 }
 
 /// The explicitly configured root of a simulated platform.
@@ -447,6 +574,8 @@ impl Config {
         }
         let limits = resolve_limits(raw.limits).map_err(|(field, m)| value_err(field, m))?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let store =
+            resolve_store(raw.store, &resolve).map_err(|(field, m)| value_err(field, &m))?;
         let kds = resolve_kds(raw.attestation.kds.unwrap_or_default())
             .map_err(|(field, m)| value_err(field, m))?;
         let admin =
@@ -484,11 +613,7 @@ impl Config {
             request_timeout: Duration::from_secs(request_timeout),
             handshake_timeout: Duration::from_secs(handshake_timeout),
             threads,
-            store: match raw.store {
-                RawStore::Sqlite { path } => StoreConfig::Sqlite {
-                    path: resolve(path),
-                },
-            },
+            store,
             master_key: resolve(raw.keys.master_key),
             retired_retention: Duration::from_secs(u64::from(retention_days) * 86_400),
             certs_dir: raw.attestation.certs_dir.map(resolve),
@@ -616,30 +741,44 @@ pub fn default_config_text(listen: SocketAddr) -> String {
 }
 
 /// The config file `broker init` writes, with `admin_socket` in `[admin]`
-/// and the broker's files beside it (relative paths).
+/// and the broker's files beside it (relative paths), on the SQLite store
+/// `broker.db`.
 pub fn config_text(listen: SocketAddr, admin_socket: &Path) -> String {
-    config_text_in(listen, admin_socket, None)
+    config_text_in(listen, admin_socket, None, "sqlite:broker.db")
 }
 
-/// The config file `broker init` writes, with `admin_socket` in `[admin]`.
-/// With `data_dir`, the broker's files (keys, database, certificate cache)
-/// are named by absolute paths in that directory: the config then lives
-/// elsewhere (the packaged layout: `/etc/keybroker/config.toml`, files in
-/// `/var/lib/keybroker`, where the sandboxed service may write).
-pub fn config_text_in(listen: SocketAddr, admin_socket: &Path, data_dir: Option<&Path>) -> String {
+/// The config file `broker init [--store-url URL]` writes, with
+/// `admin_socket` in `[admin]` and `store_url` in `[store]`.
+/// With `data_dir`, the broker's files (keys, SQLite database, certificate
+/// cache) are named by absolute paths in that directory: the config then
+/// lives elsewhere (the packaged layout: `/etc/keybroker/config.toml`,
+/// files in `/var/lib/keybroker`, where the sandboxed service may write).
+pub fn config_text_in(
+    listen: SocketAddr,
+    admin_socket: &Path,
+    data_dir: Option<&Path>,
+    store_url: &str,
+) -> String {
     let admin_socket = toml_string(&admin_socket.display().to_string());
     let file = |name: &str| match data_dir {
         Some(d) => toml_string(&d.join(name).display().to_string()),
         None => toml_string(name),
     };
-    let (paths_note, tls_cert, tls_key, db, master_key) = (
+    let store_url = toml_string(
+        &match (data_dir, crate::store::StoreUrl::parse(store_url)) {
+            (Some(d), Ok(crate::store::StoreUrl::Sqlite(path))) if path.is_relative() => {
+                format!("sqlite:{}", d.join(path).display())
+            }
+            _ => store_url.to_owned(),
+        },
+    );
+    let (paths_note, tls_cert, tls_key, master_key) = (
         match data_dir {
             Some(d) => format!("# The broker's files are in {}.", d.display()),
             None => "# Paths are relative to this file.".to_owned(),
         },
         file("tls/cert.pem"),
         file("tls/key.pem"),
-        file("broker.db"),
         file("master.key"),
     );
     let cert_cache = match data_dir {
@@ -662,8 +801,10 @@ nonce_ttl_secs = {DEFAULT_NONCE_TTL_SECS}
 rotation_session_ttl_secs = {DEFAULT_ROTATION_SESSION_TTL_SECS}
 
 [store]
-kind = "sqlite"
-path = {db}
+# sqlite:PATH (or a bare path) is the embedded SQLite database; a
+# postgres://USER@HOST/DB URL is PostgreSQL, shared by several replicas
+# (password_file, ca_cert, pool_size, timeout_ms: docs/operations.md).
+url = {store_url}
 
 [keys]
 # 32 random bytes, mode 0600. Back it up offline: without it no key can be unsealed.
@@ -740,12 +881,85 @@ mod tests {
         Config::parse(text, Path::new("/etc/kb/broker.toml"), Path::new("/etc/kb"))
     }
 
+    fn with_store(store: &str) -> Result<Config, ConfigError> {
+        let text = default_config_text("127.0.0.1:8443".parse().unwrap());
+        let start = text.find("[store]").unwrap();
+        let end = text.find("[keys]").unwrap();
+        parse(&format!(
+            "{}[store]\n{store}\n\n{}",
+            &text[..start],
+            &text[end..]
+        ))
+    }
+
+    #[test]
+    fn store_url_forms() {
+        let sqlite = |store: &str| match with_store(store).unwrap().store {
+            StoreConfig::Sqlite { path } => path,
+            other => panic!("{store}: {other:?}"),
+        };
+        let default = parse(&default_config_text("127.0.0.1:8443".parse().unwrap())).unwrap();
+        assert!(
+            matches!(&default.store, StoreConfig::Sqlite { path } if path == Path::new("/etc/kb/broker.db"))
+        );
+        assert_eq!(sqlite(r#"url = "sqlite:b.db""#), Path::new("/etc/kb/b.db"));
+        assert_eq!(sqlite(r#"url = "/var/b.db""#), Path::new("/var/b.db"));
+        // The form of earlier releases keeps working.
+        assert_eq!(
+            sqlite("kind = \"sqlite\"\npath = \"old.db\""),
+            Path::new("/etc/kb/old.db")
+        );
+        let pg = match with_store(
+            "url = \"postgres://kb:hunter2@db:5432/kb\"\npassword_file = \"pg.pass\"\npool_size = 4\ntimeout_ms = 1500",
+        )
+        .unwrap()
+        .store
+        {
+            StoreConfig::Postgres(pg) => pg,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            pg.password_file.as_deref(),
+            Some(Path::new("/etc/kb/pg.pass"))
+        );
+        assert_eq!((pg.pool_size, pg.timeout), (4, Duration::from_millis(1500)));
+        assert!(!format!("{pg:?}").contains("hunter2"), "{pg:?}");
+    }
+
+    #[test]
+    fn bad_store_sections_are_refused() {
+        for (store, field) in [
+            (r#"url = "mysql://a@b/c""#, "store.url"),
+            (r#"url = """#, "store.url"),
+            ("", "store.url"),
+            ("kind = \"postgres\"\npath = \"x\"", "store.kind"),
+            ("url = \"b.db\"\npath = \"b.db\"", "store.url"),
+            ("url = \"b.db\"\npool_size = 3", "store.pool_size"),
+            (
+                "url = \"postgres://a@b/c\"\npool_size = 0",
+                "store.pool_size",
+            ),
+            (
+                "url = \"postgres://a@b/c\"\ntimeout_ms = 0",
+                "store.timeout_ms",
+            ),
+        ] {
+            let err = with_store(store).unwrap_err().to_string();
+            assert!(err.contains(field), "{store}: {err}");
+        }
+        let err = with_store("url = \"b.db\"\nfile = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
     #[test]
     fn packaged_layout_names_every_file_in_the_data_dir() {
         let text = config_text_in(
             "127.0.0.1:8443".parse().unwrap(),
             Path::new(DEFAULT_ADMIN_SOCKET),
             Some(Path::new("/var/lib/keybroker")),
+            "sqlite:broker.db",
         );
         // The config sits in /etc/kb, its files do not.
         let cfg = parse(&text).unwrap();
@@ -876,8 +1090,11 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
         assert!(matches!(
-            parse(&base.replace("kind = \"sqlite\"", "kind = \"oracle\"")),
-            Err(ConfigError::Parse { .. })
+            parse(&base.replace("url = \"sqlite:broker.db\"", "url = \"oracle://x\"")),
+            Err(ConfigError::Value {
+                field: "store.url",
+                ..
+            })
         ));
     }
 

@@ -20,6 +20,7 @@ pub const ALL_REASON_CODES: &[&str] = &[
     "NONCE_EXPIRED",
     "NONCE_REPLAYED",
     "STORE_UNAVAILABLE",
+    "MASTER_KEY_UNAVAILABLE",
     "RATE_LIMITED",
     "INTERNAL",
     "VOLUME_UNKNOWN",
@@ -55,6 +56,22 @@ pub enum Error {
     /// A ConfirmRotation was refused.
     #[error("rotation refused: {0}")]
     Rotation(RotationRejected),
+    /// The volume's key is sealed under a master key this broker (replica)
+    /// does not hold, even after re-reading its key files: a master key
+    /// rollout has not reached it yet. Another replica may succeed.
+    #[error(
+        "volume {volume}: its key is sealed under master key {sealed_with}, which this broker \
+         does not hold (it holds {held}); copy that master key here (docs/operations.md, \
+         master key rollout) and send SIGHUP"
+    )]
+    MasterKeyUnavailable {
+        /// The volume.
+        volume: String,
+        /// The id of the master key the record is sealed under.
+        sealed_with: String,
+        /// The id of this broker's current master key.
+        held: String,
+    },
     /// The source address sent more requests than `[limits]
     /// requests_per_sec_per_address` allows.
     #[error("too many requests from this address (at most {per_sec} a second)")]
@@ -209,6 +226,25 @@ impl VolumeRefusal {
 }
 
 impl Error {
+    /// The error of unsealing `volume`'s key: [`Error::MasterKeyUnavailable`]
+    /// when this broker lacks the master key, [`Error::Keys`] otherwise.
+    pub fn unseal_failed(volume: &str, e: crate::keys::KeyError) -> Error {
+        match e {
+            crate::keys::KeyError::WrongMasterKey {
+                sealed_with,
+                loaded,
+            } => Error::MasterKeyUnavailable {
+                volume: volume.to_owned(),
+                sealed_with: sealed_with.to_string(),
+                held: loaded.to_string(),
+            },
+            e => Error::Keys {
+                volume: volume.to_owned(),
+                what: e.to_string(),
+            },
+        }
+    }
+
     /// Stable reason codes for this error.
     pub fn reason_codes(&self) -> Vec<String> {
         match self {
@@ -224,6 +260,7 @@ impl Error {
             }
             Error::Rotation(r) => vec![r.reason_code().into()],
             Error::Store(_) => vec!["STORE_UNAVAILABLE".into()],
+            Error::MasterKeyUnavailable { .. } => vec!["MASTER_KEY_UNAVAILABLE".into()],
             Error::RateLimited { .. } => vec!["RATE_LIMITED".into()],
             Error::Keys { .. } => vec!["INTERNAL".into()],
         }
@@ -255,6 +292,12 @@ impl Error {
             Error::Store(_) => (
                 Code::Unavailable,
                 "the broker's store is unavailable; retry later".to_owned(),
+            ),
+            Error::MasterKeyUnavailable { .. } => (
+                Code::Unavailable,
+                "this broker does not hold the master key the volume's key is sealed under; \
+                 retry another broker"
+                    .to_owned(),
             ),
             Error::RateLimited { per_sec } => (
                 Code::ResourceExhausted,

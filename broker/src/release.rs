@@ -113,6 +113,7 @@ pub struct Broker {
     nonce_ttl: Duration,
     rotation_session_ttl: Duration,
     policies: Mutex<HashMap<String, (i64, Arc<Policy>)>>,
+    store_offload: Option<Arc<tokio::sync::Semaphore>>,
     /// The audit checkpoint file and what was last written to it.
     anchor: Option<(std::path::PathBuf, Mutex<crate::audit_anchor::AnchorState>)>,
 }
@@ -152,6 +153,7 @@ impl Broker {
                 crate::config::DEFAULT_ROTATION_SESSION_TTL_SECS.into(),
             ),
             policies: Mutex::new(HashMap::new()),
+            store_offload: None,
             anchor: None,
         }
     }
@@ -163,6 +165,19 @@ impl Broker {
     pub fn with_rotation_session_ttl(mut self, ttl: Duration) -> Self {
         self.rotation_session_ttl = ttl;
         self
+    }
+
+    /// Bounds store-bound requests run on the blocking pool: `permits` at
+    /// once, past which a request is refused with UNAVAILABLE. For a
+    /// remote store (PostgreSQL); without it they run inline.
+    pub fn with_store_offload(mut self, permits: usize) -> Self {
+        self.store_offload = Some(Arc::new(tokio::sync::Semaphore::new(permits.max(1))));
+        self
+    }
+
+    /// The bound of [`Broker::with_store_offload`], if set.
+    pub fn store_offload(&self) -> Option<&Arc<tokio::sync::Semaphore>> {
+        self.store_offload.as_ref()
     }
 
     /// Keeps the audit checkpoint at `path` up to date from store upkeep,
@@ -289,7 +304,9 @@ impl Broker {
             }
             Err(err) => {
                 audit.verdict = match err {
-                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    Error::Store(_) | Error::Keys { .. } | Error::MasterKeyUnavailable { .. } => {
+                        "error".into()
+                    }
                     _ => "deny".into(),
                 };
                 audit.reason_codes = err.reason_codes();
@@ -461,10 +478,7 @@ impl Broker {
             let key = self
                 .keyring
                 .unseal(volume.as_str(), v.version, &v.sealed)
-                .map_err(|e| Error::Keys {
-                    volume: volume.as_str().to_owned(),
-                    what: e.to_string(),
-                })?;
+                .map_err(|e| Error::unseal_failed(volume.as_str(), e))?;
             let wrapped =
                 wrap_volume_key(guest, report_data, volume, v.version, key.expose_secret())
                     .map_err(|e| Error::Keys {
@@ -540,7 +554,9 @@ impl Broker {
             }
             Err(err) => {
                 audit.verdict = match err {
-                    Error::Store(_) | Error::Keys { .. } => "error".into(),
+                    Error::Store(_) | Error::Keys { .. } | Error::MasterKeyUnavailable { .. } => {
+                        "error".into()
+                    }
                     _ => "deny".into(),
                 };
                 audit.reason_codes = err.reason_codes();
@@ -602,10 +618,7 @@ impl Broker {
         let key = self
             .keyring
             .unseal(volume, record.version, &record.sealed)
-            .map_err(|e| Error::Keys {
-                volume: volume.to_owned(),
-                what: e.to_string(),
-            })?;
+            .map_err(|e| Error::unseal_failed(volume, e))?;
         let rd = ReportData::from_bytes(session.report_data);
         if !verify_rotation_proof(
             key.expose_secret(),
@@ -697,6 +710,33 @@ impl Broker {
             }
         }
     }
+}
+
+/// Re-reads the master key files (`K` and `K.next`) on every SIGHUP, so
+/// a replica given a new master key (a rollout) serves records sealed under
+/// it without a restart. Keys already held stay. (A record sealed under a
+/// key not yet held also makes the keyring re-read the files once.)
+pub fn spawn_key_reload_on_sighup(keyring: Arc<Keyring>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP; master keys reload only on demand: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match keyring.refresh() {
+                Ok(()) => tracing::info!(
+                    current = %keyring.current_id(),
+                    next = ?keyring.next_id().map(|k| k.to_string()),
+                    "SIGHUP: master key files re-read"
+                ),
+                Err(e) => tracing::error!("SIGHUP: cannot re-read the master key files: {e}"),
+            }
+        }
+    })
 }
 
 /// Runs store upkeep (purging used-nonce records past their expiry,

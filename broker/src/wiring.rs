@@ -3,14 +3,16 @@
 //! and the [`Broker`] over them. `broker serve` and the test kit build the
 //! service through these functions, so both run the same wiring.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use zeroize::Zeroizing;
 
 use crate::certsource::http::HttpError;
 use crate::config::{Config, StoreConfig};
 use crate::keys::{KeyError, Keyring};
 use crate::release::Broker;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{redact_url, PgOptions, PgStore, SqliteStore, Store, StoreError};
 use crate::verify::{EvidenceRejected, TrustStore, Verifier};
 
 /// A part of the service that the config names but that cannot be set up.
@@ -32,12 +34,21 @@ pub enum WiringError {
     #[error(transparent)]
     Startup(#[from] crate::startup::StartupError),
     /// The store cannot be opened.
-    #[error("cannot open the SQLite store {}", path.display())]
+    #[error("cannot open the store {location}")]
     Store {
-        /// The database file.
-        path: PathBuf,
+        /// The database: `sqlite:PATH`, or the PostgreSQL URL without its
+        /// password.
+        location: String,
         /// Why.
         source: StoreError,
+    },
+    /// `[store] password_file` cannot be used.
+    #[error("cannot use the PostgreSQL password file {}: {why}", path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (never the password).
+        why: String,
     },
     /// `[attestation.simulated] ark` cannot be read.
     #[error("cannot read simulated ARK {}", path.display())]
@@ -77,14 +88,61 @@ pub enum WiringError {
 /// refused, never silently recreated empty ([`create_store`] is for
 /// `broker init`).
 pub fn store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
-    match &config.store {
+    open_store(&config.store)
+}
+
+/// Opens a store: the SQLite file, or PostgreSQL (connecting, logging in
+/// and migrating now, so a wrong URL or password is refused at start).
+pub fn open_store(store: &StoreConfig) -> Result<Arc<dyn Store>, WiringError> {
+    match store {
         StoreConfig::Sqlite { path } => {
             if !path.exists() {
                 return Err(WiringError::StoreMissing { path: path.clone() });
             }
             open_sqlite(path)
         }
+        StoreConfig::Postgres(pg) => {
+            let mut opts = PgOptions::new(pg.url.clone());
+            opts.ca_cert = pg.ca_cert.clone();
+            opts.pool_size = pg.pool_size;
+            opts.op_timeout = pg.timeout;
+            if let Some(path) = &pg.password_file {
+                opts.password = Some(read_password_file(path)?);
+            }
+            let store = PgStore::open(opts).map_err(|source| WiringError::Store {
+                location: redact_url(&pg.url),
+                source,
+            })?;
+            tracing::info!(url = %store.redacted_url(), "store: PostgreSQL");
+            Ok(Arc::new(store))
+        }
     }
+}
+
+/// The password of `[store] password_file`: the first line, from a file
+/// that only its owner may read.
+fn read_password_file(path: &Path) -> Result<Zeroizing<String>, WiringError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fail = |why: String| WiringError::PasswordFile {
+        path: path.to_owned(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {:o} lets others read it; run chmod 600 {}",
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(fail(
+            "it is empty; write the password on its first line".into(),
+        ));
+    }
+    Ok(Zeroizing::new(line.to_owned()))
 }
 
 /// Creates the configured store (`broker init`, the test kit), or opens it
@@ -92,13 +150,14 @@ pub fn store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
 pub fn create_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
     match &config.store {
         StoreConfig::Sqlite { path } => open_sqlite(path),
+        StoreConfig::Postgres(_) => open_store(&config.store),
     }
 }
 
 fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Store>, WiringError> {
     Ok(Arc::new(SqliteStore::open(path).map_err(|source| {
         WiringError::Store {
-            path: path.to_owned(),
+            location: format!("sqlite:{}", path.display()),
             source,
         }
     })?))
@@ -178,9 +237,13 @@ pub fn broker(config: &Config) -> Result<Broker, WiringError> {
         crate::audit_anchor::check(store.as_ref(), &anchor, c)?;
     }
     let verifier = verifier(config, trust(config)?)?;
-    Ok(
-        Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
-            .with_rotation_session_ttl(config.rotation_session_ttl)
-            .with_audit_anchor(anchor, checkpoint),
-    )
+    let broker = Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
+        .with_rotation_session_ttl(config.rotation_session_ttl)
+        .with_audit_anchor(anchor, checkpoint);
+    // A remote store's calls may wait (a row lock, a restart): off the
+    // serving threads, at most twice the pool's connections at once.
+    Ok(match &config.store {
+        StoreConfig::Postgres(pg) => broker.with_store_offload(pg.pool_size * 2),
+        StoreConfig::Sqlite { .. } => broker,
+    })
 }

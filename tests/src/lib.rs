@@ -11,11 +11,16 @@
 //! - [`snapshot`]: snapshots of what an executable printed;
 //! - [`fixtures`]: the real AMD report sets of `tests/fixtures/snp-real/`
 //!   and the real Azure captures of `tests/fixtures/azure-snp-vtpm/`;
-//! - [`store_conformance`]: the suite every store implementation passes.
+//! - [`store_conformance`]: the suite every store implementation passes;
+//! - [`haproxy`]: HAProxy in TCP mode in front of broker replicas;
+//! - [`pg`]: a throwaway PostgreSQL cluster (Debian's binaries, a temporary
+//!   directory, an unprivileged user).
 
 pub mod exe;
 pub mod fixtures;
+pub mod haproxy;
 pub mod local_broker;
+pub mod pg;
 pub mod sim;
 pub mod snapshot;
 pub mod store_conformance;

@@ -153,6 +153,51 @@ impl BrokerDir {
         })
     }
 
+    /// [`BrokerDir::create`], with `[store] url = store_url` (for example
+    /// a PostgreSQL database of [`crate::pg::PgCluster`]).
+    pub fn create_with_store(opts: &BrokerOptions, store_url: &str) -> anyhow::Result<BrokerDir> {
+        let dir = BrokerDir::create(opts)?;
+        let text = std::fs::read_to_string(&dir.config_path)?;
+        let replaced = text.replace(
+            "url = \"sqlite:broker.db\"",
+            &format!("url = {}", serde_json::Value::from(store_url)),
+        );
+        anyhow::ensure!(
+            replaced != text,
+            "the config names no sqlite:broker.db store"
+        );
+        std::fs::write(&dir.config_path, replaced)?;
+        Ok(dir)
+    }
+
+    /// A replica of this broker, provisioned as docs/operations.md says: a
+    /// new directory with a copy of the config (its own admin socket), the
+    /// master key, the TLS identity and the simulated root; the store is
+    /// the same database (meaningful for a PostgreSQL store only).
+    pub fn replica(&self) -> anyhow::Result<BrokerDir> {
+        let dir = tempfile::tempdir()?;
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", self.dir.path().display()))
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "cp -a failed");
+        let _ = std::fs::remove_file(dir.path().join("admin.sock"));
+        let config_path = dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&config_path)?.replace(
+            &self.admin_socket().display().to_string(),
+            &dir.path().join("admin.sock").display().to_string(),
+        );
+        std::fs::write(&config_path, text)?;
+        let sim = SimPlatform::load(&dir.path().join("sim"))?;
+        Ok(BrokerDir {
+            dir,
+            config_path,
+            sim,
+            pin: self.pin.clone(),
+        })
+    }
+
     /// The resolved config.
     pub fn config(&self) -> anyhow::Result<Config> {
         Ok(Config::load(&self.config_path)?)

@@ -76,11 +76,11 @@ pub struct Admin {
     settings: RwLock<AdminSettings>,
     /// Held while a master key rotation runs in this process.
     master_rotation: Mutex<()>,
-    /// Held across every policy write, so that an in-place edit (read,
-    /// change one list, write) cannot overwrite a concurrent edit or
-    /// `policy set` of the same broker and silently undo, say, a revoked
-    /// measurement. (Replicas sharing one database would need a
-    /// compare-and-set on the revision in the store instead.)
+    /// Held across every policy write of this process. Across replicas
+    /// sharing one database, an in-place edit (read, change one list,
+    /// write) is a compare-and-set on the revision it read
+    /// (`PolicyStore::put_policy_at`), redone on conflict, so it never
+    /// silently undoes a concurrent edit, say a revoked measurement.
     policy_write: Mutex<()>,
 }
 

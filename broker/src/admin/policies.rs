@@ -107,7 +107,28 @@ impl Admin {
         };
         let result = {
             let _write = self.policy_write.lock().unwrap_or_else(|p| p.into_inner());
-            self.policy_edit_inner(name, list, add, value)
+            // The write is a compare-and-set on the revision the edit was
+            // made from: an edit through another replica in between makes
+            // it fail, and it is redone on the new text (never written over
+            // it). A handful of attempts covers any real contention.
+            let mut outcome = Err(AdminError::new(
+                AdminErrorKind::FailedPrecondition,
+                format!("policy {name:?} kept changing while this edit was made; run it again"),
+            ));
+            for _ in 0..5 {
+                match self.policy_edit_inner(name, list, add, value) {
+                    Ok(None) => continue,
+                    Ok(Some(o)) => {
+                        outcome = Ok(o);
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            outcome
         };
         let change = match &result {
             Ok(o) => serde_json::json!({
@@ -125,7 +146,7 @@ impl Admin {
         list: PolicyList,
         add: bool,
         value: &str,
-    ) -> Result<EditOutcome, AdminError> {
+    ) -> Result<Option<EditOutcome>, AdminError> {
         let hex = match list {
             PolicyList::Measurements => parse_hex(
                 value,
@@ -158,11 +179,11 @@ impl Admin {
                 .any(|c| hex::encode(c.as_bytes()) == hex),
         };
         if present == add {
-            return Ok(EditOutcome {
+            return Ok(Some(EditOutcome {
                 changed: false,
                 revision: stored.revision,
                 reformatted: false,
-            });
+            }));
         }
         if list == PolicyList::Measurements && !add && policy.measurements.len() == 1 {
             return Err(AdminError::new(
@@ -187,11 +208,17 @@ impl Admin {
                 format!("the edited policy does not validate ({e}); edit it by hand and use `broker policy set`"),
             )
         })?;
-        let revision = self.store.put_policy(name, &text)?;
-        Ok(EditOutcome {
+        // `None`: another writer (another replica) stored a revision since
+        // this one was read; the caller redoes the edit on it.
+        let revision = match self.store.put_policy_at(name, &text, stored.revision) {
+            Ok(r) => r,
+            Err(crate::store::StoreError::Conflict(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(EditOutcome {
             changed: true,
             revision,
             reformatted,
-        })
+        }))
     }
 }

@@ -48,6 +48,11 @@ pub struct InitArgs {
     /// (relative paths are taken from the current directory).
     #[arg(long, value_name = "PATH", default_value = broker::config::DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
+    /// The store written into the config's `[store] url`: `sqlite:PATH`
+    /// (relative to the directory) or `postgres://USER@HOST/DB`. Put a
+    /// PostgreSQL password in `[store] password_file`, not here.
+    #[arg(long, value_name = "URL", default_value = "sqlite:broker.db")]
+    pub store_url: String,
 }
 
 /// Creates config.toml, master.key (0600), tls/key.pem (0600), tls/cert.pem
@@ -69,6 +74,16 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
             .context("cannot read the current directory")?
             .join(&args.admin_socket)
     };
+    let store_url = broker::store::StoreUrl::parse(&args.store_url)
+        .map_err(|e| anyhow::anyhow!("--store-url: {e}"))?;
+    if let broker::store::StoreUrl::Postgres(url) = &store_url {
+        if broker::store::redact_url(url) != *url {
+            bail!(
+                "--store-url holds a password; give the URL without it and write the password \
+                 into a file (mode 0600) named by [store] password_file, so it never sits in the config"
+            );
+        }
+    }
     if dir.exists()
         && fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -115,7 +130,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     }
     write_new(
         &config,
-        config_text_in(args.listen, &admin_socket, data_dir).as_bytes(),
+        config_text_in(args.listen, &admin_socket, data_dir, &args.store_url).as_bytes(),
         0o644,
     )?;
     // The database, with the master key's key-check value: `broker serve`
@@ -126,11 +141,13 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     broker::startup::check_master_key(store.as_ref(), &keyring, &loaded.master_key)?;
     drop(store);
     let database = match &loaded.store {
-        broker::config::StoreConfig::Sqlite { path } => path.clone(),
+        broker::config::StoreConfig::Sqlite { path } => Some(path.as_path()),
+        broker::config::StoreConfig::Postgres(_) => None,
     };
-    give_to_dir_owner(dir, &database)?;
+    give_to_dir_owner(dir, database)?;
     println!("created broker directory {}", dir.display());
     println!("config:   {}", config.display());
+    println!("store:    {store_url}");
     println!(
         "admin:    {} (created by `broker serve`)",
         args.admin_socket.display()
@@ -163,13 +180,13 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 /// Run as root in a directory that another user owns (the package's
 /// /var/lib/keybroker, the `keybroker` user's), hands what `init` wrote
 /// there to that user, so that the service can read its keys.
-fn give_to_dir_owner(dir: &Path, database: &Path) -> anyhow::Result<()> {
+fn give_to_dir_owner(dir: &Path, database: Option<&Path>) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let owner = fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if rustix::process::geteuid().is_root() && owner.uid() != 0 {
         let files = ["master.key", "tls", "tls/key.pem", "tls/cert.pem"].map(|p| dir.join(p));
         // SQLite's -wal and -shm files are gone once the store is closed.
-        for p in files.iter().map(PathBuf::as_path).chain([database]) {
+        for p in files.iter().map(PathBuf::as_path).chain(database) {
             std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid()))
                 .with_context(|| format!("cannot give {} to uid {}", p.display(), owner.uid()))?;
         }

@@ -6,6 +6,7 @@
 
 mod admin_conn;
 mod audit;
+mod backup;
 mod certs;
 mod check_config;
 mod explain;
@@ -95,6 +96,15 @@ pub enum Command {
     /// The broker's keys at a glance: master key and generation, records per
     /// master key, rotations under way, retired versions, listeners.
     Status(keys::StatusArgs),
+    /// Write a consistent snapshot of the whole store (sealed keys,
+    /// policies, audit log; never the master key) to a new file.
+    Backup(backup::BackupArgs),
+    /// Restore a `broker backup` snapshot into the configured store, which
+    /// must be empty.
+    Restore(backup::RestoreArgs),
+    /// The store itself: `store migrate` moves it to another backend.
+    #[command(subcommand)]
+    Store(backup::StoreCommand),
 }
 
 /// `--config FILE`, shared by the commands that need a broker directory.
@@ -133,6 +143,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Certs(c) => certs::run(c),
         Command::RotateMaster(a) => keys::run_rotate_master(a),
         Command::Status(a) => keys::run_status(a),
+        Command::Backup(a) => backup::run_backup(a),
+        Command::Restore(a) => backup::run_restore(a),
+        Command::Store(c) => backup::run_store(c),
     }
 }
 

@@ -100,6 +100,8 @@ pub fn run(args: ConfigArg, log_format: crate::logging::LogFormat) -> anyhow::Re
                     .build()
                     .context("starting the control runtime")?;
                 rt.block_on(async move {
+                    let reload =
+                        broker::release::spawn_key_reload_on_sighup(broker.keyring().clone());
                     let upkeep = broker::release::spawn_maintenance(broker, Duration::from_secs(1));
                     let metrics =
                         metrics.and_then(|l| match tokio::net::TcpListener::from_std(l) {
@@ -131,6 +133,7 @@ pub fn run(args: ConfigArg, log_format: crate::logging::LogFormat) -> anyhow::Re
                     tracing::info!("shutdown requested");
                     let _ = broker::sd_notify::notify("STOPPING=1");
                     upkeep.abort();
+                    reload.abort();
                     if let Some(m) = metrics {
                         m.abort();
                     }

@@ -59,6 +59,37 @@ impl KeyBrokerService {
         self.broker.noise(kind, &e, client);
         Err(e.to_status(None))
     }
+
+    /// Runs `f`, which calls the store: inline for an embedded store
+    /// (microseconds), or, when the store is remote (PostgreSQL, whose call
+    /// may wait up to its timeout on a row lock or a restart), on the
+    /// blocking pool under a bound: past it, a request is refused at once
+    /// with UNAVAILABLE rather than queued, so a slow database cannot pile
+    /// up work (or stall the serving thread's other connections).
+    async fn store_bound<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Broker) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let Some(limit) = self.broker.store_offload() else {
+            return Ok(f(&self.broker));
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            crate::metrics::global().store_error();
+            return Err(
+                crate::error::Error::Store(crate::store::StoreError::Unavailable(
+                    "every store slot of this broker is busy (a slow database?); retry".into(),
+                ))
+                .to_status(None),
+            );
+        };
+        let broker = self.broker.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&broker)
+        })
+        .await
+        .map_err(|_| Status::internal("a release task failed; an operator must look at the log"))
+    }
 }
 
 fn version(v: Option<&pb::ProtocolVersion>) -> Result<(), Error> {
@@ -167,7 +198,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         // Exception: with AMD KDS enabled (off by default) a verification
         // may wait for one certificate or CRL fetch and holds this thread
         // meanwhile (docs/operations.md, "AMD KDS").
-        let release = self.broker.attest(input, client);
+        let release = self.store_bound(move |b| b.attest(input, client)).await?;
         crate::metrics::global().release_latency(started.elapsed());
         let release = release.map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
         Ok(Response::new(pb::AttestResponse {
@@ -202,8 +233,8 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         })?;
         // One unseal, one HMAC and one short transaction: inline, like Attest.
         let confirmed = self
-            .broker
-            .confirm_rotation(input, client)
+            .store_bound(move |b| b.confirm_rotation(input, client))
+            .await?
             .map_err(|(e, decision)| e.to_status(decision.as_deref()))?;
         Ok(Response::new(pb::ConfirmRotationResponse {
             version: Some(protocol_version()),

@@ -1,6 +1,8 @@
-//! Storage: one interface ([`Store`]) and one embedded implementation
-//! ([`SqliteStore`]). Every implementation must pass the conformance suite
-//! of the test kit (`tests/src/store_conformance/`).
+//! Storage: one interface ([`Store`]) and two implementations, the embedded
+//! [`SqliteStore`] (the default) and [`PgStore`] (PostgreSQL, for several
+//! broker replicas sharing one database), chosen by a [`StoreUrl`]. Both
+//! must pass the conformance suite of the test kit
+//! (`tests/src/store_conformance/`).
 //!
 //! The store holds used nonces, policies (as text: validation is the
 //! policy module's job), volumes with their sealed key versions, and the
@@ -13,8 +15,10 @@
 //! [`PolicyStore`] (policies), [`VolumeStore`] (volumes and key versions),
 //! [`RotationSessionStore`] (which Attest released which pending version),
 //! [`ResealStore`] (master key re-sealing), [`AuditStore`] (the audit
-//! log) and [`KeyCheckStore`] (which master keys the database belongs to). A backend implements each part, in a module per part (see
-//! `sqlite/`), and `Store` for upkeep. An operation that must change several
+//! log), [`KeyCheckStore`] (which master keys the database belongs to) and
+//! [`BackupStore`] (whole-store snapshots). A backend implements each part,
+//! in a module per part (see `sqlite/` and `postgres/`), and `Store` for
+//! upkeep. An operation that must change several
 //! parts in one transaction belongs in `Store` itself, implemented by the
 //! backend over its per-part statements.
 //!
@@ -34,24 +38,32 @@
 
 mod audit;
 mod audit_hash;
+mod backup;
 mod keycheck;
 mod nonce;
 mod policy;
+mod postgres;
 mod release;
 mod reseal;
 mod rotation;
 mod sqlite;
+mod url;
 mod volume;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
 pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
+pub use backup::{
+    AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, VolumeRow, SNAPSHOT_FORMAT,
+};
 pub use keycheck::{KeyCheck, KeyCheckStore};
 pub use nonce::{NonceBurn, NonceStore};
 pub use policy::{PolicyStore, StoredPolicy};
+pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 pub use release::{AttestCommit, AttestCommitted};
 pub use reseal::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion};
 pub use rotation::{RotationSessionLookup, RotationSessionRecord, RotationSessionStore};
 pub use sqlite::SqliteStore;
+pub use url::{redact_url, StoreUrl};
 pub use volume::{
     KeyState, KeyVersionRecord, NewVolume, PurgedVersion, ReleaseView, VolumeRecord, VolumeStore,
 };
@@ -94,6 +106,11 @@ pub enum StoreError {
     /// The database failed (I/O, locking, SQL). The text is the backend's.
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The database cannot be reached now, or did not answer in time (a
+    /// PostgreSQL server down or restarting, a row lock held elsewhere):
+    /// retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The database holds something this code cannot have written.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
@@ -149,6 +166,7 @@ pub trait Store:
     + RotationSessionStore
     + ResealStore
     + AuditStore
+    + BackupStore
     + KeyCheckStore
     + Send
     + Sync

@@ -21,6 +21,13 @@ pub trait PolicyStore {
     /// Creates or replaces a policy's text; returns the new revision.
     fn put_policy(&self, name: &str, text: &str) -> Result<i64, StoreError>;
 
+    /// Compare-and-set: stores `text` as the next revision only if the
+    /// policy's latest revision is still `base_revision` (0: the policy must
+    /// not exist yet); `Conflict` otherwise. An edit made from a revision
+    /// read earlier uses this, so that two admins (on two replicas) cannot
+    /// silently undo each other.
+    fn put_policy_at(&self, name: &str, text: &str, base_revision: i64) -> Result<i64, StoreError>;
+
     /// The latest revision of a policy.
     fn get_policy(&self, name: &str) -> Result<Option<StoredPolicy>, StoreError>;
 
@@ -37,4 +44,12 @@ pub trait PolicyStore {
     /// Deletes a policy and its history; refused (`Conflict`) while a volume
     /// uses it.
     fn delete_policy(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// The `Conflict` of a compare-and-set on a policy revision.
+pub(super) fn stale_revision(name: &str, base: i64, found: i64) -> StoreError {
+    StoreError::Conflict(format!(
+        "policy {name:?} changed meanwhile: the edit was based on revision {base}, the store \
+         holds revision {found}; read it again and redo the edit"
+    ))
 }

@@ -152,10 +152,10 @@ pub async fn fetch_keys_session(
             .await;
             let rpc = match conn {
                 Err(_) => {
-                    last_errors.insert(
-                        i,
-                        format!("{url}: no connection before the overall timeout"),
-                    );
+                    // An earlier answer of this broker says more than the cut.
+                    last_errors.entry(i).or_insert_with(|| {
+                        format!("{url}: no connection before the overall timeout")
+                    });
                     timed_out = true;
                     break 'rounds;
                 }
@@ -175,7 +175,9 @@ pub async fn fetch_keys_session(
                 .await
             {
                 Err(_) => {
-                    last_errors.insert(i, format!("{url}: no answer before the overall timeout"));
+                    last_errors
+                        .entry(i)
+                        .or_insert_with(|| format!("{url}: no answer before the overall timeout"));
                     timed_out = true;
                     break 'rounds;
                 }

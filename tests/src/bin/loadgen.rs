@@ -11,6 +11,9 @@
 //!    process's CPU time (from /proc) per release;
 //! 3. open loop at half the peak rate, for the latency distribution.
 //!
+//! `--deployment pg` puts the broker on PostgreSQL (a throwaway cluster of
+//! the test kit), `--deployment pg2` two such replicas behind HAProxy.
+//!
 //! Every request goes to 127.0.0.1 only; loops are bounded in count and time.
 
 use std::io::{BufRead as _, BufReader};
@@ -23,6 +26,8 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use guest_unlock::evidence::EvidenceProvider;
 use keybroker_proto::VolumeIds;
+use keybroker_tests::haproxy::Haproxy;
+use keybroker_tests::pg::PgCluster;
 use keybroker_tests::sim::{SimPlatform, SimProvider};
 use keybroker_tests::{default_guest, guest_config, policy_for, BrokerDir, BrokerOptions};
 
@@ -50,6 +55,23 @@ struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// What serves the guests: one broker on SQLite (the default), one on
+    /// PostgreSQL (a throwaway cluster), or two PostgreSQL replicas behind
+    /// HAProxy (broker CPU is summed over both; PostgreSQL's and HAProxy's
+    /// own CPU is not counted).
+    #[arg(long, value_enum, default_value_t = Deployment::Sqlite)]
+    deployment: Deployment,
+}
+
+/// `--deployment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Deployment {
+    /// One broker, SQLite file.
+    Sqlite,
+    /// One broker, PostgreSQL.
+    Pg,
+    /// Two brokers on one PostgreSQL database, behind HAProxy.
+    Pg2,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +136,16 @@ impl BrokerProcess {
     }
 }
 
+/// The broker processes of a deployment.
+struct Brokers(Vec<BrokerProcess>);
+
+impl Brokers {
+    /// User+system CPU seconds of every broker process so far.
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        self.0.iter().map(BrokerProcess::cpu_secs).sum()
+    }
+}
+
 fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
@@ -158,7 +190,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = BrokerDir::create(&BrokerOptions::default())?;
+    let pg = match args.deployment {
+        Deployment::Sqlite => None,
+        _ => Some(PgCluster::start().map_err(anyhow::Error::msg)?),
+    };
+    let dir = match &pg {
+        None => BrokerDir::create(&BrokerOptions::default())?,
+        Some(pg) => BrokerDir::create_with_store(
+            &BrokerOptions::default(),
+            &pg.socket_url(&pg.fresh_database()),
+        )?,
+    };
     dir.set_policy("bench", &policy_for(&default_guest().measurement, ""))?;
     dir.add_volume("root", "bench")?;
     if let Some(t) = args.threads {
@@ -168,13 +210,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             text.replacen("[server]\n", &format!("[server]\nthreads = {t}\n"), 1),
         )?;
     }
-    let broker = BrokerProcess::start(&args.broker_bin, &dir)?;
-    let cfg = Arc::new(guest_config(
-        &[format!("https://{}", broker.addr)],
-        &dir.pin,
-        dir.sim.dir(),
-        30,
-    )?);
+    let mut brokers = vec![BrokerProcess::start(&args.broker_bin, &dir)?];
+    let mut _replica = None;
+    let mut _haproxy = None;
+    let url = if args.deployment == Deployment::Pg2 {
+        let replica = dir.replica()?;
+        brokers.push(BrokerProcess::start(&args.broker_bin, &replica)?);
+        _replica = Some(replica);
+        let ports = brokers
+            .iter()
+            .map(|b| Ok(b.addr.parse::<std::net::SocketAddr>()?.port()))
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let h = Haproxy::start(&ports)?;
+        let url = h.url();
+        _haproxy = Some(h);
+        url
+    } else {
+        format!("https://{}", brokers[0].addr)
+    };
+    let broker = Brokers(brokers);
+    let cfg = Arc::new(guest_config(&[url], &dir.pin, dir.sim.dir(), 30)?);
     let provider: Arc<dyn EvidenceProvider> = Arc::new(SimProvider::new(
         SimPlatform::load(dir.sim.dir())?,
         default_guest(),
@@ -250,6 +305,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let ratio = cpu_per_release.as_secs_f64() / verify.as_secs_f64();
     let report = serde_json::json!({
+        "deployment": format!("{:?}", args.deployment).to_lowercase(),
         "p384_verify_us": verify.as_secs_f64() * 1e6,
         "closed_loop": {
             "releases": args.releases, "concurrency": args.concurrency,
@@ -270,6 +326,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        println!("deployment:                          {:?}", args.deployment);
         println!(
             "one P-384 verify (aws-lc-rs):        {:>9.1} us",
             verify.as_secs_f64() * 1e6

@@ -169,3 +169,44 @@ pub fn audit_tamper_detected(fresh: &FreshTamperable<'_>) {
         }
     }
 }
+
+/// Appends from several threads at once (several replicas, on a shared
+/// database) form one chain without gaps, and it verifies.
+pub fn audit_concurrent_appends_one_chain(store: &dyn Store) {
+    const THREADS: i64 = 6;
+    const EACH: i64 = 20;
+    let before = store.verify_audit_chain().unwrap();
+    let ids: Vec<i64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            store
+                                .append_audit(&event(
+                                    3_000_000 + t * 100 + i,
+                                    "deny",
+                                    &["cf-conc"],
+                                    &[],
+                                ))
+                                .unwrap()
+                                .0
+                        })
+                        .collect::<Vec<i64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len() as i64, THREADS * EACH, "ids handed out twice");
+    assert_eq!(
+        store.verify_audit_chain().unwrap(),
+        before + (THREADS * EACH) as u64
+    );
+}

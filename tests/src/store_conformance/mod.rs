@@ -3,7 +3,7 @@
 //! on a violation, so a backend's tests call [`run_all`] on a fresh store,
 //! and [`audit_tamper_detected`] with a hook that edits the backend
 //! directly (`tests/store_conformance.rs` runs both against SQLite, in
-//! memory and on a file). Names are unique per function, so the functions
+//! memory and on a file, and against PostgreSQL in a throwaway cluster). Names are unique per function, so the functions
 //! can share one store.
 
 mod attest_commit;
@@ -19,12 +19,15 @@ use broker::keys::{MasterKeyId, SealedKey};
 use broker::store::{KeyState, NewVolume, Store};
 
 pub use attest_commit::{attest_commit_is_all_or_nothing, attest_commit_race_one_winner};
-pub use audit::{audit_append_filter_and_chain, audit_tamper_detected, FreshTamperable, Tamper};
+pub use audit::{
+    audit_append_filter_and_chain, audit_concurrent_appends_one_chain, audit_tamper_detected,
+    FreshTamperable, Tamper,
+};
 pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
     maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
 };
-pub use policies::policies_crud;
+pub use policies::{policies_crud, policy_compare_and_set};
 pub use reseal::reseal_batch_is_compare_and_set;
 pub use rotation_sessions::rotation_sessions_expire;
 pub use volumes::{
@@ -42,12 +45,14 @@ pub fn run_all(store: &dyn Store) {
     attest_commit_is_all_or_nothing(store);
     attest_commit_race_one_winner(store);
     policies_crud(store);
+    policy_compare_and_set(store);
     volumes_crud(store);
     duplicate_volume_refused(store);
     volume_needs_existing_policy(store);
     names_validated(store);
     key_rotation_states(store);
     audit_append_filter_and_chain(store);
+    audit_concurrent_appends_one_chain(store);
     release_view_is_one_snapshot(store);
     maintain_purges_expired_nonces(store);
     pending_without_proof_stays_pending(store);

@@ -14,6 +14,7 @@
 //! also see exactly one `Fresh` (tested).
 
 mod audit;
+mod backup;
 mod keycheck;
 mod nonce;
 mod policy;

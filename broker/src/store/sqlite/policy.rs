@@ -21,8 +21,13 @@ pub(super) fn read_policy(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPolic
     })
 }
 
-impl PolicyStore for SqliteStore {
-    fn put_policy(&self, name: &str, text: &str) -> Result<i64, StoreError> {
+impl SqliteStore {
+    fn put_policy_inner(
+        &self,
+        name: &str,
+        text: &str,
+        base: Option<i64>,
+    ) -> Result<i64, StoreError> {
         validate_name("policy name", name)?;
         let mut conn = self.conn();
         let tx = conn
@@ -36,6 +41,11 @@ impl PolicyStore for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)?;
+        if let Some(base) = base {
+            if rev - 1 != base {
+                return Err(crate::store::policy::stale_revision(name, base, rev - 1));
+            }
+        }
         tx.execute(
             "INSERT INTO policies (name, revision, text, updated_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (name) DO UPDATE SET revision = excluded.revision, \
@@ -50,6 +60,16 @@ impl PolicyStore for SqliteStore {
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(rev)
+    }
+}
+
+impl PolicyStore for SqliteStore {
+    fn put_policy(&self, name: &str, text: &str) -> Result<i64, StoreError> {
+        self.put_policy_inner(name, text, None)
+    }
+
+    fn put_policy_at(&self, name: &str, text: &str, base_revision: i64) -> Result<i64, StoreError> {
+        self.put_policy_inner(name, text, Some(base_revision))
     }
 
     fn get_policy(&self, name: &str) -> Result<Option<StoredPolicy>, StoreError> {

@@ -1,0 +1,341 @@
+//! The PostgreSQL store: the conformance suite against a throwaway cluster
+//! (`keybroker_tests::pg`), tampering through a superuser's SQL, and what
+//! replicas sharing one database rely on: two `PgStore`s (two brokers) on
+//! one database commit an Attest (burn its nonce) once, append one audit chain, compare and set
+//! policy revisions, and migrate once when they start together. A wrong
+//! URL, password or server is refused at open; a schema from a newer broker
+//! too; a server that goes away fails calls fast and is reconnected to.
+//!
+//! These tests FAIL, never skip, when the PostgreSQL binaries are missing:
+//! `scripts/setup build test` installs them.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use broker::store::{
+    AttestCommit, AttestCommitted, AuditEvent, AuditStore, NonceBurn, NonceStore, PgOptions,
+    PgStore, PolicyStore, Store, StoreError, PG_SCHEMA_VERSION,
+};
+use keybroker_tests::pg::{PgCluster, ROLE};
+use keybroker_tests::store_conformance::{self as conformance, Tamper};
+
+fn open(url: String) -> PgStore {
+    PgStore::open(PgOptions::new(url)).unwrap_or_else(|e| panic!("open: {e}"))
+}
+
+/// A fresh database on the shared cluster, and its Unix-socket URL.
+fn fresh() -> String {
+    let pg = PgCluster::shared();
+    pg.socket_url(&pg.fresh_database())
+}
+
+#[test]
+fn conformance_postgres() {
+    conformance::run_all(&open(fresh()));
+}
+
+#[test]
+fn audit_tamper_through_raw_postgres_is_detected() {
+    let pg = PgCluster::shared();
+    conformance::audit_tamper_detected(&|| {
+        let db = pg.fresh_database();
+        let store = open(pg.socket_url(&db));
+        let edit = move |t: Tamper| {
+            // A superuser turns the append-only triggers off first.
+            let sql = match t {
+                Tamper::ChangeVerdict(id) => format!("UPDATE audit SET verdict = 'allow' WHERE id = {id}"),
+                Tamper::ChangeDetails(id) => format!("UPDATE audit SET details_json = '{{}}' WHERE id = {id}"),
+                Tamper::Delete(id) => format!("DELETE FROM audit WHERE id = {id}"),
+                Tamper::Swap(a, b) => format!(
+                    "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b}; \
+                     UPDATE audit SET id = {b} WHERE id = -1"
+                ),
+                Tamper::DeleteLast => "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)".into(),
+            };
+            pg.psql(
+                &db,
+                &format!("ALTER TABLE audit DISABLE TRIGGER USER; {sql}"),
+            )
+            .unwrap();
+        };
+        (
+            Box::new(store) as Box<dyn Store>,
+            Box::new(edit) as Box<dyn Fn(Tamper)>,
+        )
+    });
+}
+
+#[test]
+fn audit_is_append_only_in_postgres() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let store = open(pg.socket_url(&db));
+    store.append_audit(&event(1)).unwrap();
+    for sql in [
+        "UPDATE audit SET verdict = 'allow'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let e = pg.psql(&db, sql).unwrap_err();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(store.verify_audit_chain().unwrap(), 1);
+}
+
+fn event(at: i64) -> AuditEvent {
+    AuditEvent {
+        at_unix: at,
+        kind: "attest".into(),
+        verdict: "deny".into(),
+        volumes: vec!["r".into()],
+        reason_codes: vec![],
+        details_json: "{}".into(),
+        client_addr: None,
+    }
+}
+
+/// The same Attest committed through two replicas at once: the nonce is
+/// burnt once, one audit entry is written, the other commits write nothing.
+#[test]
+fn attest_commits_once_across_replicas() {
+    let url = fresh();
+    let replicas = [open(url.clone()), open(url)];
+    for round in 0..20u8 {
+        let n = [round; 32];
+        let barrier = Barrier::new(8);
+        let outcomes: Vec<AttestCommitted> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let (r, b) = (&replicas[i % 2], &barrier);
+                    s.spawn(move || {
+                        let audit = event(i as i64);
+                        b.wait();
+                        r.commit_attest(&AttestCommit {
+                            nonce: n,
+                            nonce_expires_at: i64::MAX,
+                            audit: &audit,
+                            sessions: &[],
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let committed = outcomes
+            .iter()
+            .filter(|o| matches!(o, AttestCommitted::Committed(_)))
+            .count();
+        assert_eq!(committed, 1, "round {round}: {outcomes:?}");
+        assert_eq!(
+            replicas[1].burn_nonce(&n, i64::MAX).unwrap(),
+            NonceBurn::AlreadyUsed
+        );
+    }
+    assert_eq!(replicas[0].verify_audit_chain().unwrap(), 20);
+    assert_eq!(replicas[1].used_nonce_count().unwrap(), 20);
+}
+
+/// Two replicas appending at once write one chain that verifies.
+#[test]
+fn one_audit_chain_across_replicas() {
+    let url = fresh();
+    let replicas = [open(url.clone()), open(url)];
+    std::thread::scope(|s| {
+        for (i, r) in replicas.iter().enumerate() {
+            s.spawn(move || {
+                for j in 0..50 {
+                    r.append_audit(&event(i as i64 * 1000 + j)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(replicas[0].verify_audit_chain().unwrap(), 100);
+    assert_eq!(replicas[1].verify_audit_chain().unwrap(), 100);
+}
+
+/// Two admins on two replicas edit from the same revision: the second
+/// write is refused, not applied over the first.
+#[test]
+fn policy_revision_compare_and_set_across_replicas() {
+    let url = fresh();
+    let (a, b) = (open(url.clone()), open(url));
+    let rev = a.put_policy("shared", "version = 1\n# base\n").unwrap();
+    let seen_by_b = b.get_policy("shared").unwrap().unwrap();
+    assert_eq!(seen_by_b.revision, rev);
+    assert_eq!(
+        a.put_policy_at("shared", "version = 1\n# a's edit\n", rev)
+            .unwrap(),
+        rev + 1
+    );
+    assert!(matches!(
+        b.put_policy_at("shared", "version = 1\n# b's edit\n", seen_by_b.revision),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        b.get_policy("shared").unwrap().unwrap().text,
+        "version = 1\n# a's edit\n"
+    );
+}
+
+/// Replicas starting together on an empty database migrate it once.
+#[test]
+fn replicas_starting_together_migrate_once() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let url = pg.socket_url(&db);
+    let stores: Vec<PgStore> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                s.spawn(move || open(url))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for st in &stores {
+        assert_eq!(st.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    }
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_version"
+        )
+        .unwrap(),
+        format!("{PG_SCHEMA_VERSION}|{PG_SCHEMA_VERSION}")
+    );
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    drop(open(pg.socket_url(&db)));
+    pg.psql(
+        &db,
+        "INSERT INTO schema_version (version, applied_at) VALUES (999, 0)",
+    )
+    .unwrap();
+    match PgStore::open(PgOptions::new(pg.socket_url(&db))) {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("newer"), "{m}"),
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("a schema from a newer broker was accepted"),
+    }
+}
+
+#[test]
+fn wrong_password_unreachable_and_malformed_urls_are_refused_at_open() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    // The right password over TCP works.
+    let mut ok = PgOptions::new(pg.tcp_url(&db));
+    ok.password = Some(zeroize::Zeroizing::new(
+        keybroker_tests::pg::PASSWORD.into(),
+    ));
+    PgStore::open(ok).unwrap();
+
+    let wrong = PgStore::open(PgOptions::new(pg.tcp_url_with(&db, "not-the-password")));
+    let msg = match wrong {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a wrong password was accepted"),
+    };
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(
+        !msg.contains("not-the-password"),
+        "the password leaked: {msg}"
+    );
+
+    let mut down = PgOptions::new(format!(
+        "postgres://{ROLE}@127.0.0.1:1/{db}?sslmode=disable"
+    ));
+    down.op_timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    match PgStore::open(down) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("cannot connect"), "{m}"),
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("an unreachable server was accepted"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(35));
+
+    for bad in [
+        "postgres://",
+        "postgres://127.0.0.1:5432/db?sslmode=bogus",
+        "postgres://u@h/d?pool=%%",
+    ] {
+        assert!(
+            PgStore::open(PgOptions::new(bad)).is_err(),
+            "{bad} accepted"
+        );
+    }
+}
+
+/// A server that goes away: calls fail with `Unavailable` within the
+/// operation timeout; when it is back, the same store works again.
+#[test]
+fn unavailable_while_down_and_reconnects_after() {
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.fresh_database();
+    let mut opts = PgOptions::new(pg.socket_url(&db));
+    opts.op_timeout = Duration::from_millis(1500);
+    let store = PgStore::open(opts).unwrap();
+    store.put_policy("p", "version = 1\n").unwrap();
+    pg.stop_server().unwrap();
+    let t = Instant::now();
+    match store.get_policy("p") {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a call hung {:?} on a stopped server",
+        t.elapsed()
+    );
+    pg.start_server().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.get_policy("p") {
+            Ok(p) => {
+                assert_eq!(p.unwrap().revision, 1);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no reconnect: {e}"),
+        }
+    }
+}
+
+/// A row lock held elsewhere fails the call at the lock timeout instead
+/// of waiting without bound.
+#[test]
+fn held_row_lock_times_out() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let mut opts = PgOptions::new(pg.socket_url(&db));
+    opts.op_timeout = Duration::from_millis(800);
+    let store = PgStore::open(opts).unwrap();
+    store.append_audit(&event(1)).unwrap();
+    // Another session holds the chain head's row lock for 5 s.
+    let holder = {
+        let (pg_dir, port, db) = (pg.socket_dir().to_owned(), pg.port(), db.clone());
+        std::thread::spawn(move || {
+            let _ = (pg_dir, port);
+            PgCluster::shared().psql(
+                &db,
+                "BEGIN; SELECT * FROM audit_head FOR UPDATE; SELECT pg_sleep(5); COMMIT;",
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    match store.append_audit(&event(2)) {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable under a held lock, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    holder.join().unwrap().unwrap();
+    store.append_audit(&event(3)).unwrap();
+    assert_eq!(store.verify_audit_chain().unwrap(), 2);
+}
