@@ -48,6 +48,8 @@ make_luks() {
             --pbkdf-force-iterations 1000 --reduce-device-size 16M --key-file "$key" "$img"
 }
 
+SYSTEMD_CRYPTSETUP=/usr/lib/systemd/systemd-cryptsetup
+
 # The late-boot test root (token-late): the test root with cryptsetup,
 # libcryptsetup and the token plugin (the test build, named as the package
 # installs it) in their Debian places, their libraries (as ldd resolves
@@ -58,13 +60,15 @@ make_late_rootfs() {
     local dir=$1 tokdir=usr/lib/x86_64-linux-gnu/cryptsetup f
     make_rootfs "$dir" && mkdir -p "$dir/usr/sbin" "$dir/$tokdir" "$dir/usr/lib64" || return 1
     ln -s usr/lib "$dir/lib" && ln -s usr/lib64 "$dir/lib64" || return 1
+    mkdir -p "$dir/usr/lib/systemd" || return 1
     cp -L "$(command -v cryptsetup)" "$dir/usr/sbin/cryptsetup" &&
+        cp -L "$SYSTEMD_CRYPTSETUP" "$dir/usr/lib/systemd/systemd-cryptsetup" &&
         cp -L "$P" "$dir/$tokdir/libcryptsetup-token-sev-keybroker.so" || return 1
-    for f in $(ldd "$(command -v cryptsetup)" "$P" | awk 'NF > 1 && $1 ~ /^\// { print $1 } $3 ~ /^\// { print $3 }' | sort -u); do
-        case $f in
-            */ld-linux-*) cp -L "$f" "$dir/usr/lib64/${f##*/}" ;;
-            *) cp -L "$f" "$dir/usr/lib/x86_64-linux-gnu/${f##*/}" ;;
-        esac || return 1
+    # Each library at its own path (/lib is /usr/lib there, as here):
+    # libsystemd-shared is found by systemd's RUNPATH, not the search path.
+    for f in $(ldd "$(command -v cryptsetup)" "$SYSTEMD_CRYPTSETUP" "$P" |
+        awk 'NF > 1 && $1 ~ /^\// { print $1 } $3 ~ /^\// { print $3 }' | sort -u); do
+        mkdir -p "$dir/usr$(dirname "${f#/usr}")" && cp -L "$f" "$dir/usr${f#/usr}" || return 1
     done
     mkdir -p "$dir/etc/guest-unlock" &&
         write_guest_config "$dir/etc/guest-unlock/config.toml" sim:/etc/guest-unlock/sim &&
@@ -77,7 +81,9 @@ make_late_rootfs() {
 # (tests/vm/lib/events.sh). /dev/vdb must open by its token alone;
 # /dev/vdc (the broker refuses it) must not, and then opens with the
 # passphrase the kernel command line gives (keybroker.passphrase=),
-# through the same cryptsetup open that tries the token first.
+# through the same cryptsetup open that tries the token first. Then both
+# are closed and attached again by systemd-cryptsetup (the binary, run as
+# its unit runs it; systemd is not PID 1 here).
 write_late_init() {
     cat >"$1" <<EOF
 #!/bin/busybox sh
@@ -93,18 +99,27 @@ echo "$MARKER_ROOT root=\$(\$B awk '\$2 == "/" { print \$1 }' /proc/mounts | \$B
 late() { echo "$LATE_PREFIX\$*"; }
 marker() {
     m=\$(\$B mount -o ro "/dev/mapper/\$1" /mnt && \$B cat /mnt/marker; \$B umount /mnt 2>/dev/null)
-    late step=read volume=\$1 marker=\${m:-none}
+    late step=read volume=\$1 by=\$2 marker=\${m:-none}
 }
 mapped() { if [ -b "/dev/mapper/\$1" ]; then echo 1; else echo 0; fi; }
 cryptsetup open --token-only /dev/vdb data
 late step=token-only volume=data rc=\$? mapped=\$(mapped data)
-marker data
+marker data token-only
 cryptsetup open --token-only /dev/vdc spare
 late step=token-only volume=spare rc=\$? mapped=\$(mapped spare)
 pass=\$(\$B sed -n 's/.*keybroker\.passphrase=\([^ ]*\).*/\1/p' /proc/cmdline)
 printf %s "\$pass" | cryptsetup open /dev/vdc spare
 late step=passphrase volume=spare rc=\$? mapped=\$(mapped spare)
-marker spare
+marker spare passphrase
+# systemd-cryptsetup, as systemd-cryptsetup@.service runs it for a plain
+# crypttab line (headless: no passphrase agent here), on the same disks.
+cryptsetup close data
+cryptsetup close spare
+/usr/lib/systemd/systemd-cryptsetup attach data /dev/vdb none luks,headless
+late step=systemd-cryptsetup volume=data rc=\$? mapped=\$(mapped data)
+marker data systemd-cryptsetup
+/usr/lib/systemd/systemd-cryptsetup attach spare /dev/vdc none luks,headless
+late step=systemd-cryptsetup volume=spare rc=\$? mapped=\$(mapped spare)
 late step=end
 \$B sync
 \$B poweroff -f
@@ -118,13 +133,14 @@ EOF
 late_root_template() {
     local d=${VM[disks]} h
     h=$( {
-        sha256sum "${VM[busybox]}" "$P" "$(command -v cryptsetup)" "$VM_HOME/lib/disks.sh" "$VM_HOME/lib/events.sh"
+        sha256sum "${VM[busybox]}" "$P" "$(command -v cryptsetup)" "$SYSTEMD_CRYPTSETUP" "$VM_HOME/lib/disks.sh" "$VM_HOME/lib/events.sh"
         find "${VM[sim]}" -type f -exec sha256sum {} + | sort
-        dpkg-query -W -f '${Package}=${Version}\n' cryptsetup-bin libcryptsetup12 libc6 2>/dev/null
+        dpkg-query -W -f '${Package}=${Version}\n' cryptsetup-bin libcryptsetup12 libc6 systemd 2>/dev/null
         echo "$GUEST_TIMEOUT_SECS $GUEST_CONNECT_TIMEOUT_SECS"
     } | sha256sum | cut -c1-16)
     [ "$(cat "$d/lateroot.hash" 2>/dev/null)" = "$h" ] && [ -s "$d/lateroot.img" ] && return 0
     [ -r "$P" ] || { echo "no $P (scripts/build-test-binaries builds it)" >&2; return 1; }
+    [ -x "$SYSTEMD_CRYPTSETUP" ] || { echo "no $SYSTEMD_CRYPTSETUP (Debian's systemd package)" >&2; return 1; }
     rm -f "$d/lateroot.hash"
     make_late_rootfs "$d/laterootdir" && make_luks "$d/lateroot.img" "$d/lateroot.key" "$d/laterootdir" ||
         { rm -rf "$d/laterootdir"; echo "making the late-boot root template failed" >&2; return 1; }

@@ -1,12 +1,15 @@
 # shellcheck shell=bash
-# token-late, token-late-refused: ONE boot. The root is unlocked by the
-# initramfs as in `unlock` (it-root); then, in the booted system, plain
-# `cryptsetup open` of two data disks through the token plugin installed
-# in libcryptsetup's token directory of the test root (make_late_rootfs):
-# /dev/vdb (volume data, policy vm) by `--token-only`; /dev/vdc (volume
-# spare, policy refusing, which names another measurement once the disk is
-# bound) refused by the broker, so `--token-only` fails and the passphrase
-# opens it through `cryptsetup open` (which tries the token first).
+# token-late, token-late-refused, token-late-systemd: ONE boot. The root is
+# unlocked by the initramfs as in `unlock` (it-root); then the booted
+# system, whose root has the token plugin in libcryptsetup's token
+# directory (make_late_rootfs), opens two data disks itself
+# (write_late_init): /dev/vdb (volume data, policy vm) and /dev/vdc
+# (volume spare, policy refusing, which names another measurement once the
+# disk is bound), first by plain `cryptsetup open`, then, closed again, by
+# systemd-cryptsetup. The broker's audit of the boot is, in order: root
+# (the initramfs), data, spare refused twice (cryptsetup open
+# --token-only, then the plain open), data, spare refused
+# (systemd-cryptsetup).
 
 fixture token-late it-root
 fx_token_late() {
@@ -39,39 +42,64 @@ late_step() {
     fail "the booted root printed no '$LATE_PREFIX$*' (its lines: ${seen:-none})"
 }
 
+# late_audit DIR N COND...: the boot's Nth attestation in the broker's
+# audit matches every COND (the guest opens the disks one after the other).
+late_audit() {
+    local dir=$1 n=$2
+    shift 2
+    sed -n "${n}p" "$dir/audit" | kv_lines /dev/stdin "audit: " "$@" | grep -q . ||
+        fail "attestation $n of the boot is not $* (the broker's audit: $(paste -sd';' "$dir/audit"))"
+}
+
 # The booted system's `cryptsetup open --token-only` opened the data disk
-# through the plugin: one attestation, allowed, for data alone.
+# through the plugin, by an attestation for data alone that the broker
+# allowed after the initramfs's for root.
 check_token_late() {
     local dir=$1 log=${BOOT[log]}
     root_mounted "$log" || { no_root; return 1; }
     late_step "$log" step=end || return 1
     late_step "$log" step=token-only volume=data rc=0 mapped=1 || return 1
-    late_step "$log" step=read volume=data "marker=$MARKER_DATA" || return 1
-    kv_lines "$dir/audit" "audit: " verdict=allow volumes=data | grep -q . ||
-        fail "the broker's audit has no allowed attestation for data alone: $(cat "$dir/audit")" || return 1
-    # root (the initramfs's guest-unlock) and data (the plugin), nothing else.
-    [ "$(kv_lines "$dir/audit" "audit: " verdict=allow | wc -l)" -eq 2 ] ||
-        fail "expected 2 allowed attestations (root, then data), the audit has: $(cat "$dir/audit")" || return 1
+    late_step "$log" step=read volume=data by=token-only "marker=$MARKER_DATA" || return 1
+    late_audit "$dir" 1 verdict=allow volumes=root || return 1
+    late_audit "$dir" 2 verdict=allow volumes=data || return 1
     EXTRA="data opened by cryptsetup open --token-only in the booted system"
 }
 scenario token-late token-late check_token_late \
     "in the booted system, plain cryptsetup open --token-only opens a data disk through the token plugin"
 
-# The broker refused spare: --token-only failed and mapped nothing, the
-# passphrase then opened it; the broker refused both attempts (the token
-# is tried first by the plain open too) and allowed none for spare.
+# The broker refused spare: --token-only failed and mapped nothing; the
+# plain open, which tried the token first (the second refusal), took the
+# passphrase.
 check_token_late_refused() {
     local dir=$1 log=${BOOT[log]} n
     root_mounted "$log" || { no_root; return 1; }
     late_step "$log" step=token-only volume=spare mapped=0 || return 1
     [ "$(kv_field "$EV" rc)" != 0 ] || fail "cryptsetup open --token-only of spare exited 0: $EV" || return 1
     late_step "$log" step=passphrase volume=spare rc=0 mapped=1 || return 1
-    late_step "$log" step=read volume=spare "marker=$MARKER_DATA" || return 1
-    n=$(kv_lines "$dir/audit" "audit: " verdict=deny 'reasons~(^|,)POLICY_MEASUREMENT_NOT_ALLOWED(,|$)' | wc -l)
-    [ "$n" -eq 2 ] ||
-        fail "expected 2 refusals for POLICY_MEASUREMENT_NOT_ALLOWED (--token-only, then the plain open), the audit has: $(cat "$dir/audit")" || return 1
+    late_step "$log" step=read volume=spare by=passphrase "marker=$MARKER_DATA" || return 1
+    for n in 3 4; do
+        late_audit "$dir" "$n" verdict=deny volumes=spare 'reasons~(^|,)POLICY_MEASUREMENT_NOT_ALLOWED(,|$)' || return 1
+    done
     ! kv_lines "$dir/audit" "audit: " verdict=allow 'volumes~(^|,)spare(,|$)' | grep -q . ||
-        fail "the broker released spare: $(cat "$dir/audit")"
+        fail "the broker released spare: $(paste -sd';' "$dir/audit")"
 }
 scenario token-late-refused token-late check_token_late_refused \
     "as token-late, the broker refuses a second disk: --token-only fails, the passphrase opens it through the same cryptsetup open"
+
+# systemd-cryptsetup attach (what systemd-cryptsetup@.service runs for a
+# plain crypttab line, headless) opened data through the plugin and did
+# not open spare, which the broker refused; nothing else was attested.
+check_token_late_systemd() {
+    local dir=$1 log=${BOOT[log]}
+    root_mounted "$log" || { no_root; return 1; }
+    late_step "$log" step=systemd-cryptsetup volume=data rc=0 mapped=1 || return 1
+    late_step "$log" step=read volume=data by=systemd-cryptsetup "marker=$MARKER_DATA" || return 1
+    late_step "$log" step=systemd-cryptsetup volume=spare mapped=0 || return 1
+    [ "$(kv_field "$EV" rc)" != 0 ] || fail "systemd-cryptsetup attach of spare exited 0: $EV" || return 1
+    late_audit "$dir" 5 verdict=allow volumes=data || return 1
+    late_audit "$dir" 6 verdict=deny volumes=spare 'reasons~(^|,)POLICY_MEASUREMENT_NOT_ALLOWED(,|$)' || return 1
+    [ "$(wc -l <"$dir/audit")" -eq 6 ] ||
+        fail "expected 6 attestations during the boot, the broker's audit has: $(paste -sd';' "$dir/audit")"
+}
+scenario token-late-systemd token-late check_token_late_systemd \
+    "in the booted system, systemd-cryptsetup attach (as its unit runs it, systemd not PID 1) opens data through the plugin and not the refused disk"
