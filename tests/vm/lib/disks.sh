@@ -49,6 +49,40 @@ make_luks() {
 }
 
 SYSTEMD_CRYPTSETUP=/usr/lib/systemd/systemd-cryptsetup
+# systemd as the late-boot root's init (token-late-unit: init=/usr/lib/systemd/systemd),
+# from the host: PID 1, udev (device units), journald, the crypttab
+# generator, systemd-cryptsetup, the units and the rules block devices need.
+LATE_SYSTEMD_FILES=(/usr/lib/systemd/systemd /usr/lib/systemd/systemd-udevd /usr/lib/systemd/systemd-journald
+    /usr/lib/systemd/systemd-shutdown "$SYSTEMD_CRYPTSETUP" /usr/lib/systemd/system-generators/systemd-cryptsetup-generator
+    /usr/bin/udevadm /usr/bin/systemctl /sbin/dmsetup /usr/lib/systemd/system
+    /usr/lib/udev/rules.d/50-udev-default.rules /usr/lib/udev/rules.d/55-dm.rules /usr/lib/udev/rules.d/60-block.rules
+    /usr/lib/udev/rules.d/60-persistent-storage.rules /usr/lib/udev/rules.d/60-persistent-storage-dm.rules
+    /usr/lib/udev/rules.d/95-dm-notify.rules /usr/lib/udev/rules.d/99-systemd.rules)
+
+# late_systemd_config DIR: /etc/crypttab with a plain line for the data
+# disk, and a unit after cryptsetup.target that says what systemd did
+# (LATE lines) and powers off.
+late_systemd_config() {
+    local d=$1
+    printf 'data\t/dev/vdb\tnone\tluks\n' >"$d/etc/crypttab" &&
+        mkdir -p "$d/etc/systemd/system/multi-user.target.wants" &&
+        ln -sf /usr/lib/systemd/system/multi-user.target "$d/etc/systemd/system/default.target" &&
+        : >"$d/etc/machine-id" && ln -sf ../bin/busybox "$d/bin/sh" || return 1
+    cat >"$d/etc/systemd/system/keybroker-late.service" <<EOF
+[Unit]
+Description=keybroker VM test: what systemd-cryptsetup did at late boot
+After=cryptsetup.target local-fs.target systemd-cryptsetup@data.service
+Wants=cryptsetup.target
+
+[Service]
+Type=oneshot
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+ExecStart=/bin/busybox sh -c 'm=\$\$(/bin/busybox mount -o ro /dev/mapper/data /mnt && /bin/busybox cat /mnt/marker); echo "${LATE_PREFIX}step=systemd-unit volume=data active=\$\$(systemctl is-active systemd-cryptsetup@data.service) marker=\$\${m:-none}"; /bin/busybox sync; /bin/busybox poweroff -f'
+EOF
+    ln -sf ../keybroker-late.service "$d/etc/systemd/system/multi-user.target.wants/keybroker-late.service"
+}
 
 # The late-boot test root (token-late): the test root with cryptsetup,
 # libcryptsetup and the token plugin (the test build, named as the package
@@ -62,11 +96,21 @@ make_late_rootfs() {
     ln -s usr/lib "$dir/lib" && ln -s usr/lib64 "$dir/lib64" || return 1
     mkdir -p "$dir/usr/lib/systemd" || return 1
     cp -L "$(command -v cryptsetup)" "$dir/usr/sbin/cryptsetup" &&
-        cp -L "$SYSTEMD_CRYPTSETUP" "$dir/usr/lib/systemd/systemd-cryptsetup" &&
         cp -L "$P" "$dir/$tokdir/libcryptsetup-token-sev-keybroker.so" || return 1
+    for f in "${LATE_SYSTEMD_FILES[@]}"; do
+        # Files dereferenced (systemd-udevd is a link to /bin/udevadm; /bin
+        # is busybox's there), the unit directory as it is.
+        if [ -d "$f" ]; then
+            mkdir -p "$dir$(dirname "$f")" && cp -a "$f" "$dir$f"
+        else
+            mkdir -p "$dir$(dirname "$f")" && cp -L "$f" "$dir$f"
+        fi || return 1
+    done
+    late_systemd_config "$dir" || return 1
     # Each library at its own path (/lib is /usr/lib there, as here):
     # libsystemd-shared is found by systemd's RUNPATH, not the search path.
-    for f in $(ldd "$(command -v cryptsetup)" "$SYSTEMD_CRYPTSETUP" "$P" |
+    # shellcheck disable=SC2046 # the executables are several words
+    for f in $(ldd "$(command -v cryptsetup)" "$P" $(printf '%s\n' "${LATE_SYSTEMD_FILES[@]}" | grep -v '\.rules$\|/system$') |
         awk 'NF > 1 && $1 ~ /^\// { print $1 } $3 ~ /^\// { print $3 }' | sort -u); do
         mkdir -p "$dir/usr$(dirname "${f#/usr}")" && cp -L "$f" "$dir/usr${f#/usr}" || return 1
     done
@@ -131,7 +175,7 @@ EOF
 # changes (busybox, cryptsetup, the plugin, the simulated platform, this
 # file). Made only for the scenarios that boot it.
 late_root_template() {
-    local d=${VM[disks]} h
+    local d=${VM[disks]} h f
     h=$( {
         sha256sum "${VM[busybox]}" "$P" "$(command -v cryptsetup)" "$SYSTEMD_CRYPTSETUP" "$VM_HOME/lib/disks.sh" "$VM_HOME/lib/events.sh"
         find "${VM[sim]}" -type f -exec sha256sum {} + | sort
@@ -140,7 +184,9 @@ late_root_template() {
     } | sha256sum | cut -c1-16)
     [ "$(cat "$d/lateroot.hash" 2>/dev/null)" = "$h" ] && [ -s "$d/lateroot.img" ] && return 0
     [ -r "$P" ] || { echo "no $P (scripts/build-test-binaries builds it)" >&2; return 1; }
-    [ -x "$SYSTEMD_CRYPTSETUP" ] || { echo "no $SYSTEMD_CRYPTSETUP (Debian's systemd package)" >&2; return 1; }
+    for f in "${LATE_SYSTEMD_FILES[@]}"; do
+        [ -e "$f" ] || { echo "no $f (Debian's systemd and udev packages)" >&2; return 1; }
+    done
     rm -f "$d/lateroot.hash"
     make_late_rootfs "$d/laterootdir" && make_luks "$d/lateroot.img" "$d/lateroot.key" "$d/laterootdir" ||
         { rm -rf "$d/laterootdir"; echo "making the late-boot root template failed" >&2; return 1; }

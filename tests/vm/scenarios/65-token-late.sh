@@ -103,3 +103,33 @@ check_token_late_systemd() {
 }
 scenario token-late-systemd token-late check_token_late_systemd \
     "in the booted system, systemd-cryptsetup attach (as its unit runs it, systemd not PID 1) opens data through the plugin and not the refused disk"
+
+# token-late-unit: the same root booted with systemd as its init; the
+# crypttab line `data /dev/vdb none luks` of the booted system goes
+# through systemd-cryptsetup-generator and systemd-cryptsetup@data.service,
+# which opens the data disk through the plugin; a unit after
+# cryptsetup.target reads the marker (late_systemd_config).
+fixture token-late-unit it-root
+fx_token_late_unit() {
+    local dir=$1 mark err
+    err=$(late_root_template 2>&1) || { fail "${err:-making the late-boot root template failed}"; return 1; }
+    broker_new "$dir/broker" || { fail "broker setup (init, serve, policy set) failed: ${BROKER[error]:-see its log}"; return 1; }
+    quiet broker_cli volume add root --policy vm && disk_copy lateroot "$dir" root && bind_volume "$dir" root ||
+        { fail "enrolling the late-boot root failed"; return 1; }
+    enrolled_disks "$dir" data || return 1
+    mark=$(audit_mark)
+    BOOT_APPEND="init=/usr/lib/systemd/systemd" \
+        boot token-late-unit "${IMAGE[it-root]}" "$STOP_RE" "$dir/root.img" "$dir/data.img"
+    audit_since "$mark" >"$dir/audit"
+    audit_text_since "$mark" >"$dir/decisions"
+}
+check_token_late_unit() {
+    local dir=$1 log=${BOOT[log]}
+    late_step "$log" step=systemd-unit volume=data active=active "marker=$MARKER_DATA" || return 1
+    late_audit "$dir" 1 verdict=allow volumes=root || return 1
+    late_audit "$dir" 2 verdict=allow volumes=data || return 1
+    [ "$(wc -l <"$dir/audit")" -eq 2 ] ||
+        fail "expected 2 attestations during the boot, the broker's audit has: $(paste -sd';' "$dir/audit")"
+}
+scenario token-late-unit token-late-unit check_token_late_unit \
+    "systemd as the booted system's init: a plain crypttab line opens the data disk at late boot through the plugin (generator, systemd-cryptsetup@data.service)"
