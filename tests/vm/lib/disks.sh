@@ -84,12 +84,14 @@ EOF
     ln -sf ../keybroker-late.service "$d/etc/systemd/system/multi-user.target.wants/keybroker-late.service"
 }
 
-# The late-boot test root (token-late): the test root with cryptsetup,
+# The late-boot test root (token-late*): the test root with cryptsetup,
 # libcryptsetup and the token plugin (the test build, named as the package
-# installs it) in their Debian places, their libraries (as ldd resolves
-# them on the host), and the guest configuration the plugin reads
-# (/etc/guest-unlock: evidence from the simulated platform). Its init
-# (write_late_init) opens the data disks once the system has booted.
+# installs it) in their Debian places, systemd's pieces (LATE_SYSTEMD_FILES,
+# late_systemd_config), their libraries (as ldd resolves them on the host),
+# and the guest configuration the plugin reads (/etc/guest-unlock:
+# evidence from the simulated platform). Its busybox init
+# (write_late_init) opens the data disks once the system has booted;
+# booted with init=/usr/lib/systemd/systemd, systemd does (crypttab).
 make_late_rootfs() {
     local dir=$1 tokdir=usr/lib/x86_64-linux-gnu/cryptsetup f
     make_rootfs "$dir" && mkdir -p "$dir/usr/sbin" "$dir/$tokdir" "$dir/usr/lib64" || return 1
