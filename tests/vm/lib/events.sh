@@ -14,6 +14,10 @@
 EVENT_PREFIX='guest-unlock: '
 MARKER_ROOT=KEYBROKER-ROOT-OK
 MARKER_DATA=KEYBROKER-DATA-OK
+# The late-boot test root (token-late) says what each of its steps did:
+#   KEYBROKER-LATE step=token-only volume=data rc=0 mapped=1
+#   KEYBROKER-LATE step=read volume=data by=token-only marker=KEYBROKER-DATA-OK
+LATE_PREFIX='KEYBROKER-LATE '
 
 # events LOG [COND...]: the event lines of a serial log ("event=KIND v=1
 # ..."), those matching every COND (KEY=VALUE or KEY~ERE, see kv_lines).
