@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::hmac;
 
 use crate::keys::derived::{hmac_key, Purpose};
-use crate::keys::Keyring;
+use crate::keys::{Keyring, MasterKey};
 use crate::store::{AuditFilter, Store, StoreError};
 
 const LABEL: &[u8] = b"keybroker/audit-checkpoint/v1";
@@ -77,20 +77,53 @@ pub fn checkpoint_path(master_key: &Path) -> PathBuf {
 }
 
 fn mac(keyring: &Keyring, c: &Checkpoint) -> Result<Vec<[u8; 32]>, AnchorError> {
-    let mut out = Vec::new();
-    for k in keyring.all_keys() {
-        let key = hmac_key(&k, Purpose::AuditChain).map_err(|e| {
-            AnchorError::Store(StoreError::Backend(format!("deriving the audit key: {e}")))
-        })?;
-        let mut ctx = hmac::Context::with_key(&key);
-        ctx.update(LABEL);
-        ctx.update(&c.id.to_be_bytes());
-        ctx.update(&c.hash);
-        let mut t = [0u8; 32];
-        t.copy_from_slice(ctx.sign().as_ref());
-        out.push(t);
-    }
-    Ok(out)
+    keyring.all_keys().iter().map(|k| mac_under(k, c)).collect()
+}
+
+fn mac_under(k: &MasterKey, c: &Checkpoint) -> Result<[u8; 32], AnchorError> {
+    let key = hmac_key(k, Purpose::AuditChain).map_err(|e| {
+        AnchorError::Store(StoreError::Backend(format!("deriving the audit key: {e}")))
+    })?;
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(LABEL);
+    ctx.update(&c.id.to_be_bytes());
+    ctx.update(&c.hash);
+    let mut t = [0u8; 32];
+    t.copy_from_slice(ctx.sign().as_ref());
+    Ok(t)
+}
+
+/// MACs of `c` under the retired keys kept beside the master key file
+/// (`K.retired-<id>`): a broker that stopped right after a master rotation,
+/// before upkeep rewrote the checkpoint under the new key, finds it made
+/// under the key it just retired.
+fn retired_macs(keyring: &Keyring, c: &Checkpoint) -> Vec<[u8; 32]> {
+    let Some(k) = keyring.path() else {
+        return Vec::new();
+    };
+    let (Some(dir), Some(name)) = (k.parent(), k.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".retired-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(prefix.as_encoded_bytes())
+        })
+        .filter_map(|e| MasterKey::load(&e.path()).ok())
+        .filter_map(|key| mac_under(&key, c).ok())
+        .collect()
 }
 
 /// Reads the checkpoint, if there is one, checking its MAC.
@@ -124,9 +157,11 @@ pub fn read(keyring: &Keyring, path: &Path) -> Result<Option<Checkpoint>, Anchor
     let mut t = [0u8; 32];
     hex::decode_to_slice(tag, &mut t).map_err(|_| forged())?;
     let c = Checkpoint { id, hash: h };
-    let ok = mac(keyring, &c)?
-        .iter()
-        .any(|m| bool::from(subtle::ConstantTimeEq::ct_eq(&m[..], &t[..])));
+    let matches = |macs: &[[u8; 32]]| {
+        macs.iter()
+            .any(|m| bool::from(subtle::ConstantTimeEq::ct_eq(&m[..], &t[..])))
+    };
+    let ok = matches(&mac(keyring, &c)?) || matches(&retired_macs(keyring, &c));
     if !ok {
         return Err(forged());
     }
@@ -245,4 +280,34 @@ pub fn advance(
         state.known = newest;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_made_under_the_key_just_retired_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("master.key");
+        let old = MasterKey::generate_to_file(&k).unwrap();
+        let c = Checkpoint {
+            id: 7,
+            hash: [3; 32],
+        };
+        let cp = checkpoint_path(&k);
+        write(&Keyring::load(&k).unwrap(), &cp, &c).unwrap();
+        // A master rotation: the old key is kept as K.retired-<id>, a new
+        // one replaces K; the broker restarts before upkeep rewrote the
+        // checkpoint.
+        let retired = crate::keys::retired_path(&k, old.id());
+        std::fs::rename(&k, &retired).unwrap();
+        MasterKey::generate_to_file(&k).unwrap();
+        let now = Keyring::load(&k).unwrap();
+        let got = read(&now, &cp).unwrap().unwrap();
+        assert_eq!((got.id, got.hash), (7, [3; 32]));
+        // Without the retired key nothing vouches for it.
+        std::fs::remove_file(&retired).unwrap();
+        assert!(matches!(read(&now, &cp), Err(AnchorError::Forged { .. })));
+    }
 }
