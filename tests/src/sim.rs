@@ -7,7 +7,7 @@ use std::path::Path;
 pub use guest_unlock::evidence::SimProvider;
 pub use guest_unlock::sim::azure::swtpm::SimVtpm;
 pub use guest_unlock::sim::azure::{paravisor_measurement, SimParavisor};
-pub use guest_unlock::sim::{SimGuest, SimParams, SimPlatform};
+pub use guest_unlock::sim::{SimEvidence, SimGuest, SimParams, SimPlatform};
 
 /// The default simulated guest (its measurement is what policies allow).
 pub fn default_guest() -> SimGuest {
