@@ -522,18 +522,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(total);
     let cpu1 = broker.cpu_secs()?;
+    let open_start = Instant::now();
     for _ in 0..total {
         ticker.tick().await;
         let guests = guests.clone();
-        tasks.push(tokio::spawn(
-            async move { guests.once(Target::Broker).await },
-        ));
+        let at = open_start.elapsed();
+        tasks.push(tokio::spawn(async move {
+            anyhow::Ok((at, guests.once(Target::Broker).await?))
+        }));
     }
-    let mut open = Vec::with_capacity(total);
+    let mut timed = Vec::with_capacity(total);
     for t in tasks {
-        open.push(t.await??);
+        timed.push(t.await??);
     }
     let open_cpu = Duration::from_secs_f64((broker.cpu_secs()? - cpu1) / total as f64);
+    // The slowest releases and when they started (to tell periodic stalls,
+    // such as once-a-second upkeep, from queueing).
+    timed.sort_by_key(|&(_, lat)| std::cmp::Reverse(lat));
+    let slowest: Vec<serde_json::Value> = timed
+        .iter()
+        .take(10)
+        .map(|&(at, lat)| serde_json::json!({"started_at_ms": ms(at), "latency_ms": ms(lat)}))
+        .collect();
+    let mut open: Vec<Duration> = timed.iter().map(|&(_, lat)| lat).collect();
     open.sort();
 
     // 4. The guest side.
@@ -571,6 +582,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "p50_ms": ms(percentile(&open, 0.5)),
             "p99_ms": ms(percentile(&open, 0.99)),
             "max_ms": ms(open.last().copied().unwrap_or_default()),
+            "slowest": slowest,
         },
         "broker_cpu_per_release_over_p384_verify": ratio,
         "floor_cpu_per_connection_over_p384_verify": floor_ratio,
