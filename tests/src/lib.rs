@@ -13,12 +13,14 @@
 //!   and the real Azure captures of `tests/fixtures/azure-snp-vtpm/`;
 //! - [`store_conformance`]: the suite every store implementation passes;
 //! - [`haproxy`]: HAProxy in TCP mode in front of broker replicas;
+//! - [`ca`]: a throwaway certificate authority for TLS peers;
 //! - [`pg`]: a throwaway PostgreSQL cluster (Debian's binaries, a temporary
 //!   directory, an unprivileged user);
 //! - [`floor`]: the floor of a key release (a TLS 1.3 handshake with the
 //!   broker's configuration and one P-384 verification), which `loadgen`
 //!   measures beside the broker with the `floor-server` binary.
 
+pub mod ca;
 pub mod exe;
 pub mod fixtures;
 pub mod floor;
