@@ -33,6 +33,9 @@ pub enum WiringError {
     /// The master key is not the database's.
     #[error(transparent)]
     Startup(#[from] crate::startup::StartupError),
+    /// The audit chain key cannot be unsealed or made.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit_key::AuditKeyError),
     /// The store cannot be opened.
     #[error("cannot open the store {location}")]
     Store {
@@ -145,6 +148,17 @@ fn read_password_file(path: &Path) -> Result<Zeroizing<String>, WiringError> {
     Ok(Zeroizing::new(line.to_owned()))
 }
 
+/// The configured store (which must exist) with its audit chain key
+/// unsealed by the config's master key, so that it appends and verifies
+/// the keyed chain (`broker backup`, tools, the test kit). Never makes a
+/// chain key: a store from before the keyed chain stays as it is until
+/// `broker serve` upgrades it.
+pub fn keyed_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
+    let store = store(config)?;
+    crate::audit_key::load(store.as_ref(), &keyring(config)?, false)?;
+    Ok(store)
+}
+
 /// Creates the configured store (`broker init`, the test kit), or opens it
 /// if it exists.
 pub fn create_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
@@ -230,6 +244,9 @@ pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     let keyring = keyring(config)?;
     let store = store(config)?;
     crate::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
+    // The audit chain key: unsealed, or made on the first start (a new
+    // database, or one from before the keyed chain).
+    crate::audit_key::load(store.as_ref(), &keyring, true)?;
     // The audit log must still hold what its checkpoint vouches for.
     let anchor = crate::audit_anchor::checkpoint_path(&config.master_key);
     let checkpoint = crate::audit_anchor::read(&keyring, &anchor)?;

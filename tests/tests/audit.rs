@@ -524,17 +524,17 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
         (
             "deny-to-allow",
             "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 6;",
-            "audit chain BROKEN at entry 6: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 6: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "details",
             "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 7;",
-            "audit chain BROKEN at entry 7: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 7: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "client",
             "UPDATE audit SET client_addr = '10.0.0.1:1' WHERE id = 5;",
-            "audit chain BROKEN at entry 5: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 5: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "delete",
@@ -1155,7 +1155,7 @@ fn audit_into_a_closed_pipe_ends_quietly() {
     let d = tmp.path();
     let _server = keybroker_tests::exe::init_and_serve(d, "kb");
     let cfg = broker::config::Config::load(&d.join("kb/config.toml")).unwrap();
-    let store = broker::wiring::store(&cfg).unwrap();
+    let store = broker::wiring::keyed_store(&cfg).unwrap();
     for i in 0..600 {
         store
             .append_audit(&broker::store::AuditEvent {

@@ -25,7 +25,15 @@ fn populated(dir: &BrokerDir) -> Vec<(String, u32, Vec<u8>)> {
     let store = broker::wiring::store(&cfg).unwrap();
     let ring = broker::wiring::keyring(&cfg).unwrap();
     let pending = broker::lifecycle::rotate_volume(store.as_ref(), &ring, "data").unwrap();
+    // Two plain entries (an old broker's), then the chain key, then keyed
+    // ones: a round trip must carry the key record and the boundary.
     for i in 0..5 {
+        if i == 2 {
+            assert_eq!(
+                broker::audit_key::load(store.as_ref(), &ring, true).unwrap(),
+                Some(3)
+            );
+        }
         store
             .append_audit(&AuditEvent {
                 at_unix: 1_000 + i,
@@ -63,7 +71,8 @@ fn unsealed(store: &dyn Store, ring: &Keyring, volume: &str, version: u32) -> Ve
 /// and the chain verifies.
 fn assert_same(config: &Path, keys: &[(String, u32, Vec<u8>)], audit_entries: u64) {
     let cfg = broker::config::Config::load(config).unwrap();
-    let store = broker::wiring::store(&cfg).unwrap();
+    let store = broker::wiring::keyed_store(&cfg).unwrap();
+    assert_eq!(store.audit_key_record().unwrap().unwrap().keyed_from, 3);
     let ring = broker::wiring::keyring(&cfg).unwrap();
     for (volume, version, bytes) in keys {
         assert_eq!(
@@ -118,7 +127,7 @@ fn backup_then_restore_into_a_new_sqlite_store() {
     )
     .expect_code(1);
     let entries = {
-        let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
+        let store = broker::wiring::keyed_store(&dir.config().unwrap()).unwrap();
         store.verify_audit_chain().unwrap()
     };
 
@@ -153,25 +162,32 @@ fn migrate_sqlite_to_postgres_then_backup_and_restore_there() {
     let pg = PgCluster::shared();
     let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
     let keys = populated(&dir);
-    let entries = broker::wiring::store(&dir.config().unwrap())
+    let entries = broker::wiring::keyed_store(&dir.config().unwrap())
         .unwrap()
         .verify_audit_chain()
         .unwrap();
     let db = pg.fresh_database();
     let to = pg.socket_url(&db);
     let sqlite = dir.dir.path().join("broker.db");
-    let r = run_in(
-        dir.dir.path(),
-        &[
+    let migrate = |extra: &[&str]| {
+        let mut args = vec![
             "store",
             "migrate",
             "--from",
             sqlite.to_str().unwrap(),
             "--to",
             &to,
-        ],
-    );
-    r.expect_code(0);
+        ];
+        args.extend_from_slice(extra);
+        run_in(dir.dir.path(), &args)
+    };
+    // The keyed chain is verified before and after: it needs the master key.
+    let r = migrate(&[]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("--master-key"), "{}", r.stderr);
+    assert!(sqlite.exists());
+    let master = dir.dir.path().join("master.key");
+    migrate(&["--master-key", master.to_str().unwrap()]).expect_code(0);
     // The SQLite file can no longer be served.
     assert!(!sqlite.exists());
     assert!(dir.dir.path().join("broker.db.migrated").exists());

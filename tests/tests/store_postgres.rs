@@ -17,7 +17,7 @@ use broker::store::{
     PgStore, PolicyStore, Store, StoreError, PG_SCHEMA_VERSION,
 };
 use keybroker_tests::pg::{PgCluster, ROLE};
-use keybroker_tests::store_conformance::{self as conformance, Tamper};
+use keybroker_tests::store_conformance::{self as conformance, Tamper, Tamperable};
 
 fn open(url: String) -> PgStore {
     PgStore::open(PgOptions::new(url)).unwrap_or_else(|e| panic!("open: {e}"))
@@ -34,35 +34,60 @@ fn conformance_postgres() {
     conformance::run_all(&open(fresh()));
 }
 
-#[test]
-fn audit_tamper_through_raw_postgres_is_detected() {
+/// A fresh database and its store, with a hook that applies a [`Tamper`]
+/// as a superuser would, turning the append-only triggers off first.
+fn fresh_tamperable() -> Tamperable {
     let pg = PgCluster::shared();
-    conformance::audit_tamper_detected(&|| {
-        let db = pg.fresh_database();
-        let store = open(pg.socket_url(&db));
-        let edit = move |t: Tamper| {
-            // A superuser turns the append-only triggers off first.
-            let sql = match t {
-                Tamper::ChangeVerdict(id) => format!("UPDATE audit SET verdict = 'allow' WHERE id = {id}"),
-                Tamper::ChangeDetails(id) => format!("UPDATE audit SET details_json = '{{}}' WHERE id = {id}"),
-                Tamper::Delete(id) => format!("DELETE FROM audit WHERE id = {id}"),
-                Tamper::Swap(a, b) => format!(
-                    "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b}; \
-                     UPDATE audit SET id = {b} WHERE id = -1"
-                ),
-                Tamper::DeleteLast => "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)".into(),
-            };
-            pg.psql(
+    let db = pg.fresh_database();
+    let store = open(pg.socket_url(&db));
+    let edit = move |t: Tamper| {
+        let x = hex::encode;
+        let sql = match t {
+            Tamper::ChangeVerdict(id) => format!("UPDATE audit SET verdict = 'allow' WHERE id = {id}"),
+            Tamper::ChangeDetails(id) => format!("UPDATE audit SET details_json = '{{}}' WHERE id = {id}"),
+            Tamper::Delete(id) => format!("DELETE FROM audit WHERE id = {id}"),
+            Tamper::Swap(a, b) => format!(
+                "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b}; \
+                 UPDATE audit SET id = {b} WHERE id = -1"
+            ),
+            Tamper::DeleteLast => "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)".into(),
+            Tamper::SetEntry { id, verdict, prev_hash, hash } => format!(
+                "UPDATE audit SET verdict = '{verdict}', prev_hash = '\\x{}'::bytea, \
+                 hash = '\\x{}'::bytea WHERE id = {id}",
+                x(prev_hash),
+                x(hash)
+            ),
+            Tamper::SetHead { id, hash } => format!(
+                "UPDATE audit_head SET last_id = {id}, last_hash = '\\x{}'::bytea",
+                x(hash)
+            ),
+            Tamper::SetKeyRecord { keyed_from, boundary } => format!(
+                "UPDATE audit_key SET keyed_from = {keyed_from}, boundary = '\\x{}'::bytea",
+                x(boundary)
+            ),
+            Tamper::DeleteKeyRecord => "DELETE FROM audit_key".into(),
+        };
+        PgCluster::shared()
+            .psql(
                 &db,
                 &format!("ALTER TABLE audit DISABLE TRIGGER USER; {sql}"),
             )
             .unwrap();
-        };
-        (
-            Box::new(store) as Box<dyn Store>,
-            Box::new(edit) as Box<dyn Fn(Tamper)>,
-        )
-    });
+    };
+    (
+        Box::new(store) as Box<dyn Store>,
+        Box::new(edit) as Box<dyn Fn(Tamper)>,
+    )
+}
+
+#[test]
+fn audit_tamper_through_raw_postgres_is_detected() {
+    conformance::audit_tamper_detected(&fresh_tamperable);
+}
+
+#[test]
+fn keyed_audit_chain_rewritten_through_raw_postgres_is_detected() {
+    conformance::audit_keyed_tamper_detected(&fresh_tamperable);
 }
 
 #[test]
@@ -204,6 +229,44 @@ fn replicas_starting_together_migrate_once() {
         .unwrap(),
         format!("{PG_SCHEMA_VERSION}|{PG_SCHEMA_VERSION}")
     );
+}
+
+/// Replicas starting together on a database with plain audit entries and
+/// no chain key (an upgrade), while others append: exactly one chain key
+/// is made, every replica unseals that one, and the chain they then append
+/// to together verifies from each of them.
+#[test]
+fn replicas_starting_together_make_one_audit_chain_key() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let url = pg.socket_url(&db);
+    let stores: Vec<PgStore> = (0..4).map(|_| open(url.clone())).collect();
+    for i in 0..3 {
+        stores[0].append_audit(&event(i)).unwrap();
+    }
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    let barrier = Barrier::new(stores.len());
+    let from: Vec<i64> = std::thread::scope(|s| {
+        let hs: Vec<_> = stores
+            .iter()
+            .map(|st| {
+                let (ring, barrier) = (&ring, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    broker::audit_key::load(st, ring, true).unwrap().unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(from.iter().all(|f| *f == 4), "{from:?}");
+    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM audit_key").unwrap(), "1");
+    for (i, st) in stores.iter().enumerate() {
+        st.append_audit(&event(10 + i as i64)).unwrap();
+    }
+    for st in &stores {
+        assert_eq!(st.verify_audit_chain().unwrap(), 3 + stores.len() as u64);
+    }
 }
 
 #[test]

@@ -1,14 +1,18 @@
 //! [`AuditStore`] on PostgreSQL: `audit` (append-only by triggers) and its
 //! chain head `audit_head`, read `FOR UPDATE` and updated in the
 //! transaction of each append, so appends through every replica form one
-//! chain, serialized on that row.
+//! chain, serialized on that row; and the sealed chain key `audit_key`.
+
+use std::sync::Arc;
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::{backend, to_json, PgStore};
+use super::{backend, now_unix, to_json, PgStore};
+use crate::store::audit::key_record_from;
+use crate::store::audit_hash::key_not_loaded;
 use crate::store::{
-    audit_entry_hash, verify_chain, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId,
-    AuditStore, StoreError,
+    chain_hash, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert,
+    AuditKeyRecord, AuditStore, ChainKeying, ChainWalk, StoreError, VERIFY_PAGE,
 };
 
 const AUDIT_COLUMNS: &str = "SELECT id, at_unix, kind, verdict, volumes, reason_codes, \
@@ -42,27 +46,51 @@ fn decode_audit(r: &Row) -> Result<AuditEntry, AuditChainError> {
     })
 }
 
-/// Appends `event` (already validated) after the chain head, on `c`: must
-/// run inside a transaction (which may also do other work); the head's row
-/// lock serializes appends from every replica until it commits.
-pub(super) async fn append(
-    c: &impl GenericClient,
-    event: &AuditEvent,
-) -> Result<AuditId, StoreError> {
-    let head = c
-        .query_one(
-            "SELECT last_id, last_hash FROM audit_head WHERE singleton = 1 FOR UPDATE",
+async fn head(c: &impl GenericClient, lock: bool) -> Result<(i64, [u8; 32]), StoreError> {
+    let sql = if lock {
+        "SELECT last_id, last_hash FROM audit_head WHERE singleton = 1 FOR UPDATE"
+    } else {
+        "SELECT last_id, last_hash FROM audit_head WHERE singleton = 1"
+    };
+    let row = c.query_one(sql, &[]).await.map_err(backend)?;
+    let h: [u8; 32] = row
+        .get::<_, Vec<u8>>(1)
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit chain head hash is not 32 bytes".into()))?;
+    Ok((row.get(0), h))
+}
+
+async fn key_record(c: &impl GenericClient) -> Result<Option<AuditKeyRecord>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT keyed_from, boundary, master_key_id, nonce, ciphertext FROM audit_key \
+             WHERE singleton = 1",
             &[],
         )
         .await
         .map_err(backend)?;
-    let last_id: i64 = head.get(0);
-    let prev: [u8; 32] = head
-        .get::<_, Vec<u8>>(1)
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("audit chain head hash is not 32 bytes".into()))?;
+    row.map(|r| key_record_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .transpose()
+}
+
+/// Appends `event` (already validated) after the chain head, on `c`: must
+/// run inside a transaction (which may also do other work); the head's row
+/// lock serializes appends from every replica until it commits. `keying`
+/// is the installed chain key; without one, a database that has a chain
+/// key is refused.
+pub(super) async fn append(
+    c: &impl GenericClient,
+    keying: Option<&ChainKeying>,
+    event: &AuditEvent,
+) -> Result<AuditId, StoreError> {
+    let (last_id, prev) = head(c, true).await?;
+    if keying.is_none() {
+        if let Some(r) = key_record(c).await? {
+            return Err(key_not_loaded(r.keyed_from));
+        }
+    }
     let id = last_id + 1;
-    let hash = audit_entry_hash(&prev, id, event);
+    let hash = chain_hash(keying, &prev, id, event);
     c.execute(
         "INSERT INTO audit (id, at_unix, kind, verdict, volumes, reason_codes, details_json, \
          client_addr, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -94,10 +122,11 @@ impl AuditStore for PgStore {
     fn append_audit(&self, event: &AuditEvent) -> Result<AuditId, StoreError> {
         event.validate()?;
         let event = event.clone();
+        let keying = self.keying.get();
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(backend)?;
-                let id = append(&tx, &event).await?;
+                let id = append(&tx, keying.as_deref(), &event).await?;
                 tx.commit().await.map_err(backend)?;
                 Ok(id)
             })
@@ -139,10 +168,13 @@ impl AuditStore for PgStore {
     }
 
     fn verify_audit_chain(&self) -> Result<u64, StoreError> {
-        self.run(|c| {
+        let keying = self.keying.get();
+        // A long log takes a while: the long timeout, as backups have.
+        self.run_long(move |c| {
             Box::pin(async move {
                 // One repeatable-read snapshot: appends by other replicas
                 // cannot make the head and the rows disagree mid-check.
+                // Read in pages, so memory stays bounded.
                 let tx = c
                     .build_transaction()
                     .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -150,24 +182,89 @@ impl AuditStore for PgStore {
                     .start()
                     .await
                     .map_err(backend)?;
-                let head = tx
-                    .query_one(
-                        "SELECT last_id, last_hash FROM audit_head WHERE singleton = 1",
-                        &[],
+                let head = head(&tx, false).await?;
+                let stored = key_record(&tx).await?.map(|r| (r.keyed_from, r.boundary));
+                let mut walk = ChainWalk::new(keying.as_deref(), stored)?;
+                let page = tx
+                    .prepare(&format!(
+                        "{AUDIT_COLUMNS} WHERE id > $1 ORDER BY id LIMIT $2"
+                    ))
+                    .await
+                    .map_err(backend)?;
+                loop {
+                    let rows = tx
+                        .query(&page, &[&walk.after_id(), &i64::from(VERIFY_PAGE)])
+                        .await
+                        .map_err(backend)?;
+                    for r in &rows {
+                        walk.push(decode_audit(r))?;
+                    }
+                    if rows.len() < VERIFY_PAGE as usize {
+                        break;
+                    }
+                }
+                tx.commit().await.map_err(backend)?;
+                walk.finish(head).map_err(StoreError::from)
+            })
+        })
+    }
+
+    fn audit_head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        self.run(|c| Box::pin(async move { head(&*c, false).await }))
+    }
+
+    fn audit_key_record(&self) -> Result<Option<AuditKeyRecord>, StoreError> {
+        self.run(|c| Box::pin(async move { key_record(&*c).await }))
+    }
+
+    fn insert_audit_key(&self, record: &AuditKeyRecord) -> Result<AuditKeyInsert, StoreError> {
+        let record = record.clone();
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(backend)?;
+                // The head's row lock: appends from every replica wait,
+                // and so does another replica making the key at once.
+                let head = head(&tx, true).await?;
+                if let Some(r) = key_record(&tx).await? {
+                    return Ok(AuditKeyInsert::Exists(r));
+                }
+                if head != (record.keyed_from - 1, record.boundary) {
+                    return Ok(AuditKeyInsert::HeadMoved);
+                }
+                let n = tx
+                    .execute(
+                        "INSERT INTO audit_key (singleton, keyed_from, boundary, master_key_id, \
+                         nonce, ciphertext, created_at) VALUES (1, $1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (singleton) DO NOTHING",
+                        &[
+                            &record.keyed_from,
+                            &&record.boundary[..],
+                            &&record.sealed.master_key_id.as_bytes()[..],
+                            &&record.sealed.nonce[..],
+                            &record.sealed.ciphertext,
+                            &now_unix(),
+                        ],
                     )
                     .await
                     .map_err(backend)?;
-                let head_hash: [u8; 32] = head.get::<_, Vec<u8>>(1).try_into().map_err(|_| {
-                    StoreError::Corrupt("audit chain head hash is not 32 bytes".into())
-                })?;
-                let rows = tx
-                    .query(&format!("{AUDIT_COLUMNS} ORDER BY id"), &[])
-                    .await
-                    .map_err(backend)?;
+                if n == 0 {
+                    // Made by another replica after our read: use theirs.
+                    let theirs = key_record(&tx).await?.ok_or_else(|| {
+                        StoreError::Corrupt("the audit chain key record vanished".into())
+                    })?;
+                    return Ok(AuditKeyInsert::Exists(theirs));
+                }
                 tx.commit().await.map_err(backend)?;
-                verify_chain(rows.iter().map(decode_audit), (head.get(0), head_hash))
-                    .map_err(StoreError::from)
+                Ok(AuditKeyInsert::Created)
             })
         })
+    }
+
+    fn install_audit_key(&self, keying: Arc<ChainKeying>) {
+        self.keying.set(keying);
+    }
+
+    fn installed_audit_key(&self) -> Option<Arc<ChainKeying>> {
+        self.keying.get()
     }
 }

@@ -13,7 +13,8 @@ const MIGRATION_LOCK: i64 = 0x006b_6272_6f6b_6572;
 
 /// Schema migrations, applied in order; entry `i` brings the schema to
 /// version `i + 1`. Never edit a released entry: append a new one.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     name        TEXT PRIMARY KEY,
     revision    BIGINT NOT NULL,
@@ -96,7 +97,22 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
-"#];
+"#,
+    // 2: the keyed audit chain (issue #9): the chain key, sealed under the
+    // master key, and the first entry it MACs. Made by the first process
+    // that opens the store with the master key (`crate::audit_key`).
+    r#"
+CREATE TABLE audit_key (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    keyed_from    BIGINT NOT NULL CHECK (keyed_from >= 1),
+    boundary      BYTEA NOT NULL,
+    master_key_id BYTEA NOT NULL,
+    nonce         BYTEA NOT NULL,
+    ciphertext    BYTEA NOT NULL,
+    created_at    BIGINT NOT NULL
+);
+"#,
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -112,6 +112,20 @@ CREATE TABLE key_checks (
     created_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // 5: the keyed audit chain (issue #9): the chain key, sealed under the
+    // master key, and the first entry it MACs. Made by the first process
+    // that opens the store with the master key (`crate::audit_key`).
+    r#"
+CREATE TABLE audit_key (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    keyed_from    INTEGER NOT NULL CHECK (keyed_from >= 1),
+    boundary      BLOB NOT NULL,
+    master_key_id BLOB NOT NULL,
+    nonce         BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this code writes.
