@@ -237,8 +237,9 @@ pub fn verifier(config: &Config, trust: TrustStore) -> Result<Verifier, WiringEr
     Ok(v)
 }
 
-/// The whole key-release service. Refuses a missing database and a master
-/// key that is not the database's (`crate::startup`).
+/// The whole key-release service. Refuses a missing database, a master
+/// key that is not the database's, and an audit log that does not match
+/// its checkpoint or does not verify at its tail (`crate::startup`).
 pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     crate::lifecycle::failpoint::init();
     let keyring = keyring(config)?;
@@ -253,6 +254,10 @@ pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     if let Some(c) = &checkpoint {
         crate::audit_anchor::check(store.as_ref(), &anchor, c)?;
     }
+    // ...and its newest entries, which the checkpoint may not cover yet,
+    // must verify under the chain key.
+    let checked = crate::startup::check_audit_tail(store.as_ref(), checkpoint.map(|c| c.id))?;
+    tracing::debug!(entries = checked, "the audit chain's tail verifies");
     let verifier = verifier(config, trust(config)?)?;
     let broker = Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
         .with_rotation_session_ttl(config.rotation_session_ttl)

@@ -469,8 +469,11 @@ fn audit_refuses_bad_input_with_what_to_do() {
 
 // ------------------------------------------------------------ broker audit verify
 
-/// Copies the broker directory to `name` and applies `sql` to its database
-/// through a raw connection, the append-only triggers dropped first.
+/// Copies the broker directory to `name`, serves the copy, and applies
+/// `sql` to its database through a raw connection while it runs (the
+/// append-only triggers dropped first): a broker refuses to start on an
+/// audit log whose tail does not verify, so the change is made under a
+/// running one, as an intruder would.
 fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
     let dst = s.dir().join(name);
     std::fs::create_dir(&dst).unwrap();
@@ -489,11 +492,6 @@ fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
             std::fs::copy(s.kb().join(f), dst.join(f)).unwrap();
         }
     }
-    let conn = rusqlite::Connection::open(dst.join("broker.db")).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-        .unwrap();
-    conn.execute_batch(sql).unwrap();
-    drop(conn);
     // A broker of its own serves the copy, on its own socket.
     let cfg = dst.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -502,6 +500,11 @@ fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
     );
     std::fs::write(&cfg, text).unwrap();
     let _server = Server::start(s.dir(), &format!("{name}/config.toml"));
+    let conn = rusqlite::Connection::open(dst.join("broker.db")).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    conn.execute_batch(sql).unwrap();
+    drop(conn);
     s.run(&[
         "audit",
         "verify",

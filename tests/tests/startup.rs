@@ -220,14 +220,16 @@ fn audit_verify(dir: &BrokerDir) -> broker::admin::ChainCheck {
 /// How an attacker computes an entry's hash: previous hash, id, content.
 type EntryHash<'a> = &'a dyn Fn(&[u8; 32], i64, &broker::store::AuditEvent) -> [u8; 32];
 
-/// Entry 3 becomes an allow and entries 3..5 are rehashed with `hash`, the
-/// head updated.
-fn rewrite_entry_3(c: &rusqlite::Connection, hash: EntryHash<'_>) {
+/// Entry `changed` becomes an allow and entries `changed..=last` are
+/// rehashed with `hash`, the head updated.
+fn rewrite(c: &rusqlite::Connection, changed: i64, last: i64, hash: EntryHash<'_>) {
     let mut prev: Vec<u8> = c
-        .query_row("SELECT hash FROM audit WHERE id = 2", [], |r| r.get(0))
+        .query_row("SELECT hash FROM audit WHERE id = ?1", [changed - 1], |r| {
+            r.get(0)
+        })
         .unwrap();
-    for id in 3..=5i64 {
-        let verdict = if id == 3 { "allow" } else { "deny" };
+    for id in changed..=last {
+        let verdict = if id == changed { "allow" } else { "deny" };
         let p: [u8; 32] = prev.clone().try_into().unwrap();
         let h = hash(&p, id, &event(id, verdict));
         c.execute(
@@ -242,6 +244,10 @@ fn rewrite_entry_3(c: &rusqlite::Connection, hash: EntryHash<'_>) {
         [&prev[..]],
     )
     .unwrap();
+}
+
+fn rewrite_entry_3(c: &rusqlite::Connection, hash: EntryHash<'_>) {
+    rewrite(c, 3, 5, hash);
 }
 
 /// Someone who can write the database but not the master key's directory
@@ -274,7 +280,43 @@ fn a_rewritten_and_recomputed_audit_log_is_detected_by_the_keyed_chain() {
             }
             other => panic!("{how}: {other:?}"),
         }
+        // And the broker does not start on it.
+        let e = refusal(&dir);
+        let want = if with_checkpoint {
+            "does not match its checkpoint"
+        } else {
+            "the audit log is broken at entry 3"
+        };
+        assert!(e.contains(want), "{how}: {e}");
     }
+}
+
+/// The newest entries, written after the checkpoint (which vouches for
+/// entry 5 only), rewritten and recomputed: the start-up check of the
+/// chain's tail names the entry, and the broker does not serve.
+#[test]
+fn a_rewritten_entry_after_the_checkpoint_stops_the_broker() {
+    use broker::store::audit_entry_hash;
+    let (dir, c) = five_entries();
+    drop(c);
+    {
+        let store = broker::wiring::keyed_store(&dir.config().unwrap()).unwrap();
+        for i in 6..=7 {
+            store.append_audit(&event(i, "deny")).unwrap();
+        }
+    }
+    let c = rusqlite::Connection::open(dir.dir.path().join("broker.db")).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    rewrite(&c, 7, 7, &|p, id, e| audit_entry_hash(p, id, e));
+    drop(c);
+    let e = refusal(&dir);
+    assert!(
+        e.contains("the audit log is broken at entry 7")
+            && e.contains("audit chain key")
+            && e.contains("broker restore"),
+        "{e}"
+    );
 }
 
 /// Moving where the keyed chain starts (to make the keyed entries read as

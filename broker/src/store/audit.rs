@@ -150,7 +150,14 @@ pub trait AuditStore {
     /// read; returns the number of entries, or `StoreError::AuditChain`
     /// saying where it breaks. Needs the installed chain key when the
     /// database has one (`Conflict` otherwise).
-    fn verify_audit_chain(&self) -> Result<u64, StoreError>;
+    fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+        self.verify_audit_from(1)
+    }
+
+    /// [`AuditStore::verify_audit_chain`] from entry `from_id` to the head
+    /// (its link to the entry before it taken as given): the check of the
+    /// chain's tail at start. Returns the number of entries checked.
+    fn verify_audit_from(&self, from_id: i64) -> Result<u64, StoreError>;
 
     /// The chain head: the last entry's id and hash (0 and all zero when
     /// the log is empty).
@@ -194,5 +201,22 @@ pub(super) fn key_record_from(
             nonce: nonce.try_into().map_err(|_| bad("nonce is not 12 bytes"))?,
             ciphertext,
         },
+    })
+}
+
+/// The link a tail check starts from: the stored `prev_hash` of entry
+/// `from_id`, which must exist.
+pub(super) fn tail_start(from_id: i64, prev: Option<Vec<u8>>) -> Result<[u8; 32], StoreError> {
+    let missing = || super::AuditChainError {
+        at_id: from_id,
+        what: "the entry is missing (removed)".into(),
+    };
+    let prev = prev.ok_or_else(missing)?;
+    prev.try_into().map_err(|_| {
+        super::AuditChainError {
+            at_id: from_id,
+            what: "prev_hash is not 32 bytes".into(),
+        }
+        .into()
     })
 }

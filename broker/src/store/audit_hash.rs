@@ -221,6 +221,15 @@ impl<'k> ChainWalk<'k> {
         })
     }
 
+    /// The same walk, starting at entry `id` whose stored link is `prev`
+    /// (taken as given: a keyed entry's MAC covers it), for a check of the
+    /// chain's tail.
+    pub fn starting_at(mut self, id: i64, prev: [u8; 32]) -> Self {
+        self.next_id = id;
+        self.prev = prev;
+        self
+    }
+
     /// The id after which the next page starts.
     pub fn after_id(&self) -> i64 {
         self.next_id - 1

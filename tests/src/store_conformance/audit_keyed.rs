@@ -4,7 +4,9 @@
 //! writer without the master key cannot rewrite the chain, recompute it
 //! (with plain SHA-256 or a key of their own), move where the keyed chain
 //! starts, or remove the key record, without `verify_audit_chain` naming
-//! the entry. No checkpoint file is involved: the chain alone catches it.
+//! the entry, in the whole chain and in its tail from that entry on (the
+//! check at start). No checkpoint file is involved: the chain alone
+//! catches it.
 
 use broker::audit_key;
 use broker::keys::{AuditChainKey, Keyring, MasterKey};
@@ -69,6 +71,8 @@ pub fn audit_chain_key_upgrade(store: &dyn Store) {
         keyed_audit_entry_hash(&installed, &e.prev_hash, e.id.0, &e.event)
     );
     assert_eq!(store.verify_audit_chain().unwrap(), before + 1);
+    assert_eq!(store.verify_audit_from(id.0).unwrap(), 1, "the tail alone");
+    assert_eq!(store.verify_audit_from(1).unwrap(), before + 1);
     // Another opener: the same record, not a second key.
     assert_eq!(audit_key::load(store, &ring, true).unwrap(), Some(from));
     assert_eq!(store.audit_key_record().unwrap().unwrap(), record);
@@ -203,6 +207,13 @@ pub fn audit_keyed_tamper_detected(fresh: &FreshTamperable<'_>) {
                 assert_eq!(e.at_id, at, "{case}: {e}");
             }
             other => panic!("{case}: not detected: {other:?}"),
+        }
+        // The check of the tail from that entry on (as at start) too.
+        match store.verify_audit_from(at) {
+            Err(StoreError::AuditChain(e)) => {
+                assert_eq!(e.at_id, at, "{case}, tail: {e}");
+            }
+            other => panic!("{case}: not detected from entry {at}: {other:?}"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{backend, now_unix, to_json, PgStore};
-use crate::store::audit::key_record_from;
+use crate::store::audit::{key_record_from, tail_start};
 use crate::store::audit_hash::key_not_loaded;
 use crate::store::{
     chain_hash, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert,
@@ -167,7 +167,7 @@ impl AuditStore for PgStore {
         })
     }
 
-    fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+    fn verify_audit_from(&self, from_id: i64) -> Result<u64, StoreError> {
         let keying = self.keying.get();
         // A long log takes a while: the long timeout, as backups have.
         self.run_long(move |c| {
@@ -185,6 +185,14 @@ impl AuditStore for PgStore {
                 let head = head(&tx, false).await?;
                 let stored = key_record(&tx).await?.map(|r| (r.keyed_from, r.boundary));
                 let mut walk = ChainWalk::new(keying.as_deref(), stored)?;
+                if from_id > 1 {
+                    let prev = tx
+                        .query_opt("SELECT prev_hash FROM audit WHERE id = $1", &[&from_id])
+                        .await
+                        .map_err(backend)?
+                        .map(|r| r.get::<_, Vec<u8>>(0));
+                    walk = walk.starting_at(from_id, tail_start(from_id, prev)?);
+                }
                 let page = tx
                     .prepare(&format!(
                         "{AUDIT_COLUMNS} WHERE id > $1 ORDER BY id LIMIT $2"

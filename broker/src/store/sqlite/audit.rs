@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use super::{backend, from_json, now_unix, to_json, SqliteStore};
-use crate::store::audit::key_record_from;
+use crate::store::audit::{key_record_from, tail_start};
 use crate::store::audit_hash::key_not_loaded;
 use crate::store::{
     chain_hash, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert,
@@ -198,7 +198,7 @@ impl AuditStore for SqliteStore {
         Ok(out)
     }
 
-    fn verify_audit_chain(&self) -> Result<u64, StoreError> {
+    fn verify_audit_from(&self, from_id: i64) -> Result<u64, StoreError> {
         let keying = self.keying.get();
         let conn = self.conn();
         // One read transaction, so appends by other processes cannot make
@@ -209,6 +209,17 @@ impl AuditStore for SqliteStore {
             let head = head(&conn)?;
             let stored = key_record(&conn)?.map(|r| (r.keyed_from, r.boundary));
             let mut walk = ChainWalk::new(keying.as_deref(), stored)?;
+            if from_id > 1 {
+                let prev: Option<Vec<u8>> = conn
+                    .query_row(
+                        "SELECT prev_hash FROM audit WHERE id = ?1",
+                        [from_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                walk = walk.starting_at(from_id, tail_start(from_id, prev)?);
+            }
             let mut s = conn
                 .prepare_cached(&format!(
                     "{AUDIT_COLUMNS} WHERE id > ?1 ORDER BY id LIMIT ?2"
