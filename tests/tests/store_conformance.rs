@@ -93,3 +93,10 @@ fn keyed_audit_chain_rewritten_through_raw_sqlite_is_detected() {
     let counter = std::cell::Cell::new(0);
     conformance::audit_keyed_tamper_detected(&fresh_sqlite(dir.path(), &counter));
 }
+
+#[test]
+fn audit_verification_crosses_pages_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::cell::Cell::new(0);
+    conformance::audit_verify_crosses_pages(&fresh_sqlite(dir.path(), &counter));
+}

@@ -91,6 +91,11 @@ fn keyed_audit_chain_rewritten_through_raw_postgres_is_detected() {
 }
 
 #[test]
+fn audit_verification_crosses_pages_on_postgres() {
+    conformance::audit_verify_crosses_pages(&fresh_tamperable);
+}
+
+#[test]
 fn audit_is_append_only_in_postgres() {
     let pg = PgCluster::shared();
     let db = pg.fresh_database();

@@ -217,3 +217,31 @@ pub fn audit_keyed_tamper_detected(fresh: &FreshTamperable<'_>) {
         }
     }
 }
+
+/// Verification reads the chain in pages of [`broker::store::VERIFY_PAGE`]
+/// entries (bounded memory): a log of two pages and a bit verifies, and an
+/// entry changed just after a page boundary, or one removed just before
+/// it, is still named.
+pub fn audit_verify_crosses_pages(fresh: &FreshTamperable<'_>) {
+    let page = i64::from(broker::store::VERIFY_PAGE);
+    let total = 2 * page + 5;
+    for (tamper, at) in [
+        (None, 0),
+        (Some(Tamper::ChangeVerdict(page + 1)), page + 1),
+        (Some(Tamper::Delete(page)), page),
+    ] {
+        let (store, edit) = fresh();
+        let store = store.as_ref();
+        audit_key::load(store, &test_keyring(), true).unwrap();
+        for i in 0..total {
+            store.append_audit(&event(6_000 + i, "deny")).unwrap();
+        }
+        assert_eq!(store.verify_audit_chain().unwrap(), total as u64);
+        let Some(t) = tamper else { continue };
+        edit(t);
+        match store.verify_audit_chain() {
+            Err(StoreError::AuditChain(e)) => assert_eq!(e.at_id, at, "{t:?}: {e}"),
+            other => panic!("{t:?}: not detected: {other:?}"),
+        }
+    }
+}

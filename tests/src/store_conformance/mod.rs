@@ -24,7 +24,9 @@ pub use audit::{
     audit_append_filter_and_chain, audit_concurrent_appends_one_chain, audit_tamper_detected,
     FreshTamperable, Tamper, Tamperable,
 };
-pub use audit_keyed::{audit_chain_key_upgrade, audit_keyed_tamper_detected, test_keyring};
+pub use audit_keyed::{
+    audit_chain_key_upgrade, audit_keyed_tamper_detected, audit_verify_crosses_pages, test_keyring,
+};
 pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
     maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
