@@ -425,7 +425,7 @@ fn audit_refuses_bad_input_with_what_to_do() {
     bad_kind.expect_code(2);
     assert!(bad_kind
         .stderr
-        .contains("[possible values: challenge, attest, admin, noise]"));
+        .contains("[possible values: challenge, attest, admin, noise, prune]"));
 
     // A config whose broker is not running: the commands say so, and never
     // open (or create) its database themselves.

@@ -103,7 +103,7 @@ fn a_second_broker_on_a_served_port_is_refused() {
 /// The schema this branch's main left (version 2: a `nonces` table with
 /// every issued nonce, no used nonces, no key-check values), made from a
 /// current database by undoing migrations 3 and 4.
-const MAIN_SCHEMA: &str = "DROP TABLE audit_key; DROP TABLE key_checks; DROP TABLE used_nonces; \
+const MAIN_SCHEMA: &str = "DROP TABLE audit_pruned; DROP TABLE audit_key; DROP TABLE key_checks; DROP TABLE used_nonces; \
      CREATE TABLE nonces (nonce BLOB PRIMARY KEY, volumes TEXT NOT NULL, \
        expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID; \
      INSERT INTO nonces VALUES (x'00', '[\"root\"]', 1, 0); \
@@ -118,8 +118,10 @@ const MAIN_SCHEMA: &str = "DROP TABLE audit_key; DROP TABLE key_checks; DROP TAB
 #[test]
 fn a_database_without_key_check_or_keyed_audit_upgrades_in_place() {
     for old in [
-        "DROP TABLE audit_key; DELETE FROM schema_version WHERE version >= 5;",
-        "DROP TABLE audit_key; DROP TABLE key_checks; DELETE FROM schema_version WHERE version >= 4;",
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; \
+         DELETE FROM schema_version WHERE version >= 5;",
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; DROP TABLE key_checks; \
+         DELETE FROM schema_version WHERE version >= 4;",
         MAIN_SCHEMA,
     ] {
         upgrade_from(old);

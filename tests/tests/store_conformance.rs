@@ -61,6 +61,14 @@ fn tamper_sqlite(path: &std::path::Path, t: Tamper) {
             x(boundary)
         ),
         Tamper::DeleteKeyRecord => "DELETE FROM audit_key".into(),
+        Tamper::SetPruneAnchor {
+            first_id,
+            prev_hash,
+        } => format!(
+            "UPDATE audit_pruned SET first_id = {first_id}, prev_hash = X'{}'",
+            x(prev_hash)
+        ),
+        Tamper::DeletePruneAnchor => "DELETE FROM audit_pruned".into(),
     };
     c.execute_batch(&sql).unwrap();
 }
@@ -99,4 +107,12 @@ fn audit_verification_crosses_pages_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let counter = std::cell::Cell::new(0);
     conformance::audit_verify_crosses_pages(&fresh_sqlite(dir.path(), &counter));
+}
+
+#[test]
+fn audit_prune_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::cell::Cell::new(0);
+    conformance::audit_prune_keeps_a_verifiable_chain(&fresh_sqlite(dir.path(), &counter));
+    conformance::audit_prune_tamper_detected(&fresh_sqlite(dir.path(), &counter));
 }

@@ -66,6 +66,11 @@ fn fresh_tamperable() -> Tamperable {
                 x(boundary)
             ),
             Tamper::DeleteKeyRecord => "DELETE FROM audit_key".into(),
+            Tamper::SetPruneAnchor { first_id, prev_hash } => format!(
+                "UPDATE audit_pruned SET first_id = {first_id}, prev_hash = '\\x{}'::bytea",
+                x(prev_hash)
+            ),
+            Tamper::DeletePruneAnchor => "DELETE FROM audit_pruned".into(),
         };
         PgCluster::shared()
             .psql(
@@ -91,6 +96,12 @@ fn keyed_audit_chain_rewritten_through_raw_postgres_is_detected() {
 }
 
 #[test]
+fn audit_prune_on_postgres() {
+    conformance::audit_prune_keeps_a_verifiable_chain(&fresh_tamperable);
+    conformance::audit_prune_tamper_detected(&fresh_tamperable);
+}
+
+#[test]
 fn audit_verification_crosses_pages_on_postgres() {
     conformance::audit_verify_crosses_pages(&fresh_tamperable);
 }
@@ -110,6 +121,31 @@ fn audit_is_append_only_in_postgres() {
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
     assert_eq!(store.verify_audit_chain().unwrap(), 1);
+}
+
+/// After a prune the trigger lets through only deletes of entries before
+/// the anchor: every other delete, every update and TRUNCATE are refused.
+#[test]
+fn after_a_prune_the_trigger_still_refuses_other_deletes_and_updates() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let store = open(pg.socket_url(&db));
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    broker::audit_key::load(&store, &ring, true).unwrap();
+    for i in 1..=5 {
+        store.append_audit(&event(i)).unwrap();
+    }
+    assert_eq!(store.prune_audit(3, 10, None).unwrap().first_kept, 3);
+    for sql in [
+        "DELETE FROM audit WHERE id = 3",
+        "DELETE FROM audit",
+        "UPDATE audit SET verdict = 'allow' WHERE id = 4",
+        "TRUNCATE audit",
+    ] {
+        let e = pg.psql(&db, sql).unwrap_err();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
 }
 
 fn event(at: i64) -> AuditEvent {

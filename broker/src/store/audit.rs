@@ -121,6 +121,57 @@ pub enum AuditKeyInsert {
     HeadMoved,
 }
 
+/// Where a pruned chain starts: its first kept entry and that entry's
+/// link to the (removed) entry before it, MAC'd under the chain key
+/// ([`ChainKeying::anchor_mac`]), so that verification starts there and
+/// neither removing more entries from the front nor moving the anchor
+/// goes unnoticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneAnchor {
+    /// The first entry kept.
+    pub first_id: i64,
+    /// Its `prev_hash`.
+    pub prev_hash: [u8; 32],
+    /// HMAC-SHA256 under the chain key of the two.
+    pub mac: [u8; 32],
+}
+
+/// What [`AuditStore::prune_audit`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// Entries removed (0: nothing was older, nothing changed).
+    pub removed: u64,
+    /// The first entry kept (the chain's start afterwards).
+    pub first_kept: i64,
+    /// The `prune` entry recording it, when something was removed.
+    pub entry: Option<AuditId>,
+}
+
+/// The audit entry of a prune: kind `prune`, what was removed.
+pub fn prune_event(
+    at_unix: i64,
+    client: Option<String>,
+    removed: u64,
+    before_unix: i64,
+    first_kept: i64,
+) -> AuditEvent {
+    AuditEvent {
+        at_unix,
+        kind: "prune".into(),
+        verdict: "allow".into(),
+        volumes: Vec::new(),
+        reason_codes: Vec::new(),
+        details_json: serde_json::json!({
+            "action": "audit.prune",
+            "removed": removed,
+            "before_unix": before_unix,
+            "first_kept_id": first_kept,
+        })
+        .to_string(),
+        client_addr: client,
+    }
+}
+
 /// The unsealed chain key a store appends and verifies with, once a
 /// process holding the master key has installed it.
 #[derive(Debug, Default)]
@@ -179,6 +230,23 @@ pub trait AuditStore {
 
     /// The chain key installed, if any.
     fn installed_audit_key(&self) -> Option<Arc<ChainKeying>>;
+
+    /// Where the chain starts after a prune, if it was pruned.
+    fn audit_prune_anchor(&self) -> Result<Option<PruneAnchor>, StoreError>;
+
+    /// Retention: in one transaction, under the lock appends take, removes
+    /// the oldest entries up to (not including) the first one at or after
+    /// `before_unix`, always keeping the newest; records the new start as
+    /// a [`PruneAnchor`] MAC'd under the installed chain key (the only
+    /// delete the append-only triggers let through is of entries before
+    /// it); and appends a `prune` entry ([`prune_event`], naming
+    /// `client`). Nothing older: nothing changes. Needs the chain key.
+    fn prune_audit(
+        &self,
+        before_unix: i64,
+        at_unix: i64,
+        client: Option<String>,
+    ) -> Result<PruneOutcome, StoreError>;
 }
 
 /// An [`AuditKeyRecord`] from its columns, checking their lengths.
@@ -218,5 +286,21 @@ pub(super) fn tail_start(from_id: i64, prev: Option<Vec<u8>>) -> Result<[u8; 32]
             what: "prev_hash is not 32 bytes".into(),
         }
         .into()
+    })
+}
+
+/// A [`PruneAnchor`] from its columns, checking their lengths.
+pub(super) fn prune_anchor_from(
+    first_id: i64,
+    prev_hash: Vec<u8>,
+    mac: Vec<u8>,
+) -> Result<PruneAnchor, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("the audit prune anchor's {what}"));
+    Ok(PruneAnchor {
+        first_id,
+        prev_hash: prev_hash
+            .try_into()
+            .map_err(|_| bad("prev_hash is not 32 bytes"))?,
+        mac: mac.try_into().map_err(|_| bad("MAC is not 32 bytes"))?,
     })
 }

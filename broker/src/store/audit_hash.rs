@@ -18,6 +18,11 @@
 //! prefix can be moved or rewritten: the prefix must end in exactly that
 //! hash. A fresh database is keyed from entry 1.
 //!
+//! Retention (`broker audit prune`) removes the oldest entries and leaves a
+//! [`PruneAnchor`]: the first kept entry's id and link, MAC'd under the
+//! chain key; verification starts there, so entries removed beyond it, or
+//! an anchor moved or forged, break the chain.
+//!
 //! Including the id makes renumbering detectable; comparing the last entry
 //! with the stored chain head detects removal at the end unless the head
 //! row is rewritten too, which is what the checkpoint outside the database
@@ -27,7 +32,7 @@ use std::fmt;
 
 use aws_lc_rs::{digest, hmac};
 
-use super::{AuditChainError, AuditEntry, AuditEvent, StoreError};
+use super::{AuditChainError, AuditEntry, AuditEvent, PruneAnchor, StoreError};
 use crate::keys::AuditChainKey;
 
 /// `prev_hash` of the first entry.
@@ -41,6 +46,8 @@ pub const VERIFY_PAGE: u32 = 1000;
 const PLAIN_LABEL: &[u8] = b"keybroker/audit-entry/v1";
 /// Domain label of the keyed entries.
 const KEYED_LABEL: &[u8] = b"keybroker/audit-entry/v2-hmac";
+/// Domain label of a prune anchor's MAC.
+const ANCHOR_LABEL: &[u8] = b"keybroker/audit-prune-anchor/v1";
 
 /// The unsealed chain key and where the keyed chain starts.
 pub struct ChainKeying {
@@ -77,6 +84,18 @@ impl ChainKeying {
     /// The hash of entry `keyed_from - 1`.
     pub fn boundary(&self) -> [u8; 32] {
         self.boundary
+    }
+
+    /// The MAC of a prune anchor: the chain starts at entry `first_id`,
+    /// whose link to the removed entry before it is `prev_hash`.
+    pub fn anchor_mac(&self, first_id: i64, prev_hash: &[u8; 32]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(ANCHOR_LABEL);
+        ctx.update(&first_id.to_be_bytes());
+        ctx.update(prev_hash);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
     }
 }
 
@@ -228,6 +247,28 @@ impl<'k> ChainWalk<'k> {
         self.next_id = id;
         self.prev = prev;
         self
+    }
+
+    /// The walk of a pruned chain: it starts at the anchor's first kept
+    /// entry, from the anchor's link, once the anchor's MAC checks out
+    /// under the installed chain key. An anchor without the key, or with
+    /// a MAC that does not match (forged, or moved), is a break.
+    pub fn from_prune_anchor(self, anchor: &PruneAnchor) -> Result<Self, StoreError> {
+        let Some(k) = self.keying else {
+            return Err(key_not_loaded(anchor.first_id));
+        };
+        let want = k.anchor_mac(anchor.first_id, &anchor.prev_hash);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &anchor.mac[..])) {
+            return Err(AuditChainError {
+                at_id: anchor.first_id,
+                what: "the prune anchor (where the chain starts after `broker audit prune`) \
+                       does not match its MAC under the audit chain key: it was forged or \
+                       moved"
+                    .into(),
+            }
+            .into());
+        }
+        Ok(self.starting_at(anchor.first_id, anchor.prev_hash))
     }
 
     /// The id after which the next page starts.

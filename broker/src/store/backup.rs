@@ -138,6 +138,41 @@ impl AuditKeyRow {
     }
 }
 
+/// Where a pruned audit chain starts (hex fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneAnchorRow {
+    /// The first entry kept.
+    pub first_id: i64,
+    /// Its link to the removed entry before it (hex).
+    pub prev_hash: String,
+    /// The MAC under the chain key (hex).
+    pub mac: String,
+}
+
+impl PruneAnchorRow {
+    /// The row of an anchor.
+    pub fn from_anchor(a: &super::PruneAnchor) -> Self {
+        PruneAnchorRow {
+            first_id: a.first_id,
+            prev_hash: hex::encode(a.prev_hash),
+            mac: hex::encode(a.mac),
+        }
+    }
+
+    /// The anchor of a row, checking every field.
+    pub fn to_anchor(&self) -> Result<super::PruneAnchor, StoreError> {
+        super::audit::prune_anchor_from(
+            self.first_id,
+            unhex("prune anchor prev_hash", &self.prev_hash)?,
+            unhex("prune anchor MAC", &self.mac)?,
+        )
+        .map_err(|e| StoreError::InvalidInput {
+            what: "snapshot",
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A rotation session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -172,6 +207,9 @@ pub struct Snapshot {
     /// before the keyed chain, whose entries are all plain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_key: Option<AuditKeyRow>,
+    /// Where the audit chain starts, if it was pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_pruned: Option<PruneAnchorRow>,
     /// Used nonces (hex) and their expiry.
     pub used_nonces: Vec<(String, i64)>,
     /// Rotation sessions.

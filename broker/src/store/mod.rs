@@ -51,16 +51,16 @@ mod url;
 mod volume;
 
 pub use audit::{
-    AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert, AuditKeyRecord, AuditStore,
-    AUDIT_VERDICTS,
+    prune_event, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert, AuditKeyRecord,
+    AuditStore, PruneAnchor, PruneOutcome, AUDIT_VERDICTS,
 };
 pub use audit_hash::{
     audit_entry_hash, chain_hash, keyed_audit_entry_hash, ChainKeying, ChainWalk, GENESIS_HASH,
     VERIFY_PAGE,
 };
 pub use backup::{
-    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, VolumeRow,
-    SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    VolumeRow, SNAPSHOT_FORMAT,
 };
 pub use keycheck::{KeyCheck, KeyCheckStore};
 pub use nonce::{NonceBurn, NonceStore};

@@ -166,6 +166,15 @@ pub enum Tamper {
     },
     /// Delete the chain key record.
     DeleteKeyRecord,
+    /// Set the prune anchor's first entry and link (its MAC kept).
+    SetPruneAnchor {
+        /// The new first entry.
+        first_id: i64,
+        /// The new link.
+        prev_hash: [u8; 32],
+    },
+    /// Delete the prune anchor.
+    DeletePruneAnchor,
 }
 
 /// A fresh, empty store and a hook that edits its backend directly.

@@ -9,6 +9,7 @@
 mod attest_commit;
 mod audit;
 mod audit_keyed;
+mod audit_prune;
 mod key_checks;
 mod nonces;
 mod policies;
@@ -27,6 +28,7 @@ pub use audit::{
 pub use audit_keyed::{
     audit_chain_key_upgrade, audit_keyed_tamper_detected, audit_verify_crosses_pages, test_keyring,
 };
+pub use audit_prune::{audit_prune_keeps_a_verifiable_chain, audit_prune_tamper_detected};
 pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
     maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{backend, now_unix, to_json, PgStore};
-use crate::store::audit::{key_record_from, tail_start};
+use crate::store::audit::{key_record_from, prune_anchor_from, tail_start};
 use crate::store::audit_hash::key_not_loaded;
 use crate::store::{
-    chain_hash, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert,
-    AuditKeyRecord, AuditStore, ChainKeying, ChainWalk, StoreError, VERIFY_PAGE,
+    chain_hash, prune_event, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId,
+    AuditKeyInsert, AuditKeyRecord, AuditStore, ChainKeying, ChainWalk, PruneAnchor, PruneOutcome,
+    StoreError, VERIFY_PAGE,
 };
 
 const AUDIT_COLUMNS: &str = "SELECT id, at_unix, kind, verdict, volumes, reason_codes, \
@@ -70,6 +71,18 @@ async fn key_record(c: &impl GenericClient) -> Result<Option<AuditKeyRecord>, St
         .await
         .map_err(backend)?;
     row.map(|r| key_record_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .transpose()
+}
+
+async fn prune_anchor(c: &impl GenericClient) -> Result<Option<PruneAnchor>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT first_id, prev_hash, mac FROM audit_pruned WHERE singleton = 1",
+            &[],
+        )
+        .await
+        .map_err(backend)?;
+    row.map(|r| prune_anchor_from(r.get(0), r.get(1), r.get(2)))
         .transpose()
 }
 
@@ -185,7 +198,12 @@ impl AuditStore for PgStore {
                 let head = head(&tx, false).await?;
                 let stored = key_record(&tx).await?.map(|r| (r.keyed_from, r.boundary));
                 let mut walk = ChainWalk::new(keying.as_deref(), stored)?;
-                if from_id > 1 {
+                let mut start = 1;
+                if let Some(a) = prune_anchor(&tx).await? {
+                    walk = walk.from_prune_anchor(&a)?;
+                    start = a.first_id;
+                }
+                if from_id > start {
                     let prev = tx
                         .query_opt("SELECT prev_hash FROM audit WHERE id = $1", &[&from_id])
                         .await
@@ -264,6 +282,84 @@ impl AuditStore for PgStore {
                 }
                 tx.commit().await.map_err(backend)?;
                 Ok(AuditKeyInsert::Created)
+            })
+        })
+    }
+
+    fn audit_prune_anchor(&self) -> Result<Option<PruneAnchor>, StoreError> {
+        self.run(|c| Box::pin(async move { prune_anchor(&*c).await }))
+    }
+
+    fn prune_audit(
+        &self,
+        before_unix: i64,
+        at_unix: i64,
+        client: Option<String>,
+    ) -> Result<PruneOutcome, StoreError> {
+        let keying = self.keying.get();
+        self.run_long(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(backend)?;
+                // The head's row lock: no append (from any replica) until
+                // the prune and its entry commit.
+                let (last_id, _) = head(&tx, true).await?;
+                let Some(keying) = keying else {
+                    return Err(key_not_loaded(
+                        key_record(&tx).await?.map_or(1, |r| r.keyed_from),
+                    ));
+                };
+                let start = prune_anchor(&tx).await?.map_or(1, |a| a.first_id);
+                let first_at: Option<i64> = tx
+                    .query_one(
+                        "SELECT MIN(id) FROM audit WHERE at_unix >= $1 AND id >= $2",
+                        &[&before_unix, &start],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .get(0);
+                // Always keep the newest entry.
+                let first_kept = first_at.unwrap_or(last_id).min(last_id);
+                if first_kept <= start {
+                    return Ok(PruneOutcome {
+                        removed: 0,
+                        first_kept: start,
+                        entry: None,
+                    });
+                }
+                let prev = tx
+                    .query_opt("SELECT prev_hash FROM audit WHERE id = $1", &[&first_kept])
+                    .await
+                    .map_err(backend)?
+                    .map(|r| r.get::<_, Vec<u8>>(0));
+                let prev = tail_start(first_kept, prev)?;
+                // The anchor first: the trigger lets through only the
+                // removal of entries before it.
+                tx.execute(
+                    "INSERT INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+                     VALUES (1, $1, $2, $3, $4) ON CONFLICT (singleton) DO UPDATE SET \
+                     first_id = EXCLUDED.first_id, prev_hash = EXCLUDED.prev_hash, \
+                     mac = EXCLUDED.mac, pruned_at = EXCLUDED.pruned_at",
+                    &[
+                        &first_kept,
+                        &&prev[..],
+                        &&keying.anchor_mac(first_kept, &prev)[..],
+                        &at_unix,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+                let removed = tx
+                    .execute("DELETE FROM audit WHERE id < $1", &[&first_kept])
+                    .await
+                    .map_err(backend)?;
+                let event = prune_event(at_unix, client, removed, before_unix, first_kept);
+                let id = append(&tx, Some(&keying), &event).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(PruneOutcome {
+                    removed,
+                    first_kept,
+                    entry: Some(id),
+                })
             })
         })
     }

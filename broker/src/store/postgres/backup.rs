@@ -3,11 +3,11 @@
 //! transaction in.
 
 use super::{backend, PgStore};
-use crate::store::audit::key_record_from;
+use crate::store::audit::{key_record_from, prune_anchor_from};
 use crate::store::backup::{check_format, not_empty, unhex};
 use crate::store::{
-    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, StoreError,
-    VolumeRow, SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    StoreError, VolumeRow, SNAPSHOT_FORMAT,
 };
 
 impl BackupStore for PgStore {
@@ -91,6 +91,14 @@ impl BackupStore for PgStore {
                             .map(|k| AuditKeyRow::from_record(&k))
                     })
                     .transpose()?;
+                let audit_pruned = q("SELECT first_id, prev_hash, mac FROM audit_pruned WHERE singleton = 1")
+                    .await?
+                    .first()
+                    .map(|r| {
+                        prune_anchor_from(r.get(0), r.get(1), r.get(2))
+                            .map(|a| PruneAnchorRow::from_anchor(&a))
+                    })
+                    .transpose()?;
                 let used_nonces = q("SELECT nonce, expires_at FROM used_nonces ORDER BY nonce")
                     .await?
                     .iter()
@@ -116,6 +124,7 @@ impl BackupStore for PgStore {
                     audit,
                     audit_head,
                     audit_key,
+                    audit_pruned,
                     used_nonces,
                     rotation_sessions,
                 })
@@ -132,7 +141,7 @@ impl BackupStore for PgStore {
                 // No other writer may start meanwhile.
                 tx.batch_execute(
                     "LOCK TABLE policies, policy_revisions, volumes, key_versions, audit, \
-                     audit_head, audit_key, used_nonces, rotation_sessions IN EXCLUSIVE MODE",
+                     audit_head, audit_key, audit_pruned, used_nonces, rotation_sessions IN EXCLUSIVE MODE",
                 )
                 .await
                 .map_err(backend)?;
@@ -235,6 +244,16 @@ impl BackupStore for PgStore {
                             &r.sealed.ciphertext,
                             &super::now_unix(),
                         ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                }
+                if let Some(a) = &s.audit_pruned {
+                    let a = a.to_anchor()?;
+                    tx.execute(
+                        "INSERT INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+                         VALUES (1, $1, $2, $3, $4)",
+                        &[&a.first_id, &&a.prev_hash[..], &&a.mac[..], &super::now_unix()],
                     )
                     .await
                     .map_err(backend)?;

@@ -112,6 +112,27 @@ CREATE TABLE audit_key (
     created_at    BIGINT NOT NULL
 );
 "#,
+    // 3: retention (`broker audit prune`): where the pruned chain starts,
+    // MAC'd under the chain key; the trigger lets through only the removal
+    // of entries before it (never an update, never a TRUNCATE).
+    r#"
+CREATE TABLE audit_pruned (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    first_id  BIGINT NOT NULL CHECK (first_id >= 1),
+    prev_hash BYTEA NOT NULL,
+    mac       BYTEA NOT NULL,
+    pruned_at BIGINT NOT NULL
+);
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.id < COALESCE((SELECT first_id FROM audit_pruned WHERE singleton = 1), 1) THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'audit entries are append-only';
+END $$;
+"#,
 ];
 
 /// The schema version this code writes.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use super::{backend, from_json, now_unix, to_json, SqliteStore};
-use crate::store::audit::{key_record_from, tail_start};
+use crate::store::audit::{key_record_from, prune_anchor_from, tail_start};
 use crate::store::audit_hash::key_not_loaded;
 use crate::store::{
-    chain_hash, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert,
-    AuditKeyRecord, AuditStore, ChainKeying, ChainWalk, StoreError, VERIFY_PAGE,
+    chain_hash, prune_event, AuditChainError, AuditEntry, AuditEvent, AuditFilter, AuditId,
+    AuditKeyInsert, AuditKeyRecord, AuditStore, ChainKeying, ChainWalk, PruneAnchor, PruneOutcome,
+    StoreError, VERIFY_PAGE,
 };
 
 type RawAudit = (
@@ -102,6 +103,29 @@ fn key_record(conn: &Connection) -> Result<Option<AuditKeyRecord>, StoreError> {
         key_record_from(keyed_from, boundary, id, nonce, ciphertext)
     })
     .transpose()
+}
+
+fn prune_anchor(conn: &Connection) -> Result<Option<PruneAnchor>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT first_id, prev_hash, mac FROM audit_pruned WHERE singleton = 1")
+        .and_then(|mut s| {
+            s.query_row([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    row.map(|(id, prev, mac)| prune_anchor_from(id, prev, mac))
+        .transpose()
+}
+
+/// The prune anchor, on `conn` (backups read it in their transaction).
+pub(super) fn prune_anchor_of(conn: &Connection) -> Result<Option<PruneAnchor>, StoreError> {
+    prune_anchor(conn)
 }
 
 /// The chain key record, on `conn` (backups read it in their transaction).
@@ -209,7 +233,12 @@ impl AuditStore for SqliteStore {
             let head = head(&conn)?;
             let stored = key_record(&conn)?.map(|r| (r.keyed_from, r.boundary));
             let mut walk = ChainWalk::new(keying.as_deref(), stored)?;
-            if from_id > 1 {
+            let mut start = 1;
+            if let Some(a) = prune_anchor(&conn)? {
+                walk = walk.from_prune_anchor(&a)?;
+                start = a.first_id;
+            }
+            if from_id > start {
                 let prev: Option<Vec<u8>> = conn
                     .query_row(
                         "SELECT prev_hash FROM audit WHERE id = ?1",
@@ -280,6 +309,76 @@ impl AuditStore for SqliteStore {
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(AuditKeyInsert::Created)
+    }
+
+    fn audit_prune_anchor(&self) -> Result<Option<PruneAnchor>, StoreError> {
+        prune_anchor(&self.conn())
+    }
+
+    fn prune_audit(
+        &self,
+        before_unix: i64,
+        at_unix: i64,
+        client: Option<String>,
+    ) -> Result<PruneOutcome, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let Some(keying) = self.keying.get() else {
+            return Err(key_not_loaded(key_record(&tx)?.map_or(1, |r| r.keyed_from)));
+        };
+        let (last_id, _) = head(&tx)?;
+        let start = prune_anchor(&tx)?.map_or(1, |a| a.first_id);
+        let first_at: Option<i64> = tx
+            .query_row(
+                "SELECT MIN(id) FROM audit WHERE at_unix >= ?1 AND id >= ?2",
+                params![before_unix, start],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        // Always keep the newest entry.
+        let first_kept = first_at.unwrap_or(last_id).min(last_id);
+        if first_kept <= start {
+            return Ok(PruneOutcome {
+                removed: 0,
+                first_kept: start,
+                entry: None,
+            });
+        }
+        let prev: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT prev_hash FROM audit WHERE id = ?1",
+                [first_kept],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let prev = tail_start(first_kept, prev)?;
+        // The anchor first: the delete trigger lets through only entries
+        // before it.
+        tx.execute(
+            "INSERT OR REPLACE INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+             VALUES (1, ?1, ?2, ?3, ?4)",
+            params![
+                first_kept,
+                &prev[..],
+                &keying.anchor_mac(first_kept, &prev)[..],
+                at_unix
+            ],
+        )
+        .map_err(backend)?;
+        let removed = tx
+            .execute("DELETE FROM audit WHERE id < ?1", [first_kept])
+            .map_err(backend)? as u64;
+        let event = prune_event(at_unix, client, removed, before_unix, first_kept);
+        let id = append(&tx, Some(&keying), &event)?;
+        tx.commit().map_err(backend)?;
+        Ok(PruneOutcome {
+            removed,
+            first_kept,
+            entry: Some(id),
+        })
     }
 
     fn install_audit_key(&self, keying: Arc<ChainKeying>) {

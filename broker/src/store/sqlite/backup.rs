@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use super::{backend, SqliteStore};
 use crate::store::backup::{check_format, not_empty, unhex};
 use crate::store::{
-    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, StoreError,
-    VolumeRow, SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    StoreError, VolumeRow, SNAPSHOT_FORMAT,
 };
 
 fn rows<T>(
@@ -104,6 +104,9 @@ impl BackupStore for SqliteStore {
             audit_key: super::audit::key_record_of(&tx)?
                 .as_ref()
                 .map(AuditKeyRow::from_record),
+            audit_pruned: super::audit::prune_anchor_of(&tx)?
+                .as_ref()
+                .map(PruneAnchorRow::from_anchor),
             used_nonces: rows(
                 &tx,
                 "SELECT nonce, expires_at FROM used_nonces ORDER BY nonce",
@@ -225,6 +228,15 @@ impl BackupStore for SqliteStore {
                     r.sealed.ciphertext,
                     super::now_unix()
                 ],
+            )
+            .map_err(backend)?;
+        }
+        if let Some(a) = &s.audit_pruned {
+            let a = a.to_anchor()?;
+            tx.execute(
+                "INSERT INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+                params![a.first_id, &a.prev_hash[..], &a.mac[..], super::now_unix()],
             )
             .map_err(backend)?;
         }
