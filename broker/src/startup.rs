@@ -39,7 +39,7 @@ pub enum StartupError {
         what: String,
     },
     /// The store failed while checking.
-    #[error("checking the master key against the database: {0}")]
+    #[error("checking the database at start: {0}")]
     Store(#[from] StoreError),
     /// A key could not be derived.
     #[error("checking the master key: {0}")]
