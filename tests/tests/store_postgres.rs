@@ -310,6 +310,45 @@ fn replicas_starting_together_make_one_audit_chain_key() {
     }
 }
 
+/// A database of schema 1 (plain audit entries, no chain key, no prune
+/// anchor, the old trigger) upgrades in place: migrated at open, keyed
+/// from the next entry on the first load with the master key, old entries
+/// still verifying, and the append-only trigger is the new one.
+#[test]
+fn a_schema_1_database_with_plain_entries_upgrades_in_place() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    {
+        let store = open(pg.socket_url(&db));
+        for i in 1..=3 {
+            store.append_audit(&event(i)).unwrap();
+        }
+    }
+    pg.psql(
+        &db,
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; \
+         DELETE FROM schema_version WHERE version >= 2; \
+         CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'audit entries are append-only'; END $$;",
+    )
+    .unwrap();
+    let store = open(pg.socket_url(&db));
+    assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    assert_eq!(
+        broker::audit_key::load(&store, &ring, true).unwrap(),
+        Some(4)
+    );
+    store.append_audit(&event(4)).unwrap();
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
+    assert_eq!(store.prune_audit(3, 10, None).unwrap().first_kept, 3);
+    let e = pg.psql(&db, "DELETE FROM audit WHERE id = 3").unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    // Entries 3 and 4, and the prune's.
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
+}
+
 #[test]
 fn newer_schema_is_refused() {
     let pg = PgCluster::shared();
