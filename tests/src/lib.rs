@@ -13,9 +13,11 @@
 //!   and the real Azure captures of `tests/fixtures/azure-snp-vtpm/`;
 //! - [`store_conformance`]: the suite every store implementation passes;
 //! - [`haproxy`]: HAProxy in TCP mode in front of broker replicas;
+//! - [`ca`]: a throwaway certificate authority for TLS peers;
 //! - [`pg`]: a throwaway PostgreSQL cluster (Debian's binaries, a temporary
 //!   directory, an unprivileged user).
 
+pub mod ca;
 pub mod exe;
 pub mod fixtures;
 pub mod haproxy;

@@ -324,6 +324,51 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Turns TLS on, with the server certificate and key given as PEM
+    /// (`ALTER SYSTEM` and a restart), and makes `db` refuse
+    /// TCP connections without it (`hostnossl … reject` in pg_hba.conf,
+    /// ahead of every other line), so that a test of TLS cannot pass over a
+    /// plain connection.
+    pub fn require_tls(&self, db: &str, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.dir.join("data");
+        let write = |name: &str, text: &str, mode: u32| -> Result<(), String> {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if self.run_as.is_some() {
+                let out = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .output()
+                    .map_err(|e| format!("chown: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("chown {}: failed", path.display()));
+                }
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem, 0o644)?;
+        write("server.key", key_pem, 0o600)?;
+        let hba_path = data.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path)
+            .map_err(|e| format!("{}: {e}", hba_path.display()))?;
+        write(
+            "pg_hba.conf",
+            &format!(
+                "hostssl {db} all 127.0.0.1/32 scram-sha-256\n\
+                 hostnossl {db} all 127.0.0.1/32 reject\n{hba}"
+            ),
+            0o600,
+        )?;
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        // A restart, not a reload: after a reload the server's settings say
+        // `ssl = on` a moment before it has loaded its certificate.
+        self.stop_server()?;
+        self.start_server()
+    }
+
     /// Writes a password file (mode 0600) for [`ROLE`] into `dir`.
     pub fn password_file(dir: &Path) -> PathBuf {
         use std::os::unix::fs::OpenOptionsExt as _;

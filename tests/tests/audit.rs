@@ -1193,4 +1193,38 @@ fn audit_into_a_closed_pipe_ends_quietly() {
             "json={json}: {err}"
         );
     }
+
+    // Read to the end, the listing spans two pages of the admin API (500
+    // entries each) and is still one JSON array, in id order, each entry once.
+    let ids = |args: &[&str]| -> Vec<i64> {
+        let r = run_in(
+            d,
+            &[
+                &["audit", "--json"][..],
+                args,
+                &["--config", "kb/config.toml"],
+            ]
+            .concat(),
+        );
+        r.expect_code(0);
+        json(&r)
+            .as_array()
+            .expect("one JSON array")
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    };
+    let all = ids(&[]);
+    assert!(all.len() >= 600, "{}", all.len());
+    assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>());
+    let last = ids(&["--limit", "550"]);
+    assert_eq!(last, all[all.len() - 550..], "--limit across pages");
+    let denied = ids(&["--verdict", "deny"]);
+    assert!(denied.len() >= 600, "{}", denied.len());
+    let last_denied = ids(&["--verdict", "deny", "--limit", "520"]);
+    assert_eq!(
+        last_denied,
+        denied[denied.len() - 520..],
+        "--limit with a filter"
+    );
 }

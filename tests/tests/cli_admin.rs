@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use keybroker_tests::ca::TestCa;
 use keybroker_tests::exe::{self, init, init_and_serve, mode, run_in, tempdir, Server};
 
 fn write(dir: &Path, name: &str, text: &str) {
@@ -27,45 +28,6 @@ fn edit_config(d: &Path, from: &str, to: &str) {
     std::fs::write(&p, text.replace(from, to)).unwrap();
 }
 
-/// A CA, and certificates it issues.
-struct Ca {
-    key: rcgen::KeyPair,
-    params: rcgen::CertificateParams,
-    cert: rcgen::Certificate,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.self_signed(&key).unwrap();
-        Ca {
-            key,
-            params: p,
-            cert,
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `cn` with `sans`.
-    fn issue(&self, cn: &str, sans: &[&str], client: bool) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 #[test]
 fn admin_api_is_not_served_on_the_guest_port() {
     let tmp = tempdir();
@@ -73,7 +35,7 @@ fn admin_api_is_not_served_on_the_guest_port() {
     let server = init_and_serve(d, "kb");
     // A client certificate the guest port never asks for, and the guest
     // port's own self-signed certificate as the CA.
-    let ca = Ca::new("someone");
+    let ca = TestCa::new("someone");
     let (c, k) = ca.issue("admin", &[], true);
     write(d, "c.pem", &c);
     write_key(d, "k.pem", &k);
@@ -204,11 +166,11 @@ fn mutual_tls_admits_only_certificates_of_the_client_ca() {
     let tmp = tempdir();
     let d = tmp.path();
     init(d, "kb", "127.0.0.1:0");
-    let ca = Ca::new("keybroker admin CA");
-    let other = Ca::new("another CA");
+    let ca = TestCa::new("keybroker admin CA");
+    let other = TestCa::new("another CA");
     std::fs::create_dir(d.join("kb/admin")).unwrap();
     let a = d.join("kb/admin");
-    write(&a, "ca.pem", &ca.cert.pem());
+    write(&a, "ca.pem", &ca.pem());
     let (c, k) = ca.issue("broker", &["127.0.0.1", "localhost"], false);
     write(&a, "cert.pem", &c);
     write_key(&a, "key.pem", &k);

@@ -16,6 +16,7 @@ use broker::store::{
     AttestCommit, AttestCommitted, AuditEvent, AuditStore, NonceBurn, NonceStore, PgOptions,
     PgStore, PolicyStore, Store, StoreError, PG_SCHEMA_VERSION,
 };
+use keybroker_tests::ca::TestCa;
 use keybroker_tests::pg::{PgCluster, ROLE};
 use keybroker_tests::store_conformance::{self as conformance, Tamper, Tamperable};
 
@@ -481,4 +482,64 @@ fn held_row_lock_times_out() {
     holder.join().unwrap().unwrap();
     store.append_audit(&event(3)).unwrap();
     assert_eq!(store.verify_audit_chain().unwrap(), 2);
+}
+
+/// TLS to PostgreSQL with `[store] ca_cert`: the store connects to a server
+/// whose certificate chains to that CA and names the host it asked for,
+/// and refuses another CA's certificate or one naming another host. The
+/// database refuses TCP without TLS, so the connection that works is
+/// shown to be encrypted.
+#[test]
+fn tls_to_postgres_checks_the_servers_certificate() {
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.fresh_database();
+    let ca = TestCa::new("database CA");
+    let (cert, key) = ca.issue("db.example", &["db.example"], false);
+    pg.require_tls(&db, &cert, &key).unwrap();
+    let tmp = keybroker_tests::exe::tempdir();
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_file = tmp.path().join("other.pem");
+    std::fs::write(&other_file, TestCa::new("another CA").pem()).unwrap();
+    let opts = |url: String, ca: Option<&std::path::Path>| {
+        let mut o = PgOptions::new(url);
+        o.password = Some(zeroize::Zeroizing::new(
+            keybroker_tests::pg::PASSWORD.into(),
+        ));
+        o.ca_cert = ca.map(std::path::Path::to_path_buf);
+        o
+    };
+    let port = pg.port();
+    // db.example is reached at 127.0.0.1 (`hostaddr`), and verified as db.example.
+    let named =
+        format!("postgres://{ROLE}@db.example:{port}/{db}?hostaddr=127.0.0.1&sslmode=require");
+
+    let open_err = |o: PgOptions, what: &str| match PgStore::open(o) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{what} was accepted"),
+    };
+    let plain = open_err(opts(pg.tcp_url(&db), None), "a connection without TLS");
+    assert!(
+        plain.contains("no encryption") || plain.contains("pg_hba"),
+        "{plain}"
+    );
+
+    let store = PgStore::open(opts(named.clone(), Some(&ca_file))).unwrap();
+    store.append_audit(&event(1_700_000_000)).unwrap();
+    assert!(store.verify_audit_chain().unwrap() >= 1);
+    drop(store);
+
+    let wrong_ca = open_err(opts(named, Some(&other_file)), "another CA's certificate");
+    assert!(wrong_ca.contains("UnknownIssuer"), "{wrong_ca}");
+    let wrong_name = open_err(
+        opts(
+            format!("postgres://{ROLE}@127.0.0.1:{port}/{db}?sslmode=require"),
+            Some(&ca_file),
+        ),
+        "a certificate for another host",
+    );
+    assert!(
+        wrong_name.contains("not valid for name \"127.0.0.1\""),
+        "{wrong_name}"
+    );
 }

@@ -33,7 +33,7 @@ use crate::store::{AuditEvent, Store};
 
 pub use crate::lifecycle::{RetiredVersion, RotationState};
 
-pub use audit::{ChainCheck, Inventory};
+pub use audit::{AuditPage, ChainCheck, Inventory, PAGE_BYTES, PAGE_ENTRIES};
 pub use edit::{edit_string_list, EditError, ListEdit};
 pub use error::{AdminError, AdminErrorKind};
 pub use keys::{PendingRotation, StatusReport, VolumeRotation};

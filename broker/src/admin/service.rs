@@ -483,13 +483,13 @@ impl pb::admin_server::Admin for AdminService {
             until_unix: r.until_unix,
             verdict: r.verdict,
             kind: r.kind,
-            after_id: None,
-            limit: None,
+            ..AuditFilter::default()
         };
         let admin = self.admin.clone();
-        let entries = blocking(move || admin.audit_query(&filter, r.limit)).await?;
+        let page = blocking(move || admin.audit_page(&filter, r.limit, r.after_id)).await?;
         Ok(Response::new(pb::AuditQueryResponse {
-            entries: entries.iter().map(audit_pb).collect(),
+            entries: page.entries.iter().map(audit_pb).collect(),
+            next_after_id: page.next_after_id,
         }))
     }
 

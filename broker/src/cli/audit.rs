@@ -171,30 +171,48 @@ fn verify(conn: &AdminConn) -> anyhow::Result<Outcome> {
 
 fn list(args: ListArgs) -> anyhow::Result<Outcome> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let req = pb::AuditQueryRequest {
+    let mut req = pb::AuditQueryRequest {
         volume: args.volume.clone(),
         since_unix: args.since.map(|t| t.resolve(now)),
         until_unix: args.until.map(|t| t.resolve(now)),
         verdict: args.verdict.map(|v| verdict_str(v).to_owned()),
         kind: args.kind.map(|k| kind_str(k).to_owned()),
         limit: args.limit.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        after_id: None,
     };
+    let mut remaining = args.limit.unwrap_or(usize::MAX);
     let s = args.conn.connect()?;
-    let Some(r) = s.run(s.client().audit_query(req))? else {
-        return Ok(Outcome::Refused);
-    };
-    let entries = r.entries;
-    let printed = if args.json {
-        let v: Vec<Value> = entries.iter().map(entry_json).collect();
-        print_lines(std::iter::once(serde_json::to_string_pretty(&v)?))
-    } else {
-        if entries.is_empty() {
-            eprintln!("broker: no audit entries match");
+    let mut out = EntryWriter::new(args.json);
+    // Page by page, printing as each arrives: memory stays at one page
+    // whatever the size of the log.
+    loop {
+        let Some(r) = s.run(s.client().audit_query(req.clone()))? else {
+            return Ok(Outcome::Refused);
+        };
+        for e in r.entries.iter().take(remaining) {
+            match out.entry(e) {
+                Ok(()) => {}
+                // `broker audit | head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(Outcome::Success)
+                }
+                Err(e) => return Err(e).context("cannot write the audit entries to stdout"),
+            }
         }
-        print_lines(entries.iter().map(entry_line))
-    };
-    match printed {
-        // `broker audit | head`: the reader has what it wanted.
+        remaining = remaining.saturating_sub(r.entries.len());
+        match r.next_after_id {
+            Some(next) if remaining > 0 => {
+                // The first page placed the window; later pages continue it.
+                req.limit = None;
+                req.after_id = Some(next);
+            }
+            _ => break,
+        }
+    }
+    if out.count == 0 && !args.json {
+        eprintln!("broker: no audit entries match");
+    }
+    match out.finish() {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Success),
         r => r
             .map(|()| Outcome::Success)
@@ -202,15 +220,44 @@ fn list(args: ListArgs) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Writes each line to stdout, stopping at the first error (a closed pipe
-/// included, which the caller treats as the end).
-fn print_lines(lines: impl Iterator<Item = String>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    for l in lines {
-        writeln!(out, "{l}")?;
+/// Prints entries as they arrive: one line each, or (`--json`) one
+/// pretty-printed JSON array written element by element.
+struct EntryWriter {
+    json: bool,
+    count: usize,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl EntryWriter {
+    fn new(json: bool) -> Self {
+        EntryWriter {
+            json,
+            count: 0,
+            out: std::io::stdout().lock(),
+        }
     }
-    out.flush()
+
+    fn entry(&mut self, e: &pb::AuditEntry) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if self.json {
+            let v = serde_json::to_string_pretty(&entry_json(e)).map_err(std::io::Error::other)?;
+            let sep = if self.count == 0 { "[\n" } else { ",\n" };
+            write!(self.out, "{sep}  {}", v.replace('\n', "\n  "))?;
+        } else {
+            writeln!(self.out, "{}", entry_line(e))?;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if self.json {
+            let end = if self.count == 0 { "[]\n" } else { "\n]\n" };
+            self.out.write_all(end.as_bytes())?;
+        }
+        self.out.flush()
+    }
 }
 
 fn verdict_str(v: VerdictArg) -> &'static str {

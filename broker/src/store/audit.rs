@@ -77,7 +77,8 @@ pub struct AuditEntry {
     pub hash: [u8; 32],
 }
 
-/// Selects audit entries; every set field must match. Ordered by id.
+/// Selects audit entries; every set field must match. Ordered by id
+/// (ascending unless `newest_first`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Entries naming this volume.
@@ -90,8 +91,12 @@ pub struct AuditFilter {
     pub verdict: Option<String>,
     /// This kind.
     pub kind: Option<String>,
-    /// Ids strictly greater than this (paging).
+    /// Ids strictly greater than this (paging forward).
     pub after_id: Option<i64>,
+    /// Ids strictly less than this (paging backward).
+    pub before_id: Option<i64>,
+    /// Newest first (descending ids) instead of oldest first.
+    pub newest_first: bool,
     /// At most this many.
     pub limit: Option<u32>,
 }

@@ -178,3 +178,22 @@ pub trait VolumeStore {
         cutoff_unix: i64,
     ) -> Result<Vec<PurgedVersion>, StoreError>;
 }
+
+/// Checks that key version `version` of `name`, found in `state` (`None`:
+/// no such version), may be promoted: only a pending version may.
+pub(crate) fn expect_pending(
+    name: &str,
+    version: u32,
+    state: Option<&str>,
+) -> Result<(), StoreError> {
+    match state {
+        Some("pending") => Ok(()),
+        Some(other) => Err(StoreError::Conflict(format!(
+            "key version {version} of volume {name:?} is {other}, not pending"
+        ))),
+        None => Err(StoreError::NotFound {
+            what: "key version",
+            name: format!("{name}#{version}"),
+        }),
+    }
+}

@@ -92,6 +92,33 @@ pub fn audit_append_filter_and_chain(store: &dyn Store) {
         }),
         vec![b.0]
     );
+    assert_eq!(
+        f(AuditFilter {
+            newest_first: true,
+            limit: Some(2),
+            ..Default::default()
+        }),
+        vec![c.0, b.0],
+        "newest first, limited"
+    );
+    assert_eq!(
+        f(AuditFilter {
+            before_id: Some(c.0),
+            newest_first: true,
+            limit: Some(2),
+            ..Default::default()
+        }),
+        vec![b.0, a.0],
+        "paging backward from an id"
+    );
+    assert_eq!(
+        f(AuditFilter {
+            after_id: Some(a.0),
+            before_id: Some(c.0),
+            ..Default::default()
+        }),
+        vec![b.0]
+    );
     let got = store
         .audit_entries(&AuditFilter {
             after_id: Some(a.0),

@@ -150,12 +150,14 @@ impl AuditStore for PgStore {
         let f = filter.clone();
         self.run(move |c| {
             Box::pin(async move {
+                let order = if f.newest_first { "DESC" } else { "ASC" };
                 let sql = format!(
                     "{AUDIT_COLUMNS} WHERE ($1::text IS NULL OR volumes::jsonb ? $1::text) \
                      AND ($2::bigint IS NULL OR at_unix >= $2) \
                      AND ($3::bigint IS NULL OR at_unix < $3) \
                      AND ($4::text IS NULL OR verdict = $4) AND ($5::text IS NULL OR kind = $5) \
-                     AND ($6::bigint IS NULL OR id > $6) ORDER BY id LIMIT $7"
+                     AND ($6::bigint IS NULL OR id > $6) AND ($8::bigint IS NULL OR id < $8) \
+                     ORDER BY id {order} LIMIT $7"
                 );
                 let limit: Option<i64> = f.limit.map(i64::from);
                 let rows = c
@@ -169,6 +171,7 @@ impl AuditStore for PgStore {
                             &f.kind,
                             &f.after_id,
                             &limit,
+                            &f.before_id,
                         ],
                     )
                     .await

@@ -77,7 +77,16 @@ pub(super) fn backend(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable("the connection to PostgreSQL is closed".into());
     }
-    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    // The causes too: "error performing TLS handshake" alone does not say
+    // that the certificate's issuer is unknown or its name is another.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError::Unavailable(format!("PostgreSQL: {why}"))
 }
 
 pub(super) fn now_unix() -> i64 {

@@ -7,6 +7,7 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::{backend, not_found, now_unix, PgStore};
 use crate::keys::{MasterKeyId, SealedKey};
+use crate::store::volume::expect_pending;
 use crate::store::{
     validate_name, KeyState, KeyVersionRecord, NewVolume, PurgedVersion, ReleaseView, StoreError,
     StoredPolicy, VolumeRecord, VolumeStore,
@@ -456,20 +457,7 @@ impl VolumeStore for PgStore {
                     .await
                     .map_err(backend)?
                     .map(|r| r.get(0));
-                match state.as_deref() {
-                    Some("pending") => {}
-                    Some(other) => {
-                        return Err(StoreError::Conflict(format!(
-                            "key version {version} of volume {name:?} is {other}, not pending"
-                        )))
-                    }
-                    None => {
-                        return Err(StoreError::NotFound {
-                            what: "key version",
-                            name: format!("{name}#{version}"),
-                        })
-                    }
-                }
+                expect_pending(&name, version, state.as_deref())?;
                 let now = now_unix();
                 // Retire first: the partial unique index allows one current.
                 tx.execute(

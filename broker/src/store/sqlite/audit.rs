@@ -191,12 +191,14 @@ impl AuditStore for SqliteStore {
 
     fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
         let sql = format!(
             "{AUDIT_COLUMNS} WHERE (?1 IS NULL OR EXISTS \
                (SELECT 1 FROM json_each(audit.volumes) WHERE json_each.value = ?1)) \
              AND (?2 IS NULL OR at_unix >= ?2) AND (?3 IS NULL OR at_unix < ?3) \
              AND (?4 IS NULL OR verdict = ?4) AND (?5 IS NULL OR kind = ?5) \
-             AND (?6 IS NULL OR id > ?6) ORDER BY id LIMIT ?7"
+             AND (?6 IS NULL OR id > ?6) AND (?8 IS NULL OR id < ?8) \
+             ORDER BY id {order} LIMIT ?7"
         );
         let mut s = conn.prepare_cached(&sql).map_err(backend)?;
         let limit = filter.limit.map_or(-1, i64::from);
@@ -209,7 +211,8 @@ impl AuditStore for SqliteStore {
                     filter.verdict,
                     filter.kind,
                     filter.after_id,
-                    limit
+                    limit,
+                    filter.before_id
                 ],
                 read_audit_raw,
             )

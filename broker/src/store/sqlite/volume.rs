@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::policy::{policy_exists, read_policy};
 use super::{backend, not_found, now_unix, SqliteStore};
 use crate::keys::{MasterKeyId, SealedKey};
+use crate::store::volume::expect_pending;
 use crate::store::{
     validate_name, KeyState, KeyVersionRecord, NewVolume, PurgedVersion, ReleaseView, StoreError,
     VolumeRecord, VolumeStore,
@@ -377,20 +378,7 @@ impl VolumeStore for SqliteStore {
             )
             .optional()
             .map_err(backend)?;
-        match state.as_deref() {
-            Some("pending") => {}
-            Some(other) => {
-                return Err(StoreError::Conflict(format!(
-                    "key version {version} of volume {name:?} is {other}, not pending"
-                )))
-            }
-            None => {
-                return Err(StoreError::NotFound {
-                    what: "key version",
-                    name: format!("{name}#{version}"),
-                })
-            }
-        }
+        expect_pending(name, version, state.as_deref())?;
         let now = now_unix();
         // Retire first: the partial unique index allows one current per volume.
         tx.execute(
