@@ -122,6 +122,30 @@ fn audit_is_append_only_in_postgres() {
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
     assert_eq!(store.verify_audit_chain().unwrap(), 1);
+    drop(store);
+
+    // Whoever owns the table can take the guard away: a trigger disabled,
+    // one dropped, or the function replaced by one that lets all through.
+    // The next open puts it back.
+    for undo in [
+        "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        "DROP TRIGGER audit_no_truncate ON audit",
+        "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+    ] {
+        pg.psql(&db, undo).unwrap();
+        let probe = if undo.contains("truncate") {
+            "BEGIN; TRUNCATE audit; ROLLBACK"
+        } else {
+            "BEGIN; UPDATE audit SET verdict = 'allow'; ROLLBACK"
+        };
+        pg.psql(&db, probe)
+            .unwrap_or_else(|e| panic!("{undo}: the guard was still there: {e}"));
+        let store = open(pg.socket_url(&db));
+        let e = pg.psql(&db, probe).unwrap_err();
+        assert!(e.contains("append-only"), "after {undo}: {e}");
+        assert_eq!(store.verify_audit_chain().unwrap(), 1);
+    }
 }
 
 /// After a prune the trigger lets through only deletes of entries before
