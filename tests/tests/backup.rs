@@ -3,14 +3,20 @@
 //! records, so every key unseals to the same bytes with the same master
 //! key, every policy revision, and an audit chain that verifies. A restore
 //! into a non-empty store is refused; a backup never holds the master key.
+//! A broker then serves the restored database: a guest gets the same key.
 
 use std::path::Path;
 
 use broker::keys::Keyring;
 use broker::store::{AuditEvent, Store};
+use guest_unlock::flow::fetch_keys;
+use keybroker_proto::VolumeIds;
 use keybroker_tests::exe::run_in;
 use keybroker_tests::pg::PgCluster;
-use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions};
+use keybroker_tests::sim::{SimPlatform, SimProvider};
+use keybroker_tests::{
+    default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
+};
 
 /// A broker directory with two volumes (one rotated: a pending version),
 /// two policy revisions and audit entries; the volume keys by name.
@@ -86,6 +92,24 @@ fn assert_same(config: &Path, keys: &[(String, u32, Vec<u8>)], audit_entries: u6
     assert_eq!(store.verify_audit_chain().unwrap(), audit_entries);
 }
 
+/// Starts the broker on `dir` and unlocks `volume` as the default
+/// simulated guest: the current key's bytes.
+fn served_key(dir: &BrokerDir, volume: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let broker = RunningBroker::start(dir).await.unwrap();
+        let cfg = guest_config(&[broker.url()], &dir.pin, dir.sim.dir(), 20).unwrap();
+        let provider = SimProvider::new(SimPlatform::load(dir.sim.dir()).unwrap(), default_guest());
+        let out = fetch_keys(&cfg, &provider, &VolumeIds::parse([volume]).unwrap())
+            .await
+            .unwrap();
+        assert!(out.all_granted(), "{:?}", out.denied);
+        let key = out.keys[0].expose_secret().to_vec();
+        broker.stop().await.unwrap();
+        key
+    })
+}
+
 fn set_store(config: &Path, url: &str) {
     let text = std::fs::read_to_string(config).unwrap();
     let start = text.find("\nurl = ").unwrap();
@@ -143,6 +167,9 @@ fn backup_then_restore_into_a_new_sqlite_store() {
     r.expect_code(0);
     assert!(r.stdout.contains("verifies"), "{}", r.stdout);
     assert_same(&dir.config_path, &keys, entries);
+    // The restored database is served: the broker starts on it and a
+    // guest gets the same key as before the disaster.
+    assert_eq!(served_key(&dir, "root"), keys[0].2);
     // Restoring again, into the now non-empty store, is refused.
     let r = run_in(
         dir.dir.path(),
@@ -230,4 +257,5 @@ fn migrate_sqlite_to_postgres_then_backup_and_restore_there() {
     )
     .expect_code(0);
     assert_same(&dir.config_path, &keys, entries);
+    assert_eq!(served_key(&dir, "root"), keys[0].2);
 }
