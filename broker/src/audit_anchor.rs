@@ -3,14 +3,17 @@
 //! id and hash of the newest audit entry the broker has seen, with an
 //! HMAC under a key derived from the master key ([`Purpose::AuditChain`]).
 //!
-//! The chain in the database can be recomputed by anyone who can write the
-//! database (its hashes are plain SHA-256, see `store/audit_hash.rs`); the
-//! checkpoint cannot, without the master key's directory. So:
+//! The chain in the database is keyed (`store/audit_hash.rs`): without the
+//! master key nobody can change or recompute an entry unnoticed. What the
+//! chain cannot show by itself is entries removed from its end with the
+//! head row fixed up; the checkpoint shows it, since it cannot be written
+//! without the master key's directory. So:
 //!
-//! - an entry at or before the checkpoint changed and the chain recomputed:
-//!   the entry at the checkpoint's id no longer has the checkpoint's hash;
 //! - entries removed from the end (truncation, with the head row fixed up):
-//!   the checkpoint's id is missing.
+//!   the checkpoint's id is missing;
+//! - an entry at or before the checkpoint replaced (say, by the entries of
+//!   an older copy of the database): the entry at the checkpoint's id no
+//!   longer has the checkpoint's hash.
 //!
 //! The broker updates the checkpoint once a second from store upkeep, so
 //! what a database writer can still change undetected is the last second
@@ -227,8 +230,16 @@ pub fn newest(
 }
 
 /// Checks the database against the checkpoint: the entry at its id must
-/// exist with its hash.
+/// exist with its hash, unless `broker audit prune` removed it (the chain
+/// then starts after it, at an anchor MAC'd under the chain key, which
+/// verification checks).
 pub fn check(store: &dyn Store, path: &Path, c: &Checkpoint) -> Result<(), AnchorError> {
+    if store
+        .audit_prune_anchor()?
+        .is_some_and(|a| c.id < a.first_id)
+    {
+        return Ok(());
+    }
     let at = store.audit_entries(&AuditFilter {
         after_id: Some(c.id - 1),
         limit: Some(1),

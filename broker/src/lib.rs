@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod audit;
 pub mod audit_anchor;
+pub mod audit_key;
 pub mod certsource;
 pub mod config;
 pub mod error;

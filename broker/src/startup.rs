@@ -1,6 +1,9 @@
 //! Start-up checks: what would only fail later, refused before the broker
 //! serves, each refusal naming the fix.
 //!
+//! [`check_audit_tail`]: the newest audit entries (from the checkpoint's
+//! entry on, at least the last 1,000) must verify under the chain key.
+//!
 //! [`check_master_key`]: the master key must be the one the database
 //! belongs to. The database records a key-check value per master key
 //! ([`KeyCheckStore`](crate::store::KeyCheckStore)); a database written
@@ -27,8 +30,16 @@ pub enum StartupError {
         /// What the database says.
         why: String,
     },
+    /// The tail of the audit chain does not verify.
+    #[error("the audit log is broken at entry {at_id}: {what}. The database was changed outside the broker: keep a copy of it for investigation, then restore the database from a backup taken before entry {at_id} was written (`broker restore`); the broker does not serve on an audit log it cannot vouch for")]
+    AuditChainBroken {
+        /// The first entry that fails.
+        at_id: i64,
+        /// What is wrong there.
+        what: String,
+    },
     /// The store failed while checking.
-    #[error("checking the master key against the database: {0}")]
+    #[error("checking the database at start: {0}")]
     Store(#[from] StoreError),
     /// A key could not be derived.
     #[error("checking the master key: {0}")]
@@ -106,6 +117,32 @@ pub fn check_master_key(
         tracing::info!(master_key = %k.id(), "recorded the master key's key-check value in the database");
     }
     Ok(())
+}
+
+/// Entries the start-up check of the audit chain's tail covers at least.
+pub const AUDIT_TAIL_ENTRIES: i64 = 1000;
+
+/// Verifies the audit chain's tail with the installed chain key: from the
+/// checkpoint's entry (`checkpoint_id`, what the file beside the master
+/// key vouches for) to the head, and at least the last
+/// [`AUDIT_TAIL_ENTRIES`]. Returns the number of entries checked.
+pub fn check_audit_tail(
+    store: &dyn Store,
+    checkpoint_id: Option<i64>,
+) -> Result<u64, StartupError> {
+    let (head, _) = store.audit_head()?;
+    let from = checkpoint_id
+        .unwrap_or(i64::MAX)
+        .min(head - (AUDIT_TAIL_ENTRIES - 1))
+        .max(1);
+    match store.verify_audit_from(from) {
+        Ok(n) => Ok(n),
+        Err(StoreError::AuditChain(e)) => Err(StartupError::AuditChainBroken {
+            at_id: e.at_id,
+            what: e.what,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn first_record_under(

@@ -33,6 +33,9 @@ pub enum WiringError {
     /// The master key is not the database's.
     #[error(transparent)]
     Startup(#[from] crate::startup::StartupError),
+    /// The audit chain key cannot be unsealed or made.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit_key::AuditKeyError),
     /// The store cannot be opened.
     #[error("cannot open the store {location}")]
     Store {
@@ -145,6 +148,17 @@ fn read_password_file(path: &Path) -> Result<Zeroizing<String>, WiringError> {
     Ok(Zeroizing::new(line.to_owned()))
 }
 
+/// The configured store (which must exist) with its audit chain key
+/// unsealed by the config's master key, so that it appends and verifies
+/// the keyed chain (`broker backup`, tools, the test kit). Never makes a
+/// chain key: a store from before the keyed chain stays as it is until
+/// `broker serve` upgrades it.
+pub fn keyed_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
+    let store = store(config)?;
+    crate::audit_key::load(store.as_ref(), &keyring(config)?, false)?;
+    Ok(store)
+}
+
 /// Creates the configured store (`broker init`, the test kit), or opens it
 /// if it exists.
 pub fn create_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
@@ -223,19 +237,27 @@ pub fn verifier(config: &Config, trust: TrustStore) -> Result<Verifier, WiringEr
     Ok(v)
 }
 
-/// The whole key-release service. Refuses a missing database and a master
-/// key that is not the database's (`crate::startup`).
+/// The whole key-release service. Refuses a missing database, a master
+/// key that is not the database's, and an audit log that does not match
+/// its checkpoint or does not verify at its tail (`crate::startup`).
 pub fn broker(config: &Config) -> Result<Broker, WiringError> {
     crate::lifecycle::failpoint::init();
     let keyring = keyring(config)?;
     let store = store(config)?;
     crate::startup::check_master_key(store.as_ref(), &keyring, &config.master_key)?;
+    // The audit chain key: unsealed, or made on the first start (a new
+    // database, or one from before the keyed chain).
+    crate::audit_key::load(store.as_ref(), &keyring, true)?;
     // The audit log must still hold what its checkpoint vouches for.
     let anchor = crate::audit_anchor::checkpoint_path(&config.master_key);
     let checkpoint = crate::audit_anchor::read(&keyring, &anchor)?;
     if let Some(c) = &checkpoint {
         crate::audit_anchor::check(store.as_ref(), &anchor, c)?;
     }
+    // ...and its newest entries, which the checkpoint may not cover yet,
+    // must verify under the chain key.
+    let checked = crate::startup::check_audit_tail(store.as_ref(), checkpoint.map(|c| c.id))?;
+    tracing::debug!(entries = checked, "the audit chain's tail verifies");
     let verifier = verifier(config, trust(config)?)?;
     let broker = Broker::with_keyring(store, Arc::new(keyring), verifier, config.nonce_ttl)
         .with_rotation_session_ttl(config.rotation_session_ttl)

@@ -425,7 +425,7 @@ fn audit_refuses_bad_input_with_what_to_do() {
     bad_kind.expect_code(2);
     assert!(bad_kind
         .stderr
-        .contains("[possible values: challenge, attest, admin, noise]"));
+        .contains("[possible values: challenge, attest, admin, noise, prune]"));
 
     // A config whose broker is not running: the commands say so, and never
     // open (or create) its database themselves.
@@ -469,8 +469,11 @@ fn audit_refuses_bad_input_with_what_to_do() {
 
 // ------------------------------------------------------------ broker audit verify
 
-/// Copies the broker directory to `name` and applies `sql` to its database
-/// through a raw connection, the append-only triggers dropped first.
+/// Copies the broker directory to `name`, serves the copy, and applies
+/// `sql` to its database through a raw connection while it runs (the
+/// append-only triggers dropped first): a broker refuses to start on an
+/// audit log whose tail does not verify, so the change is made under a
+/// running one, as an intruder would.
 fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
     let dst = s.dir().join(name);
     std::fs::create_dir(&dst).unwrap();
@@ -489,11 +492,6 @@ fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
             std::fs::copy(s.kb().join(f), dst.join(f)).unwrap();
         }
     }
-    let conn = rusqlite::Connection::open(dst.join("broker.db")).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-        .unwrap();
-    conn.execute_batch(sql).unwrap();
-    drop(conn);
     // A broker of its own serves the copy, on its own socket.
     let cfg = dst.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -502,6 +500,11 @@ fn tampered(s: &Setup, name: &str, sql: &str) -> Run {
     );
     std::fs::write(&cfg, text).unwrap();
     let _server = Server::start(s.dir(), &format!("{name}/config.toml"));
+    let conn = rusqlite::Connection::open(dst.join("broker.db")).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    conn.execute_batch(sql).unwrap();
+    drop(conn);
     s.run(&[
         "audit",
         "verify",
@@ -524,17 +527,17 @@ fn audit_verify_finds_each_changed_removed_or_reordered_entry() {
         (
             "deny-to-allow",
             "UPDATE audit SET verdict = 'allow', reason_codes = '[]' WHERE id = 6;",
-            "audit chain BROKEN at entry 6: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 6: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "details",
             "UPDATE audit SET details_json = replace(details_json, 'POLICY', 'XOLICY') WHERE id = 7;",
-            "audit chain BROKEN at entry 7: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 7: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "client",
             "UPDATE audit SET client_addr = '10.0.0.1:1' WHERE id = 5;",
-            "audit chain BROKEN at entry 5: its content does not match its hash (the entry was changed)\n",
+            "audit chain BROKEN at entry 5: its content does not match its MAC under the audit chain key (the entry was changed, or its hash recomputed without the key)\n",
         ),
         (
             "delete",
@@ -1155,7 +1158,7 @@ fn audit_into_a_closed_pipe_ends_quietly() {
     let d = tmp.path();
     let _server = keybroker_tests::exe::init_and_serve(d, "kb");
     let cfg = broker::config::Config::load(&d.join("kb/config.toml")).unwrap();
-    let store = broker::wiring::store(&cfg).unwrap();
+    let store = broker::wiring::keyed_store(&cfg).unwrap();
     for i in 0..600 {
         store
             .append_audit(&broker::store::AuditEvent {

@@ -3,14 +3,20 @@
 //! records, so every key unseals to the same bytes with the same master
 //! key, every policy revision, and an audit chain that verifies. A restore
 //! into a non-empty store is refused; a backup never holds the master key.
+//! A broker then serves the restored database: a guest gets the same key.
 
 use std::path::Path;
 
 use broker::keys::Keyring;
 use broker::store::{AuditEvent, Store};
+use guest_unlock::flow::fetch_keys;
+use keybroker_proto::VolumeIds;
 use keybroker_tests::exe::run_in;
 use keybroker_tests::pg::PgCluster;
-use keybroker_tests::{default_guest, policy_for, BrokerDir, BrokerOptions};
+use keybroker_tests::sim::{SimPlatform, SimProvider};
+use keybroker_tests::{
+    default_guest, guest_config, policy_for, BrokerDir, BrokerOptions, RunningBroker,
+};
 
 /// A broker directory with two volumes (one rotated: a pending version),
 /// two policy revisions and audit entries; the volume keys by name.
@@ -25,7 +31,15 @@ fn populated(dir: &BrokerDir) -> Vec<(String, u32, Vec<u8>)> {
     let store = broker::wiring::store(&cfg).unwrap();
     let ring = broker::wiring::keyring(&cfg).unwrap();
     let pending = broker::lifecycle::rotate_volume(store.as_ref(), &ring, "data").unwrap();
+    // Two plain entries (an old broker's), then the chain key, then keyed
+    // ones: a round trip must carry the key record and the boundary.
     for i in 0..5 {
+        if i == 2 {
+            assert_eq!(
+                broker::audit_key::load(store.as_ref(), &ring, true).unwrap(),
+                Some(3)
+            );
+        }
         store
             .append_audit(&AuditEvent {
                 at_unix: 1_000 + i,
@@ -63,7 +77,8 @@ fn unsealed(store: &dyn Store, ring: &Keyring, volume: &str, version: u32) -> Ve
 /// and the chain verifies.
 fn assert_same(config: &Path, keys: &[(String, u32, Vec<u8>)], audit_entries: u64) {
     let cfg = broker::config::Config::load(config).unwrap();
-    let store = broker::wiring::store(&cfg).unwrap();
+    let store = broker::wiring::keyed_store(&cfg).unwrap();
+    assert_eq!(store.audit_key_record().unwrap().unwrap().keyed_from, 3);
     let ring = broker::wiring::keyring(&cfg).unwrap();
     for (volume, version, bytes) in keys {
         assert_eq!(
@@ -75,6 +90,24 @@ fn assert_same(config: &Path, keys: &[(String, u32, Vec<u8>)], audit_entries: u6
     assert_eq!(store.get_policy("prod").unwrap().unwrap().revision, 2);
     assert!(store.get_policy_revision("prod", 1).unwrap().is_some());
     assert_eq!(store.verify_audit_chain().unwrap(), audit_entries);
+}
+
+/// Starts the broker on `dir` and unlocks `volume` as the default
+/// simulated guest: the current key's bytes.
+fn served_key(dir: &BrokerDir, volume: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let broker = RunningBroker::start(dir).await.unwrap();
+        let cfg = guest_config(&[broker.url()], &dir.pin, dir.sim.dir(), 20).unwrap();
+        let provider = SimProvider::new(SimPlatform::load(dir.sim.dir()).unwrap(), default_guest());
+        let out = fetch_keys(&cfg, &provider, &VolumeIds::parse([volume]).unwrap())
+            .await
+            .unwrap();
+        assert!(out.all_granted(), "{:?}", out.denied);
+        let key = out.keys[0].expose_secret().to_vec();
+        broker.stop().await.unwrap();
+        key
+    })
 }
 
 fn set_store(config: &Path, url: &str) {
@@ -118,7 +151,7 @@ fn backup_then_restore_into_a_new_sqlite_store() {
     )
     .expect_code(1);
     let entries = {
-        let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
+        let store = broker::wiring::keyed_store(&dir.config().unwrap()).unwrap();
         store.verify_audit_chain().unwrap()
     };
 
@@ -134,6 +167,9 @@ fn backup_then_restore_into_a_new_sqlite_store() {
     r.expect_code(0);
     assert!(r.stdout.contains("verifies"), "{}", r.stdout);
     assert_same(&dir.config_path, &keys, entries);
+    // The restored database is served: the broker starts on it and a
+    // guest gets the same key as before the disaster.
+    assert_eq!(served_key(&dir, "root"), keys[0].2);
     // Restoring again, into the now non-empty store, is refused.
     let r = run_in(
         dir.dir.path(),
@@ -153,25 +189,32 @@ fn migrate_sqlite_to_postgres_then_backup_and_restore_there() {
     let pg = PgCluster::shared();
     let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
     let keys = populated(&dir);
-    let entries = broker::wiring::store(&dir.config().unwrap())
+    let entries = broker::wiring::keyed_store(&dir.config().unwrap())
         .unwrap()
         .verify_audit_chain()
         .unwrap();
     let db = pg.fresh_database();
     let to = pg.socket_url(&db);
     let sqlite = dir.dir.path().join("broker.db");
-    let r = run_in(
-        dir.dir.path(),
-        &[
+    let migrate = |extra: &[&str]| {
+        let mut args = vec![
             "store",
             "migrate",
             "--from",
             sqlite.to_str().unwrap(),
             "--to",
             &to,
-        ],
-    );
-    r.expect_code(0);
+        ];
+        args.extend_from_slice(extra);
+        run_in(dir.dir.path(), &args)
+    };
+    // The keyed chain is verified before and after: it needs the master key.
+    let r = migrate(&[]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("--master-key"), "{}", r.stderr);
+    assert!(sqlite.exists());
+    let master = dir.dir.path().join("master.key");
+    migrate(&["--master-key", master.to_str().unwrap()]).expect_code(0);
     // The SQLite file can no longer be served.
     assert!(!sqlite.exists());
     assert!(dir.dir.path().join("broker.db.migrated").exists());
@@ -214,4 +257,5 @@ fn migrate_sqlite_to_postgres_then_backup_and_restore_there() {
     )
     .expect_code(0);
     assert_same(&dir.config_path, &keys, entries);
+    assert_eq!(served_key(&dir, "root"), keys[0].2);
 }

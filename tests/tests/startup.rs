@@ -1,7 +1,8 @@
 //! Start-up refuses what would only fail later (issue #9), each refusal
 //! naming the fix: a master key that is not the database's, a missing
-//! database, a second broker on a served guest port. And a database from
-//! before key-check values upgrades in place.
+//! database, a second broker on a served guest port, an audit log changed
+//! outside the broker. And a database from before key-check values and
+//! the keyed audit chain upgrades in place.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -102,20 +103,25 @@ fn a_second_broker_on_a_served_port_is_refused() {
 /// The schema this branch's main left (version 2: a `nonces` table with
 /// every issued nonce, no used nonces, no key-check values), made from a
 /// current database by undoing migrations 3 and 4.
-const MAIN_SCHEMA: &str = "DROP TABLE key_checks; DROP TABLE used_nonces; \
+const MAIN_SCHEMA: &str = "DROP TABLE audit_pruned; DROP TABLE audit_key; DROP TABLE key_checks; DROP TABLE used_nonces; \
      CREATE TABLE nonces (nonce BLOB PRIMARY KEY, volumes TEXT NOT NULL, \
        expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID; \
      INSERT INTO nonces VALUES (x'00', '[\"root\"]', 1, 0); \
      DELETE FROM schema_version WHERE version >= 3;";
 
-/// A database written before key-check values existed (schema 3, and
-/// main's schema 2) upgrades in place: the key is shown to unseal a
-/// record, its key-check value is recorded, nothing enrolled is lost; a
-/// wrong key on such a database is still refused.
+/// A database written before key-check values and the keyed audit chain
+/// existed (schema 4, 3, and main's schema 2) upgrades in place: the key
+/// is shown to unseal a record, its key-check value is recorded, nothing
+/// enrolled is lost; a wrong key on such a database is still refused. Its
+/// plain audit entries still verify; the chain is keyed from the next
+/// entry on, with a key made at the first start.
 #[test]
-fn a_database_without_key_check_upgrades_in_place() {
+fn a_database_without_key_check_or_keyed_audit_upgrades_in_place() {
     for old in [
-        "DROP TABLE key_checks; DELETE FROM schema_version WHERE version >= 4;",
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; \
+         DELETE FROM schema_version WHERE version >= 5;",
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; DROP TABLE key_checks; \
+         DELETE FROM schema_version WHERE version >= 4;",
         MAIN_SCHEMA,
     ] {
         upgrade_from(old);
@@ -123,11 +129,18 @@ fn a_database_without_key_check_upgrades_in_place() {
 }
 
 fn upgrade_from(old_schema: &str) {
+    use broker::store::{audit_entry_hash, AuditFilter};
     let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
     dir.set_policy("p", &policy_for(&[0; 48], "")).unwrap();
     let key = dir.add_volume("root", "p").unwrap();
     let db = dir.dir.path().join("broker.db");
     {
+        // The old broker's plain audit entries.
+        let store = broker::wiring::store(&dir.config().unwrap()).unwrap();
+        assert!(store.audit_key_record().unwrap().is_none());
+        for i in 1..=3 {
+            store.append_audit(&event(i, "allow")).unwrap();
+        }
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch(old_schema).unwrap();
     }
@@ -144,6 +157,25 @@ fn upgrade_from(old_schema: &str) {
     let sealed = b.store().releasable_keys("root").unwrap();
     let unsealed = broker::keys::unseal(&master, "root", 1, &sealed[0].sealed).unwrap();
     assert_eq!(unsealed.expose_secret(), &key[..]);
+    // The audit log: the old entries verify, the next is keyed.
+    let store = b.store();
+    assert_eq!(store.audit_key_record().unwrap().unwrap().keyed_from, 4);
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
+    store.append_audit(&event(4, "deny")).unwrap();
+    let all = store.audit_entries(&AuditFilter::default()).unwrap();
+    for e in &all[..3] {
+        assert_eq!(e.hash, audit_entry_hash(&e.prev_hash, e.id.0, &e.event));
+    }
+    assert_ne!(
+        all[3].hash,
+        audit_entry_hash(&all[3].prev_hash, 4, &all[3].event),
+        "entry 4 is keyed"
+    );
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
+    // Restarting finds the same key.
+    drop(b);
+    let again = broker::wiring::broker(&dir.config().unwrap()).unwrap();
+    assert_eq!(again.store().verify_audit_chain().unwrap(), 4);
 }
 
 fn event(i: i64, verdict: &str) -> broker::store::AuditEvent {
@@ -158,84 +190,194 @@ fn event(i: i64, verdict: &str) -> broker::store::AuditEvent {
     }
 }
 
+/// A broker directory whose broker appended five entries (keyed from 1)
+/// and advanced its checkpoint; the database opened raw, append-only
+/// triggers dropped, as someone who can write it but not the master key's
+/// directory would.
+fn five_entries() -> (BrokerDir, rusqlite::Connection) {
+    let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
+    let cfg = dir.config().unwrap();
+    let b = broker::wiring::broker(&cfg).unwrap();
+    for i in 1..=5 {
+        b.store().append_audit(&event(i, "deny")).unwrap();
+    }
+    b.advance_audit_anchor();
+    assert!(broker::audit_anchor::checkpoint_path(&cfg.master_key).exists());
+    drop(b);
+    let c = rusqlite::Connection::open(dir.dir.path().join("broker.db")).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    (dir, c)
+}
+
+fn audit_verify(dir: &BrokerDir) -> broker::admin::ChainCheck {
+    let cfg = dir.config().unwrap();
+    let store = broker::wiring::keyed_store(&cfg).unwrap();
+    let keyring = std::sync::Arc::new(broker::keys::Keyring::load(&cfg.master_key).unwrap());
+    broker::admin::Admin::new(store, keyring)
+        .audit_verify()
+        .unwrap()
+}
+
+/// How an attacker computes an entry's hash: previous hash, id, content.
+type EntryHash<'a> = &'a dyn Fn(&[u8; 32], i64, &broker::store::AuditEvent) -> [u8; 32];
+
+/// Entry `changed` becomes an allow and entries `changed..=last` are
+/// rehashed with `hash`, the head updated.
+fn rewrite(c: &rusqlite::Connection, changed: i64, last: i64, hash: EntryHash<'_>) {
+    let mut prev: Vec<u8> = c
+        .query_row("SELECT hash FROM audit WHERE id = ?1", [changed - 1], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    for id in changed..=last {
+        let verdict = if id == changed { "allow" } else { "deny" };
+        let p: [u8; 32] = prev.clone().try_into().unwrap();
+        let h = hash(&p, id, &event(id, verdict));
+        c.execute(
+            "UPDATE audit SET verdict = ?1, prev_hash = ?2, hash = ?3 WHERE id = ?4",
+            rusqlite::params![verdict, &p[..], &h[..], id],
+        )
+        .unwrap();
+        prev = h.to_vec();
+    }
+    c.execute(
+        "UPDATE audit_head SET last_hash = ?1 WHERE singleton = 1",
+        [&prev[..]],
+    )
+    .unwrap();
+}
+
+fn rewrite_entry_3(c: &rusqlite::Connection, hash: EntryHash<'_>) {
+    rewrite(c, 3, 5, hash);
+}
+
 /// Someone who can write the database but not the master key's directory
-/// rewrites an entry and recomputes the whole (plain SHA-256) chain, or
-/// removes the newest entries and fixes up the head: the chain alone
-/// verifies, but the checkpoint beside master.key does not match, so
-/// `audit verify` reports it and the broker refuses to start.
+/// changes an entry from deny to allow and recomputes the chain, with
+/// plain SHA-256 or with an HMAC key of their own: the keyed chain itself
+/// names the entry, with or without the checkpoint beside master.key.
 #[test]
-fn a_rewritten_and_recomputed_or_truncated_audit_log_is_detected() {
-    use broker::store::audit_entry_hash;
-    for tamper in ["recompute", "truncate"] {
-        let dir = BrokerDir::create(&BrokerOptions::default()).unwrap();
-        let cfg = dir.config().unwrap();
-        let b = broker::wiring::broker(&cfg).unwrap();
-        for i in 1..=5 {
-            b.store().append_audit(&event(i, "deny")).unwrap();
+fn a_rewritten_and_recomputed_audit_log_is_detected_by_the_keyed_chain() {
+    use broker::keys::AuditChainKey;
+    use broker::store::{audit_entry_hash, keyed_audit_entry_hash, ChainKeying, GENESIS_HASH};
+    let made_up = ChainKeying::new(&AuditChainKey::generate().unwrap(), 1, GENESIS_HASH);
+    for (how, with_checkpoint) in [("plain", true), ("plain", false), ("made-up key", false)] {
+        let (dir, c) = five_entries();
+        if !with_checkpoint {
+            std::fs::remove_file(broker::audit_anchor::checkpoint_path(
+                &dir.config().unwrap().master_key,
+            ))
+            .unwrap();
         }
-        b.advance_audit_anchor();
-        let checkpoint = broker::audit_anchor::checkpoint_path(&cfg.master_key);
-        assert!(checkpoint.exists());
-        drop(b);
-        let db = dir.dir.path().join("broker.db");
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-            .unwrap();
-        if tamper == "recompute" {
-            // Entry 3 becomes an allow; 3..5 rehashed, the head updated.
-            let mut prev: Vec<u8> = c
-                .query_row("SELECT hash FROM audit WHERE id = 2", [], |r| r.get(0))
-                .unwrap();
-            for id in 3..=5i64 {
-                let verdict = if id == 3 { "allow" } else { "deny" };
-                let p: [u8; 32] = prev.clone().try_into().unwrap();
-                let h = audit_entry_hash(&p, id, &event(id, verdict));
-                c.execute(
-                    "UPDATE audit SET verdict = ?1, prev_hash = ?2, hash = ?3 WHERE id = ?4",
-                    rusqlite::params![verdict, &p[..], &h[..], id],
-                )
-                .unwrap();
-                prev = h.to_vec();
-            }
-            c.execute(
-                "UPDATE audit_head SET last_hash = ?1 WHERE singleton = 1",
-                [&prev[..]],
-            )
-            .unwrap();
+        if how == "plain" {
+            rewrite_entry_3(&c, &|p, id, e| audit_entry_hash(p, id, e));
         } else {
-            let h3: Vec<u8> = c
-                .query_row("SELECT hash FROM audit WHERE id = 3", [], |r| r.get(0))
-                .unwrap();
-            c.execute_batch("DELETE FROM audit WHERE id > 3;").unwrap();
-            c.execute(
-                "UPDATE audit_head SET last_id = 3, last_hash = ?1 WHERE singleton = 1",
-                [&h3[..]],
-            )
-            .unwrap();
+            rewrite_entry_3(&c, &|p, id, e| keyed_audit_entry_hash(&made_up, p, id, e));
         }
         drop(c);
-        // The chain alone is consistent again...
-        let store = broker::wiring::store(&cfg).unwrap();
-        store.verify_audit_chain().unwrap();
-        // ...but not with its anchor.
-        let keyring = std::sync::Arc::new(broker::keys::Keyring::load(&cfg.master_key).unwrap());
-        let admin = broker::admin::Admin::new(store, keyring);
-        match admin.audit_verify().unwrap() {
-            broker::admin::ChainCheck::Broken { what, .. } => {
-                let want = if tamper == "recompute" {
-                    "another hash"
-                } else {
-                    "is missing"
-                };
-                assert!(what.contains(want), "{tamper}: {what}");
+        match audit_verify(&dir) {
+            broker::admin::ChainCheck::Broken { at_id, what } => {
+                assert_eq!(at_id, 3, "{how}: {what}");
+                assert!(what.contains("audit chain key"), "{how}: {what}");
             }
-            other => panic!("{tamper}: {other:?}"),
+            other => panic!("{how}: {other:?}"),
         }
+        // And the broker does not start on it.
         let e = refusal(&dir);
-        assert!(
-            e.contains("does not match its checkpoint")
-                && e.contains("move the checkpoint file aside"),
-            "{tamper}: {e}"
-        );
+        let want = if with_checkpoint {
+            "does not match its checkpoint"
+        } else {
+            "the audit log is broken at entry 3"
+        };
+        assert!(e.contains(want), "{how}: {e}");
     }
+}
+
+/// The newest entries, written after the checkpoint (which vouches for
+/// entry 5 only), rewritten and recomputed: the start-up check of the
+/// chain's tail names the entry, and the broker does not serve.
+#[test]
+fn a_rewritten_entry_after_the_checkpoint_stops_the_broker() {
+    use broker::store::audit_entry_hash;
+    let (dir, c) = five_entries();
+    drop(c);
+    {
+        let store = broker::wiring::keyed_store(&dir.config().unwrap()).unwrap();
+        for i in 6..=7 {
+            store.append_audit(&event(i, "deny")).unwrap();
+        }
+    }
+    let c = rusqlite::Connection::open(dir.dir.path().join("broker.db")).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    rewrite(&c, 7, 7, &|p, id, e| audit_entry_hash(p, id, e));
+    drop(c);
+    let e = refusal(&dir);
+    assert!(
+        e.contains("the audit log is broken at entry 7")
+            && e.contains("audit chain key")
+            && e.contains("broker restore"),
+        "{e}"
+    );
+}
+
+/// Moving where the keyed chain starts (to make the keyed entries read as
+/// plain ones, recomputable by anyone) breaks the seal of the chain key:
+/// the broker refuses to start, naming the record.
+#[test]
+fn a_moved_keyed_chain_boundary_is_refused_at_start() {
+    use broker::store::audit_entry_hash;
+    let (dir, c) = five_entries();
+    std::fs::remove_file(broker::audit_anchor::checkpoint_path(
+        &dir.config().unwrap().master_key,
+    ))
+    .unwrap();
+    rewrite_entry_3(&c, &|p, id, e| audit_entry_hash(p, id, e));
+    let head: Vec<u8> = c
+        .query_row("SELECT last_hash FROM audit_head", [], |r| r.get(0))
+        .unwrap();
+    c.execute(
+        "UPDATE audit_key SET keyed_from = 6, boundary = ?1",
+        [&head[..]],
+    )
+    .unwrap();
+    drop(c);
+    let e = refusal(&dir);
+    assert!(
+        e.contains("audit chain key") && e.contains("cannot be unsealed") && e.contains("entry 6"),
+        "{e}"
+    );
+}
+
+/// Someone removes the newest entries and fixes up the head: the chain
+/// that is left verifies, but the checkpoint beside master.key does not
+/// match, so `audit verify` reports it and the broker refuses to start.
+#[test]
+fn a_truncated_audit_log_is_detected_by_the_checkpoint() {
+    let (dir, c) = five_entries();
+    let h3: Vec<u8> = c
+        .query_row("SELECT hash FROM audit WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
+    c.execute_batch("DELETE FROM audit WHERE id > 3;").unwrap();
+    c.execute(
+        "UPDATE audit_head SET last_id = 3, last_hash = ?1 WHERE singleton = 1",
+        [&h3[..]],
+    )
+    .unwrap();
+    drop(c);
+    // The chain alone is consistent again...
+    let store = broker::wiring::keyed_store(&dir.config().unwrap()).unwrap();
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
+    // ...but not with its anchor.
+    match audit_verify(&dir) {
+        broker::admin::ChainCheck::Broken { what, .. } => {
+            assert!(what.contains("is missing"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = refusal(&dir);
+    assert!(
+        e.contains("does not match its checkpoint") && e.contains("move the checkpoint file aside"),
+        "{e}"
+    );
 }

@@ -18,7 +18,7 @@ use broker::store::{
 };
 use keybroker_tests::ca::TestCa;
 use keybroker_tests::pg::{PgCluster, ROLE};
-use keybroker_tests::store_conformance::{self as conformance, Tamper};
+use keybroker_tests::store_conformance::{self as conformance, Tamper, Tamperable};
 
 fn open(url: String) -> PgStore {
     PgStore::open(PgOptions::new(url)).unwrap_or_else(|e| panic!("open: {e}"))
@@ -35,35 +35,76 @@ fn conformance_postgres() {
     conformance::run_all(&open(fresh()));
 }
 
-#[test]
-fn audit_tamper_through_raw_postgres_is_detected() {
+/// A fresh database and its store, with a hook that applies a [`Tamper`]
+/// as a superuser would, turning the append-only triggers off first.
+fn fresh_tamperable() -> Tamperable {
     let pg = PgCluster::shared();
-    conformance::audit_tamper_detected(&|| {
-        let db = pg.fresh_database();
-        let store = open(pg.socket_url(&db));
-        let edit = move |t: Tamper| {
-            // A superuser turns the append-only triggers off first.
-            let sql = match t {
-                Tamper::ChangeVerdict(id) => format!("UPDATE audit SET verdict = 'allow' WHERE id = {id}"),
-                Tamper::ChangeDetails(id) => format!("UPDATE audit SET details_json = '{{}}' WHERE id = {id}"),
-                Tamper::Delete(id) => format!("DELETE FROM audit WHERE id = {id}"),
-                Tamper::Swap(a, b) => format!(
-                    "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b}; \
-                     UPDATE audit SET id = {b} WHERE id = -1"
-                ),
-                Tamper::DeleteLast => "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)".into(),
-            };
-            pg.psql(
+    let db = pg.fresh_database();
+    let store = open(pg.socket_url(&db));
+    let edit = move |t: Tamper| {
+        let x = hex::encode;
+        let sql = match t {
+            Tamper::ChangeVerdict(id) => format!("UPDATE audit SET verdict = 'allow' WHERE id = {id}"),
+            Tamper::ChangeDetails(id) => format!("UPDATE audit SET details_json = '{{}}' WHERE id = {id}"),
+            Tamper::Delete(id) => format!("DELETE FROM audit WHERE id = {id}"),
+            Tamper::Swap(a, b) => format!(
+                "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b}; \
+                 UPDATE audit SET id = {b} WHERE id = -1"
+            ),
+            Tamper::DeleteLast => "DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)".into(),
+            Tamper::SetEntry { id, verdict, prev_hash, hash } => format!(
+                "UPDATE audit SET verdict = '{verdict}', prev_hash = '\\x{}'::bytea, \
+                 hash = '\\x{}'::bytea WHERE id = {id}",
+                x(prev_hash),
+                x(hash)
+            ),
+            Tamper::SetHead { id, hash } => format!(
+                "UPDATE audit_head SET last_id = {id}, last_hash = '\\x{}'::bytea",
+                x(hash)
+            ),
+            Tamper::SetKeyRecord { keyed_from, boundary } => format!(
+                "UPDATE audit_key SET keyed_from = {keyed_from}, boundary = '\\x{}'::bytea",
+                x(boundary)
+            ),
+            Tamper::DeleteKeyRecord => "DELETE FROM audit_key".into(),
+            Tamper::SetPruneAnchor { first_id, prev_hash } => format!(
+                "UPDATE audit_pruned SET first_id = {first_id}, prev_hash = '\\x{}'::bytea",
+                x(prev_hash)
+            ),
+            Tamper::DeletePruneAnchor => "DELETE FROM audit_pruned".into(),
+        };
+        PgCluster::shared()
+            .psql(
                 &db,
                 &format!("ALTER TABLE audit DISABLE TRIGGER USER; {sql}"),
             )
             .unwrap();
-        };
-        (
-            Box::new(store) as Box<dyn Store>,
-            Box::new(edit) as Box<dyn Fn(Tamper)>,
-        )
-    });
+    };
+    (
+        Box::new(store) as Box<dyn Store>,
+        Box::new(edit) as Box<dyn Fn(Tamper)>,
+    )
+}
+
+#[test]
+fn audit_tamper_through_raw_postgres_is_detected() {
+    conformance::audit_tamper_detected(&fresh_tamperable);
+}
+
+#[test]
+fn keyed_audit_chain_rewritten_through_raw_postgres_is_detected() {
+    conformance::audit_keyed_tamper_detected(&fresh_tamperable);
+}
+
+#[test]
+fn audit_prune_on_postgres() {
+    conformance::audit_prune_keeps_a_verifiable_chain(&fresh_tamperable);
+    conformance::audit_prune_tamper_detected(&fresh_tamperable);
+}
+
+#[test]
+fn audit_verification_crosses_pages_on_postgres() {
+    conformance::audit_verify_crosses_pages(&fresh_tamperable);
 }
 
 #[test]
@@ -81,6 +122,55 @@ fn audit_is_append_only_in_postgres() {
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
     assert_eq!(store.verify_audit_chain().unwrap(), 1);
+    drop(store);
+
+    // Whoever owns the table can take the guard away: a trigger disabled,
+    // one dropped, or the function replaced by one that lets all through.
+    // The next open puts it back.
+    for undo in [
+        "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        "DROP TRIGGER audit_no_truncate ON audit",
+        "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+    ] {
+        pg.psql(&db, undo).unwrap();
+        let probe = if undo.contains("truncate") {
+            "BEGIN; TRUNCATE audit; ROLLBACK"
+        } else {
+            "BEGIN; UPDATE audit SET verdict = 'allow'; ROLLBACK"
+        };
+        pg.psql(&db, probe)
+            .unwrap_or_else(|e| panic!("{undo}: the guard was still there: {e}"));
+        let store = open(pg.socket_url(&db));
+        let e = pg.psql(&db, probe).unwrap_err();
+        assert!(e.contains("append-only"), "after {undo}: {e}");
+        assert_eq!(store.verify_audit_chain().unwrap(), 1);
+    }
+}
+
+/// After a prune the trigger lets through only deletes of entries before
+/// the anchor: every other delete, every update and TRUNCATE are refused.
+#[test]
+fn after_a_prune_the_trigger_still_refuses_other_deletes_and_updates() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let store = open(pg.socket_url(&db));
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    broker::audit_key::load(&store, &ring, true).unwrap();
+    for i in 1..=5 {
+        store.append_audit(&event(i)).unwrap();
+    }
+    assert_eq!(store.prune_audit(3, 10, None).unwrap().first_kept, 3);
+    for sql in [
+        "DELETE FROM audit WHERE id = 3",
+        "DELETE FROM audit",
+        "UPDATE audit SET verdict = 'allow' WHERE id = 4",
+        "TRUNCATE audit",
+    ] {
+        let e = pg.psql(&db, sql).unwrap_err();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
 }
 
 fn event(at: i64) -> AuditEvent {
@@ -205,6 +295,83 @@ fn replicas_starting_together_migrate_once() {
         .unwrap(),
         format!("{PG_SCHEMA_VERSION}|{PG_SCHEMA_VERSION}")
     );
+}
+
+/// Replicas starting together on a database with plain audit entries and
+/// no chain key (an upgrade), while others append: exactly one chain key
+/// is made, every replica unseals that one, and the chain they then append
+/// to together verifies from each of them.
+#[test]
+fn replicas_starting_together_make_one_audit_chain_key() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    let url = pg.socket_url(&db);
+    let stores: Vec<PgStore> = (0..4).map(|_| open(url.clone())).collect();
+    for i in 0..3 {
+        stores[0].append_audit(&event(i)).unwrap();
+    }
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    let barrier = Barrier::new(stores.len());
+    let from: Vec<i64> = std::thread::scope(|s| {
+        let hs: Vec<_> = stores
+            .iter()
+            .map(|st| {
+                let (ring, barrier) = (&ring, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    broker::audit_key::load(st, ring, true).unwrap().unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(from.iter().all(|f| *f == 4), "{from:?}");
+    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM audit_key").unwrap(), "1");
+    for (i, st) in stores.iter().enumerate() {
+        st.append_audit(&event(10 + i as i64)).unwrap();
+    }
+    for st in &stores {
+        assert_eq!(st.verify_audit_chain().unwrap(), 3 + stores.len() as u64);
+    }
+}
+
+/// A database of schema 1 (plain audit entries, no chain key, no prune
+/// anchor, the old trigger) upgrades in place: migrated at open, keyed
+/// from the next entry on the first load with the master key, old entries
+/// still verifying, and the append-only trigger is the new one.
+#[test]
+fn a_schema_1_database_with_plain_entries_upgrades_in_place() {
+    let pg = PgCluster::shared();
+    let db = pg.fresh_database();
+    {
+        let store = open(pg.socket_url(&db));
+        for i in 1..=3 {
+            store.append_audit(&event(i)).unwrap();
+        }
+    }
+    pg.psql(
+        &db,
+        "DROP TABLE audit_pruned; DROP TABLE audit_key; \
+         DELETE FROM schema_version WHERE version >= 2; \
+         CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'audit entries are append-only'; END $$;",
+    )
+    .unwrap();
+    let store = open(pg.socket_url(&db));
+    assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
+    let ring = keybroker_tests::store_conformance::test_keyring();
+    assert_eq!(
+        broker::audit_key::load(&store, &ring, true).unwrap(),
+        Some(4)
+    );
+    store.append_audit(&event(4)).unwrap();
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
+    assert_eq!(store.prune_audit(3, 10, None).unwrap().first_kept, 3);
+    let e = pg.psql(&db, "DELETE FROM audit WHERE id = 3").unwrap_err();
+    assert!(e.contains("append-only"), "{e}");
+    // Entries 3 and 4, and the prune's.
+    assert_eq!(store.verify_audit_chain().unwrap(), 3);
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod error;
 mod keys;
 pub mod listen;
 mod policies;
+mod retention;
 pub mod service;
 mod settings;
 mod volumes;

@@ -516,6 +516,18 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn audit_prune(&self, req: Request<pb::AuditPruneRequest>) -> R<pb::AuditPruneResponse> {
+        let caller = self.caller(&req)?;
+        let before = req.into_inner().before_unix;
+        let admin = self.admin.clone();
+        let out = blocking(move || admin.audit_prune(&caller, before)).await?;
+        Ok(Response::new(pb::AuditPruneResponse {
+            removed: out.removed,
+            first_kept_id: out.first_kept,
+            prune_entry_id: out.entry.map_or(0, |id| id.0),
+        }))
+    }
+
     async fn platforms(&self, req: Request<pb::PlatformsRequest>) -> R<pb::PlatformsResponse> {
         self.caller(&req)?;
         let admin = self.admin.clone();

@@ -34,6 +34,10 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// Retention: remove the entries older than --before (the newest is
+    /// always kept), leaving an anchor the chain is verified from; the
+    /// prune is recorded as an entry of kind `prune`.
+    Prune(super::audit_prune::PruneArgs),
 }
 
 /// Filters of `broker audit`. Every given filter must match.
@@ -89,6 +93,8 @@ pub enum KindArg {
     Admin,
     /// Counts of unauthenticated failures per interval (no entry each).
     Noise,
+    /// Retention: what `broker audit prune` removed.
+    Prune,
 }
 
 /// A time bound as written: absolute, or an age resolved against "now"
@@ -140,6 +146,7 @@ pub fn parse_time_arg(s: &str) -> Result<TimeArg, String> {
 pub fn run(args: AuditArgs) -> anyhow::Result<Outcome> {
     match args.command {
         Some(AuditCommand::Verify { conn }) => verify(&conn),
+        Some(AuditCommand::Prune(a)) => super::audit_prune::run(a),
         None => list(args.list),
     }
 }
@@ -267,6 +274,7 @@ fn kind_str(k: KindArg) -> &'static str {
         KindArg::Attest => "attest",
         KindArg::Admin => "admin",
         KindArg::Noise => "noise",
+        KindArg::Prune => "prune",
     }
 }
 

@@ -61,11 +61,16 @@ pub struct MigrateArgs {
     /// Password file (mode 0600) for a PostgreSQL `--to`.
     #[arg(long, value_name = "FILE")]
     to_password_file: Option<PathBuf>,
+    /// The store's master key file: it unseals the audit chain key, so the
+    /// keyed chain is verified before and after the move (needed unless
+    /// the source's chain has no key yet).
+    #[arg(long, value_name = "FILE")]
+    master_key: Option<PathBuf>,
 }
 
 fn open_config_store(config: &Path) -> anyhow::Result<Arc<dyn Store>> {
     let cfg = Config::load(config)?;
-    Ok(broker::wiring::store(&cfg)?)
+    Ok(broker::wiring::keyed_store(&cfg)?)
 }
 
 fn open_url(
@@ -143,6 +148,8 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<Outcome> {
     let cfg = Config::load(&a.config.config)?;
     let store = broker::wiring::create_store(&cfg)?;
     store.import_snapshot(&snap)?;
+    // The restored chain key must unseal with this master key.
+    broker::audit_key::load(store.as_ref(), &broker::wiring::keyring(&cfg)?, false)?;
     let n = store.verify_audit_chain()?;
     println!(
         "restored {}; the audit chain of {n} entries verifies",
@@ -161,6 +168,26 @@ pub fn run_store(c: StoreCommand) -> anyhow::Result<Outcome> {
 fn run_migrate(a: MigrateArgs) -> anyhow::Result<Outcome> {
     let from_url = StoreUrl::parse(&a.from).map_err(anyhow::Error::msg)?;
     let from = open_url(&a.from, None, true)?;
+    let keyring = match &a.master_key {
+        Some(path) => Some(
+            broker::keys::Keyring::load(path)
+                .with_context(|| format!("cannot load the master key {}", path.display()))?,
+        ),
+        None => None,
+    };
+    match &keyring {
+        Some(k) => {
+            broker::audit_key::load(from.as_ref(), k, false)?;
+        }
+        None => {
+            if from.audit_key_record()?.is_some() {
+                bail!(
+                    "the source's audit chain is keyed: give --master-key FILE (the broker's \
+                     master.key) so it is verified before and after the move"
+                );
+            }
+        }
+    }
     from.verify_audit_chain()
         .context("the source's audit chain does not verify; not moving it")?;
     let snap = from.export_snapshot()?;
@@ -181,6 +208,9 @@ fn run_migrate(a: MigrateArgs) -> anyhow::Result<Outcome> {
     // The copy must be exact before the source is retired.
     if to.export_snapshot()? != snap {
         bail!("the target does not read back as the source; the source is left as it was");
+    }
+    if let Some(k) = &keyring {
+        broker::audit_key::load(to.as_ref(), k, false)?;
     }
     let n = to.verify_audit_chain()?;
     println!(

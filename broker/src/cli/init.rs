@@ -139,6 +139,8 @@ pub fn run(args: InitArgs) -> anyhow::Result<Outcome> {
     let store = broker::wiring::create_store(&loaded)?;
     let keyring = broker::wiring::keyring(&loaded)?;
     broker::startup::check_master_key(store.as_ref(), &keyring, &loaded.master_key)?;
+    // A new database's audit chain is keyed from its first entry.
+    broker::audit_key::load(store.as_ref(), &keyring, true)?;
     drop(store);
     let database = match &loaded.store {
         broker::config::StoreConfig::Sqlite { path } => Some(path.as_path()),

@@ -6,6 +6,7 @@
 
 mod admin_conn;
 mod audit;
+mod audit_prune;
 mod backup;
 mod certs;
 mod check_config;

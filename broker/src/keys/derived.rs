@@ -5,7 +5,7 @@
 //! | purpose | used for |
 //! | --- | --- |
 //! | [`Purpose::NonceMac`] | the MAC that makes a Challenge nonce its own proof of issue (`crate::nonce`) |
-//! | [`Purpose::AuditChain`] | the keyed audit chain: a database writer without the master key cannot recompute it |
+//! | [`Purpose::AuditChain`] | the MAC of the audit checkpoint file beside the master key (`crate::audit_anchor`); the chain itself is keyed by a random key sealed in the database (`crate::audit_key`), so old entries outlive a master rotation |
 //! | [`Purpose::KeyCheck`] | the key-check value stored in the database, so a wrong master key is refused at start |
 //!
 //! The derived key lives only inside aws-lc's HMAC context, like a
@@ -22,7 +22,7 @@ const DERIVE_SALT: &[u8] = b"keybroker/derived-salt/v1";
 pub enum Purpose {
     /// Challenge nonces.
     NonceMac,
-    /// The audit chain.
+    /// The audit checkpoint file.
     AuditChain,
     /// The key-check value.
     KeyCheck,

@@ -18,6 +18,8 @@
 //! bytes never exist in Rust memory: HKDF output goes straight into an
 //! aws-lc AEAD context, which cleanses itself when dropped.
 //!
+//! - [`AuditChainKey`]: the audit chain's HMAC key, random, sealed under
+//!   the master key like a volume key (`audit_chain.rs`).
 //! - [`Keyring`]: the master key file and, during a master key rotation, the
 //!   next one; unsealing picks the key by the record's master key id.
 //!
@@ -37,8 +39,12 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+mod audit_chain;
 pub mod derived;
 mod keyring;
+pub use audit_chain::{
+    seal_audit_chain_key, unseal_audit_chain_key, AuditChainKey, AUDIT_CHAIN_KEY_LEN,
+};
 pub use keyring::{next_path, retired_path, Keyring, RetiredKey};
 
 /// Length of the master key in bytes.

@@ -1,5 +1,6 @@
-//! Master key rotation: re-seal every key version under a new master key,
-//! in batches, resumable after a crash; then retire the old key file.
+//! Master key rotation: re-seal every key version, and the audit chain
+//! key, under a new master key, in batches, resumable after a crash; then
+//! retire the old key file.
 //!
 //! The steps and why every instant is safe are in [`crate::keys::Keyring`]
 //! and `docs/operations.md` ("Rotating the master key"). In short: records
@@ -91,13 +92,17 @@ pub fn rotate_master(
         let t = Instant::now();
         let batch = store.keys_not_under(new, batch_size)?;
         if batch.is_empty() {
+            // The audit chain key too, in its own compare-and-set.
+            reseal_audit_key(store, keyring, None, &sealing)?;
             // Make every re-sealed record durable before the old key file
             // changes, then check once more that nothing names the old key
             // (a record written meanwhile by a process that had not loaded
             // the next key yet).
             failpoint::hit("master-before-retire");
             store.sync_durable()?;
-            if store.keys_not_under(new, 1)?.is_empty() {
+            if store.keys_not_under(new, 1)?.is_empty()
+                && reseal_audit_key(store, keyring, None, &sealing)?
+            {
                 break;
             }
             continue;
@@ -165,6 +170,9 @@ pub fn rotate_master(
             }
             total += store.reseal_batch(&updates)?;
         }
+        // An audit chain key made under the old key meanwhile (a store
+        // opened for the first time by such a process).
+        reseal_audit_key(store, keyring, Some(&*old_key), &sealing)?;
     }
     Ok(MasterRotation {
         old,
@@ -174,6 +182,18 @@ pub fn rotate_master(
         retired_file: retired.file,
         elapsed: started.elapsed(),
     })
+}
+
+/// Re-seals the audit chain key under `to` (`crate::audit_key::reseal`);
+/// whether it is now under `to`.
+fn reseal_audit_key(
+    store: &dyn Store,
+    keyring: &Keyring,
+    old: Option<&keys::MasterKey>,
+    to: &keys::MasterKey,
+) -> Result<bool, LifecycleError> {
+    crate::audit_key::reseal(store, keyring, old, to)
+        .map_err(|e| LifecycleError::Master(format!("re-sealing {e}")))
 }
 
 /// What a master key is to this broker.

@@ -5,7 +5,7 @@
 //! A snapshot holds the sealed key records (never a key in the clear, never
 //! the master key: a backup is useless without `master.key`, which is kept
 //! offline apart from it), every policy revision, the volumes, the audit log
-//! with its chain hashes and head, the used nonces (so a restore cannot
+//! with its chain hashes and head and its chain key (sealed), the used nonces (so a restore cannot
 //! reopen a replay window) and the rotation sessions. It is read in one
 //! transaction (a consistent snapshot of a live store) and written in one
 //! (a restore is all or nothing), into an empty store only.
@@ -95,6 +95,84 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// The sealed audit chain key (hex fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditKeyRow {
+    /// The first entry id MAC'd under it.
+    pub keyed_from: i64,
+    /// The hash of entry `keyed_from - 1` (hex).
+    pub boundary: String,
+    /// Master key id (hex).
+    pub master_key_id: String,
+    /// AES-GCM nonce (hex).
+    pub nonce: String,
+    /// Sealed key (hex).
+    pub ciphertext: String,
+}
+
+impl AuditKeyRow {
+    /// The row of a record.
+    pub fn from_record(r: &super::AuditKeyRecord) -> Self {
+        AuditKeyRow {
+            keyed_from: r.keyed_from,
+            boundary: hex::encode(r.boundary),
+            master_key_id: r.sealed.master_key_id.to_hex(),
+            nonce: hex::encode(r.sealed.nonce),
+            ciphertext: hex::encode(&r.sealed.ciphertext),
+        }
+    }
+
+    /// The record of a row, checking every field.
+    pub fn to_record(&self) -> Result<super::AuditKeyRecord, StoreError> {
+        super::audit::key_record_from(
+            self.keyed_from,
+            unhex("audit key boundary", &self.boundary)?,
+            unhex("audit key master key id", &self.master_key_id)?,
+            unhex("audit key nonce", &self.nonce)?,
+            unhex("audit key ciphertext", &self.ciphertext)?,
+        )
+        .map_err(|e| StoreError::InvalidInput {
+            what: "snapshot",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Where a pruned audit chain starts (hex fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneAnchorRow {
+    /// The first entry kept.
+    pub first_id: i64,
+    /// Its link to the removed entry before it (hex).
+    pub prev_hash: String,
+    /// The MAC under the chain key (hex).
+    pub mac: String,
+}
+
+impl PruneAnchorRow {
+    /// The row of an anchor.
+    pub fn from_anchor(a: &super::PruneAnchor) -> Self {
+        PruneAnchorRow {
+            first_id: a.first_id,
+            prev_hash: hex::encode(a.prev_hash),
+            mac: hex::encode(a.mac),
+        }
+    }
+
+    /// The anchor of a row, checking every field.
+    pub fn to_anchor(&self) -> Result<super::PruneAnchor, StoreError> {
+        super::audit::prune_anchor_from(
+            self.first_id,
+            unhex("prune anchor prev_hash", &self.prev_hash)?,
+            unhex("prune anchor MAC", &self.mac)?,
+        )
+        .map_err(|e| StoreError::InvalidInput {
+            what: "snapshot",
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A rotation session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -125,6 +203,13 @@ pub struct Snapshot {
     pub audit: Vec<AuditRow>,
     /// The chain head: last id and hash (hex).
     pub audit_head: (i64, String),
+    /// The sealed audit chain key (absent in a snapshot of a store from
+    /// before the keyed chain, whose entries are all plain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_key: Option<AuditKeyRow>,
+    /// Where the audit chain starts, if it was pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_pruned: Option<PruneAnchorRow>,
     /// Used nonces (hex) and their expiry.
     pub used_nonces: Vec<(String, i64)>,
     /// Rotation sessions.

@@ -6,7 +6,7 @@
 //!
 //! The store holds used nonces, policies (as text: validation is the
 //! policy module's job), volumes with their sealed key versions, and the
-//! append-only, hash-chained audit log. It never holds key material in the
+//! append-only audit log, chained under a key sealed by the master key. It never holds key material in the
 //! clear and never the master key: only [`SealedKey`](crate::keys::SealedKey)
 //! records.
 //!
@@ -50,10 +50,17 @@ mod sqlite;
 mod url;
 mod volume;
 
-pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditId, AuditStore, AUDIT_VERDICTS};
-pub use audit_hash::{audit_entry_hash, verify_chain, GENESIS_HASH};
+pub use audit::{
+    prune_event, AuditEntry, AuditEvent, AuditFilter, AuditId, AuditKeyInsert, AuditKeyRecord,
+    AuditStore, PruneAnchor, PruneOutcome, AUDIT_VERDICTS,
+};
+pub use audit_hash::{
+    audit_entry_hash, chain_hash, keyed_audit_entry_hash, ChainKeying, ChainWalk, GENESIS_HASH,
+    VERIFY_PAGE,
+};
 pub use backup::{
-    AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, VolumeRow, SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    VolumeRow, SNAPSHOT_FORMAT,
 };
 pub use keycheck::{KeyCheck, KeyCheckStore};
 pub use nonce::{NonceBurn, NonceStore};

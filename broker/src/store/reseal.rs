@@ -59,4 +59,10 @@ pub trait ResealStore {
 
     /// Records per master key id, by id.
     fn master_key_usage(&self) -> Result<Vec<MasterKeyUsage>, StoreError>;
+
+    /// Replaces the sealed audit chain key with `sealed` (the same key
+    /// under another master key) if it is still sealed under `from`
+    /// (compare-and-set, like [`ResealStore::reseal_batch`]). Returns
+    /// whether it was updated.
+    fn reseal_audit_key(&self, from: MasterKeyId, sealed: &SealedKey) -> Result<bool, StoreError>;
 }

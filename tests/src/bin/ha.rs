@@ -237,6 +237,9 @@ impl Env {
     /// chain verifies.
     fn check_audit(&self, released: &[String]) -> anyhow::Result<u64> {
         let store = PgStore::open(PgOptions::new(self.pg.socket_url(&self.db)))?;
+        // The keyed chain verifies with the key the master key unseals.
+        let ring = broker::wiring::keyring(&self.replicas[0].dir.config()?)?;
+        broker::audit_key::load(&store, &ring, false)?;
         let n = store.verify_audit_chain()?;
         let allowed: std::collections::HashSet<String> = store
             .audit_entries(&AuditFilter {

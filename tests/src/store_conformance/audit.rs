@@ -131,7 +131,12 @@ pub fn audit_append_filter_and_chain(store: &dyn Store) {
     assert_eq!(got[1].prev_hash, got[0].hash);
     assert_eq!(
         got[1].hash,
-        broker::store::audit_entry_hash(&got[0].hash, got[1].id.0, &ch)
+        broker::store::chain_hash(
+            store.installed_audit_key().as_deref(),
+            &got[0].hash,
+            got[1].id.0,
+            &ch
+        )
     );
 
     for bad_verdict in ["ALLOW", "", "maybe"] {
@@ -161,10 +166,49 @@ pub enum Tamper {
     Swap(i64, i64),
     /// Delete the last entry.
     DeleteLast,
+    /// Set entry `id`'s verdict and hashes.
+    SetEntry {
+        /// The entry.
+        id: i64,
+        /// Its new verdict.
+        verdict: &'static str,
+        /// Its new `prev_hash`.
+        prev_hash: [u8; 32],
+        /// Its new `hash`.
+        hash: [u8; 32],
+    },
+    /// Set the chain head.
+    SetHead {
+        /// Last id.
+        id: i64,
+        /// Last hash.
+        hash: [u8; 32],
+    },
+    /// Set where the keyed chain starts, in the chain key record.
+    SetKeyRecord {
+        /// The new `keyed_from`.
+        keyed_from: i64,
+        /// The new boundary hash.
+        boundary: [u8; 32],
+    },
+    /// Delete the chain key record.
+    DeleteKeyRecord,
+    /// Set the prune anchor's first entry and link (its MAC kept).
+    SetPruneAnchor {
+        /// The new first entry.
+        first_id: i64,
+        /// The new link.
+        prev_hash: [u8; 32],
+    },
+    /// Delete the prune anchor.
+    DeletePruneAnchor,
 }
 
-/// Makes a fresh, empty store and a hook that edits its backend directly.
-pub type FreshTamperable<'a> = dyn Fn() -> (Box<dyn Store>, Box<dyn Fn(Tamper)>) + 'a;
+/// A fresh, empty store and a hook that edits its backend directly.
+pub type Tamperable = (Box<dyn Store>, Box<dyn Fn(Tamper)>);
+
+/// Makes a [`Tamperable`].
+pub type FreshTamperable<'a> = dyn Fn() -> Tamperable + 'a;
 
 /// For each kind of tampering: a fresh store (from `fresh`) gets five
 /// entries, `tamper` edits its backend, and `verify_audit_chain` must fail,

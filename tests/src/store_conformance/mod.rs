@@ -1,13 +1,15 @@
 //! The conformance suite every `broker::store::Store` implementation must
 //! pass, one module per part of the trait. Each function panics (assert)
 //! on a violation, so a backend's tests call [`run_all`] on a fresh store,
-//! and [`audit_tamper_detected`] with a hook that edits the backend
+//! and [`audit_tamper_detected`] and [`audit_keyed_tamper_detected`] with a hook that edits the backend
 //! directly (`tests/store_conformance.rs` runs both against SQLite, in
 //! memory and on a file, and against PostgreSQL in a throwaway cluster). Names are unique per function, so the functions
 //! can share one store.
 
 mod attest_commit;
 mod audit;
+mod audit_keyed;
+mod audit_prune;
 mod key_checks;
 mod nonces;
 mod policies;
@@ -21,8 +23,12 @@ use broker::store::{KeyState, NewVolume, Store};
 pub use attest_commit::{attest_commit_is_all_or_nothing, attest_commit_race_one_winner};
 pub use audit::{
     audit_append_filter_and_chain, audit_concurrent_appends_one_chain, audit_tamper_detected,
-    FreshTamperable, Tamper,
+    FreshTamperable, Tamper, Tamperable,
 };
+pub use audit_keyed::{
+    audit_chain_key_upgrade, audit_keyed_tamper_detected, audit_verify_crosses_pages, test_keyring,
+};
+pub use audit_prune::{audit_prune_keeps_a_verifiable_chain, audit_prune_tamper_detected};
 pub use key_checks::key_checks_recorded_once;
 pub use nonces::{
     maintain_purges_expired_nonces, nonce_purge, nonce_race_exactly_one_fresh, nonce_single_use,
@@ -61,6 +67,9 @@ pub fn run_all(store: &dyn Store) {
     rotation_sessions_expire(store);
     reseal_batch_is_compare_and_set(store);
     key_checks_recorded_once(store);
+    // Keys the chain: every append after it is MAC'd.
+    audit_chain_key_upgrade(store);
+    audit_concurrent_appends_one_chain(store);
     // Last: it destroys every retired version older than its cutoff.
     purge_retired_respects_cutoff(store);
 }

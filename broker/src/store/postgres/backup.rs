@@ -3,10 +3,11 @@
 //! transaction in.
 
 use super::{backend, PgStore};
+use crate::store::audit::{key_record_from, prune_anchor_from};
 use crate::store::backup::{check_format, not_empty, unhex};
 use crate::store::{
-    AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, StoreError, VolumeRow,
-    SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    StoreError, VolumeRow, SNAPSHOT_FORMAT,
 };
 
 impl BackupStore for PgStore {
@@ -82,6 +83,22 @@ impl BackupStore for PgStore {
                     .first()
                     .ok_or_else(|| StoreError::Corrupt("no audit chain head".into()))?;
                 let audit_head = (head.get(0), hex::encode(head.get::<_, &[u8]>(1)));
+                let audit_key = q("SELECT keyed_from, boundary, master_key_id, nonce, ciphertext FROM audit_key WHERE singleton = 1")
+                    .await?
+                    .first()
+                    .map(|r| {
+                        key_record_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+                            .map(|k| AuditKeyRow::from_record(&k))
+                    })
+                    .transpose()?;
+                let audit_pruned = q("SELECT first_id, prev_hash, mac FROM audit_pruned WHERE singleton = 1")
+                    .await?
+                    .first()
+                    .map(|r| {
+                        prune_anchor_from(r.get(0), r.get(1), r.get(2))
+                            .map(|a| PruneAnchorRow::from_anchor(&a))
+                    })
+                    .transpose()?;
                 let used_nonces = q("SELECT nonce, expires_at FROM used_nonces ORDER BY nonce")
                     .await?
                     .iter()
@@ -106,6 +123,8 @@ impl BackupStore for PgStore {
                     keys,
                     audit,
                     audit_head,
+                    audit_key,
+                    audit_pruned,
                     used_nonces,
                     rotation_sessions,
                 })
@@ -122,7 +141,7 @@ impl BackupStore for PgStore {
                 // No other writer may start meanwhile.
                 tx.batch_execute(
                     "LOCK TABLE policies, policy_revisions, volumes, key_versions, audit, \
-                     audit_head, used_nonces, rotation_sessions IN EXCLUSIVE MODE",
+                     audit_head, audit_key, audit_pruned, used_nonces, rotation_sessions IN EXCLUSIVE MODE",
                 )
                 .await
                 .map_err(backend)?;
@@ -207,6 +226,38 @@ impl BackupStore for PgStore {
                 )
                 .await
                 .map_err(backend)?;
+                // The snapshot's chain key (or none, for plain entries)
+                // replaces one `broker init` made for the empty store.
+                tx.execute("DELETE FROM audit_key", &[])
+                    .await
+                    .map_err(backend)?;
+                if let Some(k) = &s.audit_key {
+                    let r = k.to_record()?;
+                    tx.execute(
+                        "INSERT INTO audit_key (singleton, keyed_from, boundary, master_key_id, \
+                         nonce, ciphertext, created_at) VALUES (1, $1, $2, $3, $4, $5, $6)",
+                        &[
+                            &r.keyed_from,
+                            &&r.boundary[..],
+                            &&r.sealed.master_key_id.as_bytes()[..],
+                            &&r.sealed.nonce[..],
+                            &r.sealed.ciphertext,
+                            &super::now_unix(),
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                }
+                if let Some(a) = &s.audit_pruned {
+                    let a = a.to_anchor()?;
+                    tx.execute(
+                        "INSERT INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+                         VALUES (1, $1, $2, $3, $4)",
+                        &[&a.first_id, &&a.prev_hash[..], &&a.mac[..], &super::now_unix()],
+                    )
+                    .await
+                    .map_err(backend)?;
+                }
                 for (n, exp) in &s.used_nonces {
                     tx.execute(
                         "INSERT INTO used_nonces (nonce, expires_at) VALUES ($1, $2)",

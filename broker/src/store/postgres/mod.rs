@@ -51,6 +51,8 @@ pub struct PgStore {
     rt: Option<tokio::runtime::Runtime>,
     pool: Arc<Pool>,
     op_timeout: Duration,
+    /// The unsealed audit chain key, once installed.
+    keying: super::audit::KeyingSlot,
 }
 
 /// Maps a database error to a [`StoreError`]: a connection that is gone,
@@ -124,6 +126,7 @@ impl PgStore {
             rt: Some(rt),
             pool,
             op_timeout,
+            keying: Default::default(),
         };
         store.run_with_timeout(op_timeout.max(Duration::from_secs(30)), |c| {
             Box::pin(schema::migrate(c))
@@ -221,6 +224,7 @@ impl Store for PgStore {
         commit.audit.validate()?;
         let (nonce, expires_at) = (commit.nonce, commit.nonce_expires_at);
         let (event, sessions) = (commit.audit.clone(), commit.sessions.to_vec());
+        let keying = self.keying.get();
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(backend)?;
@@ -228,7 +232,7 @@ impl Store for PgStore {
                     // Dropping the transaction rolls it back: nothing written.
                     return Ok(AttestCommitted::NonceAlreadyUsed);
                 }
-                let id = audit::append(&tx, &event).await?;
+                let id = audit::append(&tx, keying.as_deref(), &event).await?;
                 for s in &sessions {
                     rotation::record(&tx, s).await?;
                 }

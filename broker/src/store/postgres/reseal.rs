@@ -3,7 +3,7 @@
 
 use super::volume::{sealed_from_row, version_u32};
 use super::{backend, PgStore};
-use crate::keys::MasterKeyId;
+use crate::keys::{MasterKeyId, SealedKey};
 use crate::store::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion, StoreError};
 
 impl ResealStore for PgStore {
@@ -99,6 +99,28 @@ impl ResealStore for PgStore {
                     });
                 }
                 Ok(out)
+            })
+        })
+    }
+
+    fn reseal_audit_key(&self, from: MasterKeyId, sealed: &SealedKey) -> Result<bool, StoreError> {
+        let sealed = sealed.clone();
+        self.run(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE audit_key SET master_key_id = $2, nonce = $3, ciphertext = $4 \
+                         WHERE singleton = 1 AND master_key_id = $1",
+                        &[
+                            &&from.as_bytes()[..],
+                            &&sealed.master_key_id.as_bytes()[..],
+                            &&sealed.nonce[..],
+                            &sealed.ciphertext,
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                Ok(n == 1)
             })
         })
     }

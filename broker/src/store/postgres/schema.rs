@@ -11,9 +11,28 @@ use crate::store::StoreError;
 /// The advisory lock key of migrations ("kbroker" in ASCII, as an i64).
 const MIGRATION_LOCK: i64 = 0x006b_6272_6f6b_6572;
 
+/// Migration 3 onwards: `audit_append_only()` as the triggers of `audit`
+/// call it (also put back at every open, see [`restore_audit_guard`]).
+macro_rules! audit_guard_function {
+    () => {
+        r#"
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.id < COALESCE((SELECT first_id FROM audit_pruned WHERE singleton = 1), 1) THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'audit entries are append-only';
+END $$;
+"#
+    };
+}
+
 /// Schema migrations, applied in order; entry `i` brings the schema to
 /// version `i + 1`. Never edit a released entry: append a new one.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     name        TEXT PRIMARY KEY,
     revision    BIGINT NOT NULL,
@@ -96,7 +115,37 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
-"#];
+"#,
+    // 2: the keyed audit chain (issue #9): the chain key, sealed under the
+    // master key, and the first entry it MACs. Made by the first process
+    // that opens the store with the master key (`crate::audit_key`).
+    r#"
+CREATE TABLE audit_key (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    keyed_from    BIGINT NOT NULL CHECK (keyed_from >= 1),
+    boundary      BYTEA NOT NULL,
+    master_key_id BYTEA NOT NULL,
+    nonce         BYTEA NOT NULL,
+    ciphertext    BYTEA NOT NULL,
+    created_at    BIGINT NOT NULL
+);
+"#,
+    // 3: retention (`broker audit prune`): where the pruned chain starts,
+    // MAC'd under the chain key; the trigger lets through only the removal
+    // of entries before it (never an update, never a TRUNCATE).
+    concat!(
+        r#"
+CREATE TABLE audit_pruned (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    first_id  BIGINT NOT NULL CHECK (first_id >= 1),
+    prev_hash BYTEA NOT NULL,
+    mac       BYTEA NOT NULL,
+    pruned_at BIGINT NOT NULL
+);
+"#,
+        audit_guard_function!()
+    ),
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -146,5 +195,60 @@ async fn migrate_locked(c: &mut Client) -> Result<(), StoreError> {
         .map_err(backend)?;
         tracing::info!(version = i + 1, "PostgreSQL schema migrated");
     }
+    restore_audit_guard(&tx).await?;
     tx.commit().await.map_err(backend)
+}
+
+/// The trigger names that keep `audit` append-only.
+const AUDIT_TRIGGERS: &str = "
+DROP TRIGGER IF EXISTS audit_no_update ON audit;
+DROP TRIGGER IF EXISTS audit_no_truncate ON audit;
+CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+";
+
+/// Puts back what keeps `audit` append-only if the table's owner (or a
+/// superuser) dropped or disabled a trigger, or replaced the function they
+/// call, with a warning that names what to do. Run at every open, under
+/// the migration lock. Returns whether anything had to be put back.
+pub(super) async fn restore_audit_guard(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<bool, StoreError> {
+    let function_src = "SELECT prosrc FROM pg_proc WHERE proname = 'audit_append_only' \
+                        AND pronamespace = current_schema()::regnamespace";
+    let before: Option<String> = tx
+        .query_opt(function_src, &[])
+        .await
+        .map_err(backend)?
+        .map(|r| r.get(0));
+    tx.batch_execute(audit_guard_function!())
+        .await
+        .map_err(backend)?;
+    let after: Option<String> = tx
+        .query_opt(function_src, &[])
+        .await
+        .map_err(backend)?
+        .map(|r| r.get(0));
+    let enabled: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = 'audit'::regclass \
+             AND tgname IN ('audit_no_update', 'audit_no_truncate') AND tgenabled <> 'D'",
+            &[],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    let triggers_ok = enabled == 2;
+    if !triggers_ok {
+        tx.batch_execute(AUDIT_TRIGGERS).await.map_err(backend)?;
+    }
+    if triggers_ok && before == after {
+        return Ok(false);
+    }
+    tracing::warn!(
+        "the audit log's append-only triggers had been dropped, disabled or changed (by someone with the audit table owner's or a superuser's rights); they are restored. Run `broker audit verify` and find out who changed the database"
+    );
+    Ok(true)
 }

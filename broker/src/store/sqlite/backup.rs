@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use super::{backend, SqliteStore};
 use crate::store::backup::{check_format, not_empty, unhex};
 use crate::store::{
-    AuditRow, BackupStore, KeyRow, PolicyRow, SessionRow, Snapshot, StoreError, VolumeRow,
-    SNAPSHOT_FORMAT,
+    AuditKeyRow, AuditRow, BackupStore, KeyRow, PolicyRow, PruneAnchorRow, SessionRow, Snapshot,
+    StoreError, VolumeRow, SNAPSHOT_FORMAT,
 };
 
 fn rows<T>(
@@ -101,6 +101,12 @@ impl BackupStore for SqliteStore {
                     |r| Ok((r.get(0)?, hex::encode(r.get::<_, Vec<u8>>(1)?))),
                 )
                 .map_err(backend)?,
+            audit_key: super::audit::key_record_of(&tx)?
+                .as_ref()
+                .map(AuditKeyRow::from_record),
+            audit_pruned: super::audit::prune_anchor_of(&tx)?
+                .as_ref()
+                .map(PruneAnchorRow::from_anchor),
             used_nonces: rows(
                 &tx,
                 "SELECT nonce, expires_at FROM used_nonces ORDER BY nonce",
@@ -206,6 +212,34 @@ impl BackupStore for SqliteStore {
             params![s.audit_head.0, unhex("audit head", &s.audit_head.1)?],
         )
         .map_err(backend)?;
+        // The snapshot's chain key (or none, for plain entries) replaces
+        // one `broker init` made for the empty store.
+        tx.execute("DELETE FROM audit_key", []).map_err(backend)?;
+        if let Some(k) = &s.audit_key {
+            let r = k.to_record()?;
+            tx.execute(
+                "INSERT INTO audit_key (singleton, keyed_from, boundary, master_key_id, nonce, \
+                 ciphertext, created_at) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    r.keyed_from,
+                    &r.boundary[..],
+                    &r.sealed.master_key_id.as_bytes()[..],
+                    &r.sealed.nonce[..],
+                    r.sealed.ciphertext,
+                    super::now_unix()
+                ],
+            )
+            .map_err(backend)?;
+        }
+        if let Some(a) = &s.audit_pruned {
+            let a = a.to_anchor()?;
+            tx.execute(
+                "INSERT INTO audit_pruned (singleton, first_id, prev_hash, mac, pruned_at) \
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+                params![a.first_id, &a.prev_hash[..], &a.mac[..], super::now_unix()],
+            )
+            .map_err(backend)?;
+        }
         for (n, exp) in &s.used_nonces {
             tx.execute(
                 "INSERT INTO used_nonces (nonce, expires_at) VALUES (?1, ?2)",

@@ -42,6 +42,8 @@ pub struct SqliteStore {
     /// A second connection for WAL checkpoints, so their fsync never holds
     /// the request connection's lock. `None` for in-memory databases.
     checkpointer: Option<Mutex<Connection>>,
+    /// The unsealed audit chain key, once installed.
+    keying: super::audit::KeyingSlot,
 }
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
@@ -133,6 +135,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             checkpointer: None,
+            keying: Default::default(),
         })
     }
 
@@ -153,6 +156,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn commit_attest(&self, commit: &AttestCommit<'_>) -> Result<AttestCommitted, StoreError> {
         commit.audit.validate()?;
+        let keying = self.keying.get();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -161,7 +165,7 @@ impl Store for SqliteStore {
             // Dropping the transaction rolls it back: nothing written.
             return Ok(AttestCommitted::NonceAlreadyUsed);
         }
-        let id = audit::append(&tx, commit.audit)?;
+        let id = audit::append(&tx, keying.as_deref(), commit.audit)?;
         for s in commit.sessions {
             rotation::record(&tx, s)?;
         }

@@ -5,7 +5,7 @@ use rusqlite::{params, TransactionBehavior};
 
 use super::volume::sealed_from_row;
 use super::{backend, SqliteStore};
-use crate::keys::MasterKeyId;
+use crate::keys::{MasterKeyId, SealedKey};
 use crate::store::{MasterKeyUsage, ResealStore, ResealUpdate, SealedVersion, StoreError};
 
 impl ResealStore for SqliteStore {
@@ -109,5 +109,22 @@ impl ResealStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn reseal_audit_key(&self, from: MasterKeyId, sealed: &SealedKey) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE audit_key SET master_key_id = ?2, nonce = ?3, ciphertext = ?4 \
+                 WHERE singleton = 1 AND master_key_id = ?1",
+                params![
+                    &from.as_bytes()[..],
+                    &sealed.master_key_id.as_bytes()[..],
+                    &sealed.nonce[..],
+                    sealed.ciphertext
+                ],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
     }
 }

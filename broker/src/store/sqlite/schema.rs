@@ -112,16 +112,48 @@ CREATE TABLE key_checks (
     created_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // 5: the keyed audit chain (issue #9): the chain key, sealed under the
+    // master key, and the first entry it MACs. Made by the first process
+    // that opens the store with the master key (`crate::audit_key`).
+    r#"
+CREATE TABLE audit_key (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    keyed_from    INTEGER NOT NULL CHECK (keyed_from >= 1),
+    boundary      BLOB NOT NULL,
+    master_key_id BLOB NOT NULL,
+    nonce         BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+"#,
+    // 6: retention (`broker audit prune`): where the pruned chain starts,
+    // MAC'd under the chain key; the delete trigger lets through only the
+    // removal of entries before it.
+    r#"
+CREATE TABLE audit_pruned (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    first_id  INTEGER NOT NULL CHECK (first_id >= 1),
+    prev_hash BLOB NOT NULL,
+    mac       BLOB NOT NULL,
+    pruned_at INTEGER NOT NULL
+);
+DROP TRIGGER IF EXISTS audit_no_delete;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    WHEN OLD.id >= COALESCE((SELECT first_id FROM audit_pruned WHERE singleton = 1), 1)
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+"#,
 ];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// The triggers that keep `audit` append-only.
+/// The triggers that keep `audit` append-only: no update, and no delete
+/// but of entries before the prune anchor (`broker audit prune`).
 const AUDIT_TRIGGERS: &str = "
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    WHEN OLD.id >= COALESCE((SELECT first_id FROM audit_pruned WHERE singleton = 1), 1)
     BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
 ";
 

@@ -44,6 +44,52 @@ fn audit_is_append_only_at_the_sql_level() {
     assert_eq!(store.verify_audit_chain().unwrap(), 1);
 }
 
+/// After `broker audit prune`, the delete trigger lets through only
+/// entries before the anchor: every other delete and every update is
+/// still refused at the SQL level, also with triggers put back at open.
+#[test]
+fn after_a_prune_the_triggers_still_refuse_other_deletes_and_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let ring = crate::keys::Keyring::from_key(crate::keys::MasterKey::generate().unwrap());
+    crate::audit_key::load(&store, &ring, true).unwrap();
+    for i in 1..=5 {
+        store
+            .append_audit(&AuditEvent {
+                at_unix: i,
+                kind: "attest".into(),
+                verdict: "deny".into(),
+                volumes: vec![],
+                reason_codes: vec![],
+                details_json: "{}".into(),
+                client_addr: None,
+            })
+            .unwrap();
+    }
+    assert_eq!(store.prune_audit(3, 10, None).unwrap().first_kept, 3);
+    let refused = |c: &rusqlite::Connection| {
+        for sql in [
+            "DELETE FROM audit WHERE id = 3",
+            "DELETE FROM audit",
+            "UPDATE audit SET verdict = 'allow' WHERE id = 4",
+        ] {
+            let e = c.execute(sql, []).unwrap_err();
+            assert!(e.to_string().contains("append-only"), "{sql}: {e}");
+        }
+    };
+    let c = rusqlite::Connection::open(&path).unwrap();
+    refused(&c);
+    // Dropped and put back at open: the same rule.
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    crate::audit_key::load(&store, &ring, false).unwrap();
+    refused(&c);
+    assert_eq!(store.verify_audit_chain().unwrap(), 4);
+}
+
 #[test]
 fn corrupt_audit_row_is_reported_at_its_id() {
     let dir = tempfile::tempdir().unwrap();
