@@ -14,7 +14,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::hkdf;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{fill_random, KeyError, MasterKey, SealedKey, TAG_LEN};
+use super::{check_sealed, fill_random, KeyError, MasterKey, SealedKey, TAG_LEN};
 
 /// Length of the audit chain key.
 pub const AUDIT_CHAIN_KEY_LEN: usize = 32;
@@ -101,21 +101,12 @@ pub fn unseal_audit_chain_key(
     boundary: &[u8; 32],
     sealed: &SealedKey,
 ) -> Result<AuditChainKey, KeyError> {
-    if sealed.master_key_id != master.id() {
-        return Err(KeyError::WrongMasterKey {
-            sealed_with: sealed.master_key_id,
-            loaded: master.id(),
-        });
-    }
-    if sealed.ciphertext.len() != AUDIT_CHAIN_KEY_LEN + TAG_LEN {
-        return Err(KeyError::Malformed {
-            what: format!(
-                "the audit chain key's ciphertext is {} bytes, expected {}",
-                sealed.ciphertext.len(),
-                AUDIT_CHAIN_KEY_LEN + TAG_LEN
-            ),
-        });
-    }
+    check_sealed(
+        master,
+        sealed,
+        AUDIT_CHAIN_KEY_LEN,
+        "the sealed audit chain key",
+    )?;
     let mut buf = Zeroizing::new(sealed.ciphertext.clone());
     let plain = kek(master)?
         .open_in_place(

@@ -411,6 +411,33 @@ fn aad(volume: &str, version: u32, master: MasterKeyId) -> Result<Vec<u8>, KeyEr
     Ok(a)
 }
 
+/// Refuses `sealed` before it is opened: sealed under another master key
+/// than `master`, or a ciphertext that is not `plain_len` bytes and a tag.
+/// `what` names the record in the error.
+fn check_sealed(
+    master: &MasterKey,
+    sealed: &SealedKey,
+    plain_len: usize,
+    what: &str,
+) -> Result<(), KeyError> {
+    if sealed.master_key_id != master.id() {
+        return Err(KeyError::WrongMasterKey {
+            sealed_with: sealed.master_key_id,
+            loaded: master.id(),
+        });
+    }
+    if sealed.ciphertext.len() != plain_len + TAG_LEN {
+        return Err(KeyError::Malformed {
+            what: format!(
+                "{what}'s ciphertext is {} bytes, expected {}",
+                sealed.ciphertext.len(),
+                plain_len + TAG_LEN
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Seals `key` as version `version` of `volume` under `master`.
 pub fn seal(
     master: &MasterKey,
@@ -446,21 +473,7 @@ pub fn unseal(
     version: u32,
     sealed: &SealedKey,
 ) -> Result<VolumeKey, KeyError> {
-    if sealed.master_key_id != master.id() {
-        return Err(KeyError::WrongMasterKey {
-            sealed_with: sealed.master_key_id,
-            loaded: master.id(),
-        });
-    }
-    if sealed.ciphertext.len() != VOLUME_KEY_LEN + TAG_LEN {
-        return Err(KeyError::Malformed {
-            what: format!(
-                "ciphertext is {} bytes, expected {}",
-                sealed.ciphertext.len(),
-                VOLUME_KEY_LEN + TAG_LEN
-            ),
-        });
-    }
+    check_sealed(master, sealed, VOLUME_KEY_LEN, "the sealed volume key")?;
     let kek = Kek::derive(master, volume, version)?;
     let aad = aad(volume, version, master.id())?;
     let mut buf = Zeroizing::new(sealed.ciphertext.clone());

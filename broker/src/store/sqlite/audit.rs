@@ -123,6 +123,16 @@ fn prune_anchor(conn: &Connection) -> Result<Option<PruneAnchor>, StoreError> {
         .transpose()
 }
 
+/// The stored `prev_hash` of entry `id`, if it exists (where a verification
+/// or a prune starts inside the log).
+fn prev_hash_of(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT prev_hash FROM audit WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(backend)
+}
+
 /// The prune anchor, on `conn` (backups read it in their transaction).
 pub(super) fn prune_anchor_of(conn: &Connection) -> Result<Option<PruneAnchor>, StoreError> {
     prune_anchor(conn)
@@ -242,14 +252,7 @@ impl AuditStore for SqliteStore {
                 start = a.first_id;
             }
             if from_id > start {
-                let prev: Option<Vec<u8>> = conn
-                    .query_row(
-                        "SELECT prev_hash FROM audit WHERE id = ?1",
-                        [from_id],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(backend)?;
+                let prev = prev_hash_of(&conn, from_id)?;
                 walk = walk.starting_at(from_id, tail_start(from_id, prev)?);
             }
             let mut s = conn
@@ -349,15 +352,7 @@ impl AuditStore for SqliteStore {
                 entry: None,
             });
         }
-        let prev: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT prev_hash FROM audit WHERE id = ?1",
-                [first_kept],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
-        let prev = tail_start(first_kept, prev)?;
+        let prev = tail_start(first_kept, prev_hash_of(&tx, first_kept)?)?;
         // The anchor first: the delete trigger lets through only entries
         // before it.
         tx.execute(
